@@ -1,0 +1,1 @@
+"""The ledger's domain and storage: no HTTP, no Prefect."""

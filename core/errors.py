@@ -1,0 +1,50 @@
+"""Domain errors: each carries a stable ``code`` the API turns into a status and a JSON body."""
+
+
+class LedgerError(Exception):
+    """Base of every refusal by the ledger; a refused operation changed nothing."""
+
+    code = "ledger_error"
+
+    def __init__(self, message: str, **details: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class NotFound(LedgerError):
+    code = "not_found"
+
+
+class IdempotencyConflict(LedgerError):
+    """The same idempotency key arrived again with different content."""
+
+    code = "idempotency_conflict"
+
+
+class ReservationClosed(LedgerError):
+    """The hold was settled, released or expired; it cannot be placed or used again."""
+
+    code = "reservation_closed"
+
+
+class Duplicate(LedgerError):
+    """A unique field (email, id) is taken."""
+
+    code = "conflict"
+
+
+class Invalid(LedgerError):
+    """Well-formed input the domain refuses (unknown product, unknown model); names its field."""
+
+    code = "validation_error"
+
+    def __init__(self, message: str, field: str, **details: object) -> None:
+        super().__init__(message, field=field, **details)
+        self.field = field
+
+
+class Unavailable(LedgerError):
+    """The store cannot take the operation now (busy, overloaded); nothing was done."""
+
+    code = "unavailable"

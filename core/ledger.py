@@ -1,0 +1,239 @@
+"""The ledger's operations, as the API and the flows call them.
+
+This layer resolves what the store should not know (prices, the clock, hold expiry, period
+labels, password hashing) and hands the store one transaction per operation.
+"""
+
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo
+
+from core.budget import MESSAGES, BudgetSnapshot, BudgetStatus, UserStatus, decide
+from core.errors import Invalid, NotFound
+from core.money import Money
+from core.passwords import hash_password
+from core.periods import label_at, label_bounds_ms, local_day
+from core.prices import PriceTable
+from core.reservations import Reservation
+from core.store.base import (
+    CreditGrant,
+    LedgerStore,
+    LogOutcome,
+    NewUser,
+    Product,
+    ResetOutcome,
+    Tenant,
+    UsageGroup,
+    UserView,
+)
+from core.usage import UsageRecord
+
+USAGE_RANGE_DAYS_MAX = 366
+DAY_MS = 24 * 3600 * 1000
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    status: BudgetStatus
+    budget: BudgetSnapshot
+    reservation: Reservation | None
+
+    @property
+    def allowed(self) -> bool:
+        return self.status is BudgetStatus.ACTIVE
+
+    @property
+    def message(self) -> str:
+        return MESSAGES[self.status]
+
+
+@dataclass(frozen=True, slots=True)
+class ResetResult:
+    label: str
+    users_reset: int
+    already_done: bool
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSummary:
+    from_ms: int
+    to_ms: int
+    groups: list[UsageGroup]
+
+
+class Ledger:
+    """Budget checks, usage, holds, resets and administration over one ``LedgerStore``."""
+
+    def __init__(
+        self,
+        store: LedgerStore,
+        prices: PriceTable,
+        zone: ZoneInfo,
+        reservation_ttl_seconds: int,
+        clock_ms: Callable[[], int] = wall_clock_ms,
+    ) -> None:
+        assert reservation_ttl_seconds > 0
+        self.store = store
+        self.prices = prices
+        self.zone = zone
+        self.reservation_ttl_ms = reservation_ttl_seconds * 1000
+        self.clock_ms = clock_ms
+
+    # -- the gateway's two calls ------------------------------------------------------------
+
+    def check_budget(
+        self,
+        user_id: str,
+        model: str | None,
+        tokens_input: int,
+        tokens_output: int,
+        cost_estimate: Money | None,
+        request_id: str | None,
+    ) -> CheckResult:
+        """Read-only without ``request_id``; with it, an allowed check places a hold."""
+        amount = self._price_or(cost_estimate, model, tokens_input, tokens_output, "cost_estimate")
+        now_ms = self.clock_ms()
+        if request_id is None:
+            view = self._require_user(user_id, now_ms)
+            return CheckResult(decide(view.budget, amount), view.budget, None)
+        expires_at_ms = now_ms + self.reservation_ttl_ms
+        outcome = self.store.reserve(user_id, request_id, amount, expires_at_ms, now_ms)
+        return CheckResult(outcome.status, outcome.budget, outcome.reservation)
+
+    def log_usage(
+        self,
+        user_id: str,
+        model: str,
+        request_id: str,
+        tokens_input: int,
+        tokens_output: int,
+        cost_total: Money | None,
+        response_time_ms: int | None,
+    ) -> LogOutcome:
+        cost = self._price_or(cost_total, model, tokens_input, tokens_output, "cost_total")
+        record = UsageRecord(request_id, user_id, model, tokens_input, tokens_output, cost)
+        return self.store.log_usage(record, response_time_ms, self.clock_ms())
+
+    def release_reservation(self, request_id: str) -> Reservation:
+        return self.store.release(request_id, self.clock_ms())
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def user(self, user_id: str) -> UserView:
+        return self._require_user(user_id, self.clock_ms())
+
+    def period_end_ms(self, view: UserView) -> int:
+        """When the open period is due to close: the start of the month after its label."""
+        return label_bounds_ms(view.period_label, self.zone)[1]
+
+    def usage_summary(
+        self, user_id: str, from_ms: int | None, to_ms: int | None, group_by: str
+    ) -> UsageSummary:
+        """Usage added up by model or by day (in the budget time zone) over ``[from, to)``.
+
+        Without bounds it covers the user's open period up to now; a range is at most
+        ``USAGE_RANGE_DAYS_MAX`` days.
+        """
+        now_ms = self.clock_ms()
+        view = self._require_user(user_id, now_ms)
+        start_ms = view.period_start_ms if from_ms is None else from_ms
+        end_ms = now_ms + 1 if to_ms is None else to_ms
+        if end_ms < start_ms:
+            raise Invalid("must not be before from", field="to")
+        if end_ms - start_ms > USAGE_RANGE_DAYS_MAX * DAY_MS:
+            raise Invalid(f"range must not exceed {USAGE_RANGE_DAYS_MAX} days", field="to")
+        if group_by == "model":
+            groups = self.store.usage_groups(user_id, start_ms, end_ms, "model")
+        else:
+            groups = self._by_local_day(self.store.usage_groups(user_id, start_ms, end_ms, "bucket"))
+        return UsageSummary(start_ms, end_ms, groups)
+
+    def _by_local_day(self, buckets: list[UsageGroup]) -> list[UsageGroup]:
+        """Fold 15-minute buckets into local days: every UTC offset is a multiple of 15 min."""
+        days: dict[str, UsageGroup] = {}
+        for bucket in buckets:
+            assert isinstance(bucket.key, int)
+            day = local_day(bucket.key, self.zone).isoformat()
+            seen = days.get(day)
+            if seen is None:
+                days[day] = UsageGroup(
+                    day, bucket.requests, bucket.tokens_input, bucket.tokens_output, bucket.cost
+                )
+            else:
+                days[day] = UsageGroup(
+                    day,
+                    seen.requests + bucket.requests,
+                    seen.tokens_input + bucket.tokens_input,
+                    seen.tokens_output + bucket.tokens_output,
+                    Money(seen.cost + bucket.cost),
+                )
+        return list(days.values())
+
+    # -- administration ---------------------------------------------------------------------
+
+    def reset_budgets(self, label: str | None) -> ResetResult:
+        """Close every open period. With a label, at most once per label; without, always."""
+        now_ms = self.clock_ms()
+        applied_label = label_at(now_ms, self.zone) if label is None else label
+        outcome: ResetOutcome = self.store.reset_periods(applied_label, label is not None, now_ms)
+        return ResetResult(applied_label, outcome.users_reset, outcome.already_done)
+
+    def provision_user(
+        self, email: str, password: str, product_id: str, tenant_id: str, user_id: str | None
+    ) -> UserView:
+        now_ms = self.clock_ms()
+        new_user = NewUser(
+            id=user_id if user_id is not None else f"usr_{secrets.token_hex(8)}",
+            email=email,
+            password_hash=hash_password(password),
+            product_id=product_id,
+            tenant_id=tenant_id,
+            period_label=label_at(now_ms, self.zone),
+        )
+        return self.store.provision_user(new_user, now_ms)
+
+    def put_product(self, product: Product) -> bool:
+        return self.store.put_product(product, self.clock_ms())
+
+    def list_products(self) -> list[Product]:
+        return self.store.list_products()
+
+    def put_tenant(self, tenant: Tenant) -> bool:
+        return self.store.put_tenant(tenant, self.clock_ms())
+
+    def update_user(
+        self, user_id: str, status: UserStatus | None, product_id: str | None
+    ) -> UserView:
+        return self.store.update_user(user_id, status, product_id, self.clock_ms())
+
+    def grant_credit(
+        self, user_id: str, amount: Money, reason: str, grant_id: str | None
+    ) -> tuple[bool, UserView]:
+        """Credit for the open period. Without ``grant_id`` every call is a new grant."""
+        assert amount > 0
+        key = grant_id if grant_id is not None else f"grant_{secrets.token_hex(12)}"
+        return self.store.grant_credit(CreditGrant(key, user_id, amount, reason), self.clock_ms())
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _require_user(self, user_id: str, now_ms: int) -> UserView:
+        view = self.store.read_user(user_id, now_ms)
+        if view is None:
+            raise NotFound("unknown user", user_id=user_id)
+        return view
+
+    def _price_or(
+        self, given: Money | None, model: str | None, tokens_input: int, tokens_output: int, field: str
+    ) -> Money:
+        if given is not None:
+            return given
+        priced = None if model is None else self.prices.cost(model, tokens_input, tokens_output)
+        if priced is None:
+            raise Invalid(f"{field} is required when the model's price is not known", field=field)
+        return priced

@@ -1,0 +1,51 @@
+"""Budget periods: labels are calendar months (``YYYY-MM``) in the budget time zone.
+
+A user's open period starts at provisioning or at the reset that closed the previous one, and
+carries the label of the month it started in (or the label a reset was asked to apply). Its end,
+as shown to clients, is the first instant of the month after its label: when the monthly reset
+is due. Times inside the ledger are integer milliseconds since the Unix epoch (UTC).
+"""
+
+import re
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+PERIOD_LABEL_PATTERN = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+
+
+def label_at(time_ms: int, zone: ZoneInfo) -> str:
+    """The label of the calendar month containing ``time_ms`` in ``zone``."""
+    local = datetime.fromtimestamp(time_ms / 1000, tz=zone)
+    return f"{local.year:04d}-{local.month:02d}"
+
+
+def parse_label(label: str) -> tuple[int, int]:
+    """``"2026-12"`` → ``(2026, 12)``; raises ValueError naming the expected form."""
+    match = PERIOD_LABEL_PATTERN.match(label)
+    if match is None:
+        raise ValueError("must be a period label of the form YYYY-MM")
+    return int(match.group(1)), int(match.group(2))
+
+
+def label_bounds_ms(label: str, zone: ZoneInfo) -> tuple[int, int]:
+    """First instant of the label's month and of the month after it, in ``zone``, as ms."""
+    year, month = parse_label(label)
+    start = datetime(year, month, 1, tzinfo=zone)
+    next_year, next_month = (year + 1, 1) if month == 12 else (year, month + 1)
+    end = datetime(next_year, next_month, 1, tzinfo=zone)
+    return to_ms(start), to_ms(end)
+
+
+def to_ms(moment: datetime) -> int:
+    assert moment.tzinfo is not None, "naive datetimes are ambiguous"
+    return int(moment.timestamp() * 1000)
+
+
+def iso_from_ms(time_ms: int) -> str:
+    """UTC ISO 8601 with milliseconds and a ``Z``: the one time format of the API."""
+    moment = datetime.fromtimestamp(time_ms // 1000, tz=UTC) + timedelta(milliseconds=time_ms % 1000)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{time_ms % 1000:03d}Z"
+
+
+def local_day(time_ms: int, zone: ZoneInfo) -> date:
+    return datetime.fromtimestamp(time_ms / 1000, tz=zone).date()

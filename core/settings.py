@@ -1,0 +1,115 @@
+"""Service configuration, read from the environment first (pydantic-settings)."""
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import simplejson
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+KEY_LENGTH_MIN = 16
+KEYS_FILE_NAME = "keys.json"
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; names are the environment variables, upper-cased."""
+
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    port: int = Field(3000, ge=1, le=65535)
+    host: str = "0.0.0.0"
+    billing_api_key: SecretStr | None = None
+    admin_secret_key: SecretStr | None = None
+    data_dir: Path = Path("data")
+    database_url: str = "sqlite:///data/billing.db"
+    cors_origins: str = ""
+    budget_timezone: str = "UTC"
+    reservation_ttl_seconds: int = Field(600, ge=1, le=7 * 24 * 3600)
+    body_bytes_max: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    threads: int = Field(8, ge=1, le=256)
+    model_prices_path: Path | None = None
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+
+    @field_validator("billing_api_key", "admin_secret_key")
+    @classmethod
+    def _key_long_enough(cls, key: SecretStr | None) -> SecretStr | None:
+        if key is not None and len(key.get_secret_value()) < KEY_LENGTH_MIN:
+            raise ValueError(f"must be at least {KEY_LENGTH_MIN} characters")
+        return key
+
+    @field_validator("budget_timezone")
+    @classmethod
+    def _known_zone(cls, name: str) -> str:
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {name!r}") from None
+        return name
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.budget_timezone)
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
+
+
+@dataclass(frozen=True)
+class Keys:
+    api_key: str
+    admin_key: str
+    generated_path: Path | None
+
+
+def resolve_keys(settings: Settings) -> Keys:
+    """The configured keys, or keys generated once and kept in ``data_dir`` (mode 0600).
+
+    Each key missing from the environment comes from the kept file; there is no fixed fallback.
+    """
+    api_key = settings.billing_api_key.get_secret_value() if settings.billing_api_key else None
+    admin_key = settings.admin_secret_key.get_secret_value() if settings.admin_secret_key else None
+    if api_key is not None and admin_key is not None:
+        return Keys(api_key, admin_key, None)
+    path = settings.data_dir / KEYS_FILE_NAME
+    kept = _read_or_create_keys(path)
+    return Keys(api_key or kept["billing_api_key"], admin_key or kept["admin_secret_key"], path)
+
+
+def _read_or_create_keys(path: Path) -> dict[str, str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fresh = {
+        "billing_api_key": secrets.token_urlsafe(32),
+        "admin_secret_key": secrets.token_urlsafe(32),
+    }
+    if not path.exists():
+        _publish_once(path, simplejson.dumps(fresh))
+    kept = simplejson.loads(path.read_text("utf-8"))
+    if not all(isinstance(kept.get(name), str) for name in fresh):
+        raise ValueError(f"{path} does not hold the two keys; delete it to generate new ones")
+    return kept
+
+
+def _publish_once(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` only if it does not exist, whole or not at all (mode 0600).
+
+    The file is written aside and hard-linked into place: of two processes starting at once,
+    one link wins and both then read the same complete file.
+    """
+    staging = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    descriptor = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(staging, path)
+        except FileExistsError:
+            pass
+    finally:
+        staging.unlink()

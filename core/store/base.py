@@ -1,0 +1,146 @@
+"""The storage interface every backend implements, and the values that cross it.
+
+A backend runs each write as one transaction that holds the rows it decides on (SQLite:
+``BEGIN IMMEDIATE``; PostgreSQL: row locks), asks the rules in ``core.budget``,
+``core.reservations`` and ``core.usage``, and applies their answer. Money is ``core.money.Money``
+and times are integer ms since the epoch throughout.
+"""
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from core.budget import BudgetSnapshot, BudgetStatus, UserStatus
+from core.money import Money
+from core.reservations import Reservation
+from core.usage import UsageRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Product:
+    id: str
+    name: str
+    monthly_budget: Money
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    id: str
+    name: str
+    monthly_budget: Money | None
+
+
+@dataclass(frozen=True, slots=True)
+class UserView:
+    """A user with the figures of their open period."""
+
+    id: str
+    email: str
+    product_id: str
+    tenant_id: str
+    status: UserStatus
+    period_label: str
+    period_start_ms: int
+    created_at_ms: int
+    budget: BudgetSnapshot
+
+
+@dataclass(frozen=True, slots=True)
+class NewUser:
+    id: str
+    email: str
+    password_hash: str
+    product_id: str
+    tenant_id: str
+    period_label: str
+
+
+@dataclass(frozen=True, slots=True)
+class CheckOutcome:
+    status: BudgetStatus
+    budget: BudgetSnapshot
+    reservation: Reservation | None
+
+
+@dataclass(frozen=True, slots=True)
+class LogOutcome:
+    created: bool
+    budget: BudgetSnapshot
+
+
+@dataclass(frozen=True, slots=True)
+class ResetOutcome:
+    users_reset: int
+    already_done: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CreditGrant:
+    grant_id: str
+    user_id: str
+    amount: Money
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class UsageGroup:
+    """Usage added up over one key: a model name, or a 15-minute bucket start for days."""
+
+    key: str | int
+    requests: int
+    tokens_input: int
+    tokens_output: int
+    cost: Money
+
+
+GroupBy = Literal["model", "bucket"]
+
+
+class LedgerStore(Protocol):
+    """Storage of the ledger; every method is one transaction, safe across threads.
+
+    Opening a store applies its pending schema migrations; ``applied_migrations`` names them.
+    """
+
+    applied_migrations: list[str]
+
+    def check_health(self) -> None:
+        """Raise if the database cannot answer a query."""
+
+    def close(self) -> None: ...
+
+    def read_user(self, user_id: str, now_ms: int) -> UserView | None: ...
+
+    def reserve(
+        self, user_id: str, request_id: str, amount: Money, expires_at_ms: int, now_ms: int
+    ) -> CheckOutcome:
+        """Place a hold when ``core.budget.decide`` allows it; a retry returns the same hold."""
+
+    def log_usage(self, record: UsageRecord, response_time_ms: int | None, now_ms: int) -> LogOutcome:
+        """Append usage, settle its hold, count its cost; an identical replay changes nothing."""
+
+    def release(self, request_id: str, now_ms: int) -> Reservation:
+        """Release a hold (idempotent); returns the hold as it was found."""
+
+    def reset_periods(self, label: str, apply_once: bool, now_ms: int) -> ResetOutcome:
+        """Close every user's open period and open ``label``; once per label if ``apply_once``."""
+
+    def provision_user(self, user: NewUser, now_ms: int) -> UserView: ...
+
+    def put_product(self, product: Product, now_ms: int) -> bool:
+        """Create or replace; True when created."""
+
+    def list_products(self) -> list[Product]: ...
+
+    def put_tenant(self, tenant: Tenant, now_ms: int) -> bool:
+        """Create or replace; True when created."""
+
+    def update_user(
+        self, user_id: str, status: UserStatus | None, product_id: str | None, now_ms: int
+    ) -> UserView: ...
+
+    def grant_credit(self, grant: CreditGrant, now_ms: int) -> tuple[bool, UserView]:
+        """Add credit to the open period; a replayed ``grant_id`` changes nothing."""
+
+    def usage_groups(
+        self, user_id: str, from_ms: int, to_ms: int, group_by: GroupBy
+    ) -> list[UsageGroup]: ...
