@@ -214,11 +214,13 @@ class Ledger:
 
     def grant_credit(
         self, user_id: str, amount: Money, reason: str, grant_id: str | None
-    ) -> tuple[bool, UserView]:
+    ) -> tuple[bool, UserView, str]:
         """Credit for the open period. Without ``grant_id`` every call is a new grant."""
         assert amount > 0
         key = grant_id if grant_id is not None else f"grant_{secrets.token_hex(12)}"
-        return self.store.grant_credit(CreditGrant(key, user_id, amount, reason), self.clock_ms())
+        grant = CreditGrant(key, user_id, amount, reason)
+        created, user = self.store.grant_credit(grant, self.clock_ms())
+        return created, user, key
 
     # -- helpers ----------------------------------------------------------------------------
 

@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import TypeVar
 
 from core.budget import BudgetSnapshot, BudgetStatus, UserStatus, decide
-from core.errors import Duplicate, Invalid, LedgerError, NotFound, ReservationClosed, Unavailable
+from core.errors import (
+    Duplicate,
+    IdempotencyConflict,
+    Invalid,
+    LedgerError,
+    NotFound,
+    ReservationClosed,
+    Unavailable,
+)
 from core.money import Money
 from core.reservations import (
     Reservation,
@@ -514,8 +522,8 @@ class SqliteStore:
             ).fetchone()
             if existing is not None:
                 if CreditGrant(*existing) != grant:
-                    raise Duplicate(
-                        "grant_id was already used with different content", field="grant_id"
+                    raise IdempotencyConflict(
+                        "grant_id was already used with different content", grant_id=grant.grant_id
                     )
                 return False, view
             connection.execute(

@@ -1,0 +1,63 @@
+"""``create_app``: the Falcon app built from settings, keys and an injected ledger."""
+
+import falcon
+
+from api.auth import KeyAuth
+from api.http import handle_ledger_error, respond, serialize_error
+from api.openapi import openapi_document
+from api.resources.admin import (
+    CreditsResource,
+    ProductsResource,
+    ProvisionUserResource,
+    ResetBudgetsResource,
+    TenantsResource,
+    UserResource,
+)
+from api.resources.gateway import CheckBudgetResource, LogUsageResource, ReleaseReservationResource
+from api.resources.health import HealthResource
+from api.resources.users import UserBudgetResource, UserUsageResource
+from core.errors import LedgerError
+from core.ledger import Ledger
+from core.settings import Keys, Settings
+
+
+class OpenApiResource:
+    def __init__(self) -> None:
+        self._document = openapi_document()
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        respond(resp, self._document)
+
+
+def create_app(settings: Settings, keys: Keys, ledger: Ledger) -> falcon.App:
+    middleware: list[object] = [KeyAuth(keys)]
+    if settings.cors_origin_list:
+        origins = settings.cors_origin_list
+        middleware.insert(
+            0,
+            falcon.CORSMiddleware(
+                allow_origins="*" if origins == ["*"] else origins,
+                allow_credentials=None,
+                expose_headers=None,
+            ),
+        )
+    app = falcon.App(middleware=middleware)
+    app.req_options.strip_url_path_trailing_slash = True
+    app.set_error_serializer(serialize_error)
+    app.add_error_handler(LedgerError, handle_ledger_error)
+
+    limit = settings.body_bytes_max
+    app.add_route("/", HealthResource(ledger.store))
+    app.add_route("/openapi.json", OpenApiResource())
+    app.add_route("/api/check-budget", CheckBudgetResource(ledger, limit))
+    app.add_route("/api/log-usage", LogUsageResource(ledger, limit))
+    app.add_route("/api/release-reservation", ReleaseReservationResource(ledger, limit))
+    app.add_route("/api/users/{user_id}/budget", UserBudgetResource(ledger))
+    app.add_route("/api/users/{user_id}/usage", UserUsageResource(ledger))
+    app.add_route("/api/admin/reset-budgets", ResetBudgetsResource(ledger, limit))
+    app.add_route("/api/admin/provision-user", ProvisionUserResource(ledger, limit))
+    app.add_route("/api/admin/products", ProductsResource(ledger, limit))
+    app.add_route("/api/admin/tenants", TenantsResource(ledger, limit))
+    app.add_route("/api/admin/users/{user_id}", UserResource(ledger, limit))
+    app.add_route("/api/admin/users/{user_id}/credits", CreditsResource(ledger, limit))
+    return app

@@ -1,0 +1,105 @@
+"""The ``billing`` command: ``serve`` runs the API under waitress, ``migrate`` applies the schema."""
+
+import argparse
+import logging
+import sys
+
+import waitress
+from pydantic import ValidationError
+
+from api.app import create_app
+from core.ledger import Ledger, wall_clock_ms
+from core.prices import load_price_table
+from core.settings import Keys, Settings, resolve_keys
+from core.store import open_store
+from core.store.base import LedgerStore
+
+log = logging.getLogger("billing")
+
+# Waitress buffers a whole body before the app sees it; past this margin over BODY_BYTES_MAX it
+# refuses the request itself (plain-text 413), below it the app answers with a JSON 413.
+WAITRESS_BODY_MARGIN_BYTES = 1024 * 1024
+WAITRESS_CONNECTION_LIMIT = 1000
+WAITRESS_CHANNEL_TIMEOUT_SECONDS = 60
+
+
+def load_settings() -> Settings:
+    """Settings from the environment, or exit with a message naming each bad variable."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        for problem in error.errors(include_url=False, include_input=False):
+            name = str(problem["loc"][0]).upper() if problem["loc"] else "configuration"
+            print(f"billing: {name}: {problem['msg']}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def open_ledger(settings: Settings) -> tuple[LedgerStore, Ledger]:
+    store = open_store(settings.database_url, wall_clock_ms, settings.sqlite_synchronous)
+    ledger = Ledger(
+        store,
+        load_price_table(settings.model_prices_path),
+        settings.zone,
+        settings.reservation_ttl_seconds,
+    )
+    return store, ledger
+
+
+def serve(settings: Settings) -> None:
+    keys = resolve_keys(settings)
+    _announce_keys(keys)
+    store, ledger = open_ledger(settings)
+    for name in store.applied_migrations:
+        log.info("applied migration %s", name)
+    app = create_app(settings, keys, ledger)
+    # Under saturation waitress warns once per queued request; that is load, not news.
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+    log.info("CloudFreedom Billing listening on %s:%d", settings.host, settings.port)
+    try:
+        waitress.serve(
+            app,
+            host=settings.host,
+            port=settings.port,
+            threads=settings.threads,
+            connection_limit=WAITRESS_CONNECTION_LIMIT,
+            channel_timeout=WAITRESS_CHANNEL_TIMEOUT_SECONDS,
+            max_request_body_size=settings.body_bytes_max + WAITRESS_BODY_MARGIN_BYTES,
+            ident="cloudfreedom-billing",
+        )
+    finally:
+        store.close()
+
+
+def _announce_keys(keys: Keys) -> None:
+    if keys.generated_path is not None:
+        log.warning(
+            "no BILLING_API_KEY/ADMIN_SECRET_KEY in the environment: using the keys kept in %s",
+            keys.generated_path,
+        )
+
+
+def migrate(settings: Settings) -> None:
+    store, _ = open_ledger(settings)
+    try:
+        applied = store.applied_migrations
+        print("applied: " + ", ".join(applied) if applied else "schema is up to date")
+    finally:
+        store.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="billing", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the API under waitress (PORT, THREADS, …)")
+    commands.add_parser("migrate", help="apply pending schema migrations and exit")
+    arguments = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = load_settings()
+    if arguments.command == "serve":
+        serve(settings)
+    else:
+        migrate(settings)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""JSON in and out: bounded body parsing, validation errors, and every error as JSON."""
+
+from typing import Any, TypeVar
+
+import falcon
+import simplejson
+from pydantic import BaseModel, ValidationError
+
+from core.errors import LedgerError
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+JSON = "application/json"
+
+_LEDGER_STATUS = {
+    "not_found": falcon.HTTP_404,
+    "idempotency_conflict": falcon.HTTP_409,
+    "reservation_closed": falcon.HTTP_409,
+    "conflict": falcon.HTTP_409,
+    "validation_error": falcon.HTTP_422,
+    "unavailable": falcon.HTTP_503,
+}
+
+_FALCON_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+
+class ApiError(falcon.HTTPError):
+    """An HTTP error with a stable ``code`` and extra JSON fields."""
+
+    def __init__(self, status: str, code: str, message: str, **fields: object) -> None:
+        super().__init__(status, title=code, description=message)
+        self.code = code
+        self.fields = fields
+
+
+def dumps(body: object) -> bytes:
+    """JSON with Decimals written as exact numbers."""
+    return simplejson.dumps(body, use_decimal=True, separators=(",", ":")).encode()
+
+
+def respond(resp: falcon.Response, body: object, status: str = falcon.HTTP_200) -> None:
+    resp.status = status
+    resp.content_type = JSON
+    resp.data = dumps(body)
+
+
+def _reject_constant(name: str) -> None:
+    raise ApiError(falcon.HTTP_400, "invalid_json", f"{name} is not a valid JSON number")
+
+
+def read_model(req: falcon.Request, model: type[ModelT], body_bytes_max: int) -> ModelT:
+    """Read at most ``body_bytes_max`` bytes of JSON and validate them against ``model``."""
+    raw = read_body(req, body_bytes_max)
+    if not raw.strip():
+        payload: Any = {}
+    else:
+        try:
+            payload = simplejson.loads(raw, use_decimal=True, parse_constant=_reject_constant)
+        except (simplejson.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ApiError(falcon.HTTP_400, "invalid_json", f"malformed JSON body: {error}") from None
+    return validate(model, payload)
+
+
+def read_body(req: falcon.Request, body_bytes_max: int) -> bytes:
+    if req.content_length is not None and req.content_length > body_bytes_max:
+        raise _too_large(body_bytes_max)
+    raw = req.bounded_stream.read(body_bytes_max + 1)
+    if len(raw) > body_bytes_max:
+        raise _too_large(body_bytes_max)
+    return raw
+
+
+def _too_large(body_bytes_max: int) -> ApiError:
+    return ApiError(
+        falcon.HTTP_413, "payload_too_large", f"request body exceeds {body_bytes_max} bytes"
+    )
+
+
+def validate(model: type[ModelT], payload: object) -> ModelT:
+    if not isinstance(payload, dict):
+        raise ApiError(falcon.HTTP_422, "validation_error", "body must be a JSON object", field=None)
+    try:
+        return model.model_validate(payload)
+    except ValidationError as error:
+        raise validation_error(error) from None
+
+
+def validation_error(error: ValidationError) -> ApiError:
+    details = [
+        {"field": ".".join(str(part) for part in item["loc"]) or None, "message": item["msg"]}
+        for item in error.errors(include_url=False, include_input=False)
+    ]
+    first = details[0]
+    message = f"{first['field']}: {first['message']}" if first["field"] else first["message"]
+    return ApiError(
+        falcon.HTTP_422, "validation_error", message, field=first["field"], details=details
+    )
+
+
+def handle_ledger_error(req: falcon.Request, resp: falcon.Response, error: LedgerError, _: dict) -> None:
+    respond(
+        resp,
+        {"error": error.code, "message": error.message, **error.details},
+        _LEDGER_STATUS.get(error.code, falcon.HTTP_400),
+    )
+
+
+def serialize_error(req: falcon.Request, resp: falcon.Response, error: falcon.HTTPError) -> None:
+    """Every HTTP error, ours or Falcon's (404, 405, …), as ``{"error", "message", …}``."""
+    if isinstance(error, ApiError):
+        body = {"error": error.code, "message": error.description, **error.fields}
+    else:
+        code = _FALCON_CODES.get(error.status_code, "http_error")
+        body = {"error": code, "message": error.description or error.title}
+    resp.content_type = JSON
+    resp.data = dumps(body)

@@ -1,0 +1,129 @@
+"""The OpenAPI 3.1 document, generated from the pydantic models in ``api.schemas``.
+
+``OPERATIONS`` lists every operation with each status code it can return and that body's model;
+a test checks it against the app's routes and against the responses the API really sends.
+"""
+
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from api import __version__
+from api import schemas as s
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: str
+    path: str
+    summary: str
+    security: str | None
+    request: type[BaseModel] | None
+    responses: dict[int, type[BaseModel]]
+    query: tuple[str, ...] = field(default=())
+
+
+_COMMON = {401: s.Error, 413: s.Error, 400: s.Error, 422: s.Error, 503: s.Error}
+
+OPERATIONS = (
+    Operation("get", "/", "Health of the service and its database", None, None,
+              {200: s.Health, 503: s.Health}),
+    Operation("get", "/openapi.json", "This document", None, None, {}),
+    Operation("post", "/api/check-budget",
+              "May this user spend about cost_estimate? With request_id, place a hold",
+              "api_key", s.CheckBudgetRequest,
+              {200: s.CheckBudgetResponse, 404: s.CheckBudgetNotFound, 409: s.Error, **_COMMON}),
+    Operation("post", "/api/log-usage", "Record what a call cost; settles its hold",
+              "api_key", s.LogUsageRequest,
+              {201: s.LogUsageResponse, 200: s.LogUsageResponse, 404: s.Error, 409: s.Error,
+               **_COMMON}),
+    Operation("post", "/api/release-reservation", "Release a hold (failed or cancelled call)",
+              "api_key", s.ReleaseReservationRequest,
+              {200: s.ReleaseReservationResponse, 404: s.Error, 409: s.Error, **_COMMON}),
+    Operation("get", "/api/users/{user_id}/budget", "A user's budget and open period",
+              "api_key", None, {200: s.UserBudgetResponse, 404: s.Error, 401: s.Error}),
+    Operation("get", "/api/users/{user_id}/usage", "A user's usage added up by model or day",
+              "api_key", None, {200: s.UsageResponse, 404: s.Error, 401: s.Error, 422: s.Error},
+              query=("from", "to", "group_by")),
+    Operation("post", "/api/admin/reset-budgets",
+              "Close every user's open period; once per period label when one is given",
+              "admin_key", s.ResetBudgetsRequest, {200: s.ResetBudgetsResponse, **_COMMON}),
+    Operation("post", "/api/admin/provision-user", "Create a user on a plan",
+              "admin_key", s.ProvisionUserRequest,
+              {201: s.ProvisionUserResponse, 409: s.Error, **_COMMON}),
+    Operation("get", "/api/admin/products", "List plans", "admin_key", None,
+              {200: s.ProductList, 401: s.Error}),
+    Operation("post", "/api/admin/products", "Create (201) or replace (200) a plan",
+              "admin_key", s.ProductRequest, {201: s.ProductOut, 200: s.ProductOut, **_COMMON}),
+    Operation("post", "/api/admin/tenants", "Create (201) or replace (200) a tenant",
+              "admin_key", s.TenantRequest, {201: s.TenantOut, 200: s.TenantOut, **_COMMON}),
+    Operation("get", "/api/admin/users/{user_id}", "A user", "admin_key", None,
+              {200: s.UserOut, 404: s.Error, 401: s.Error}),
+    Operation("patch", "/api/admin/users/{user_id}", "Change a user's status or plan",
+              "admin_key", s.UserPatchRequest, {200: s.UserOut, 404: s.Error, **_COMMON}),
+    Operation("post", "/api/admin/users/{user_id}/credits", "Grant credit for the open period",
+              "admin_key", s.CreditRequest,
+              {201: s.CreditResponse, 200: s.CreditResponse, 404: s.Error, 409: s.Error,
+               **_COMMON}),
+)
+
+_SECURITY_SCHEMES = {
+    "api_key": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+    "admin_key": {"type": "apiKey", "in": "header", "name": "X-Admin-Key"},
+}
+
+
+def openapi_document() -> dict:
+    models = {op.request for op in OPERATIONS if op.request is not None}
+    for op in OPERATIONS:
+        models.update(op.responses.values())
+    ordered = sorted(models, key=lambda model: model.__name__)
+    keyed, definitions = models_json_schema(
+        [(model, "validation" if issubclass(model, s.Request) else "serialization")
+         for model in ordered],
+        ref_template="#/components/schemas/{model}",
+    )
+    paths: dict[str, dict] = {}
+    for op in OPERATIONS:
+        entry: dict = {"summary": op.summary, "operationId": _operation_id(op), "responses": {}}
+        if op.security is not None:
+            entry["security"] = [{op.security: []}]
+        parameters = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in _path_parameters(op.path)
+        ] + [{"name": name, "in": "query", "schema": {"type": "string"}} for name in op.query]
+        if parameters:
+            entry["parameters"] = parameters
+        if op.request is not None:
+            mode = "validation"
+            entry["requestBody"] = {
+                "required": op.request is not s.ResetBudgetsRequest,
+                "content": {"application/json": {"schema": keyed[(op.request, mode)]}},
+            }
+        for status, model in sorted(op.responses.items()):
+            entry["responses"][str(status)] = {
+                "description": model.__doc__.splitlines()[0] if model.__doc__ else model.__name__,
+                "content": {"application/json": {"schema": keyed[(model, "serialization")]}},
+            }
+        if not op.responses:
+            entry["responses"]["200"] = {"description": "OpenAPI 3.1 document"}
+        paths.setdefault(op.path, {})[op.method] = entry
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "CloudFreedom Billing", "version": __version__},
+        "paths": paths,
+        "components": {
+            "schemas": definitions.get("$defs", {}),
+            "securitySchemes": _SECURITY_SCHEMES,
+        },
+    }
+
+
+def _path_parameters(path: str) -> list[str]:
+    return [part[1:-1] for part in path.split("/") if part.startswith("{")]
+
+
+def _operation_id(op: Operation) -> str:
+    words = [part for part in op.path.replace("{", "").replace("}", "").split("/") if part]
+    return "_".join([op.method, *[word.replace("-", "_") for word in words]]) or op.method

@@ -1,0 +1,120 @@
+"""Administration under ``/api/admin/`` (X-Admin-Key): resets, provisioning, plans, tenants, users."""
+
+import falcon
+
+from api.http import ApiError, read_model, respond
+from api.render import user_json
+from api.schemas import (
+    CreditRequest,
+    ProductRequest,
+    ProvisionUserRequest,
+    ResetBudgetsRequest,
+    TenantRequest,
+    UserPatchRequest,
+)
+from core.budget import UserStatus
+from core.ledger import Ledger
+from core.money import Money, money_to_decimal
+from core.store.base import Product, Tenant
+
+
+class _AdminResource:
+    def __init__(self, ledger: Ledger, body_bytes_max: int) -> None:
+        self._ledger = ledger
+        self._body_bytes_max = body_bytes_max
+
+
+class ResetBudgetsResource(_AdminResource):
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = read_model(req, ResetBudgetsRequest, self._body_bytes_max)
+        result = self._ledger.reset_budgets(body.period)
+        message = (
+            f"Period {result.label} was already applied; nothing changed"
+            if result.already_done
+            else f"Budgets reset for {result.users_reset} users"
+        )
+        respond(
+            resp,
+            {
+                "message": message,
+                "users_reset": result.users_reset,
+                "period": result.label,
+                "already_done": result.already_done,
+            },
+        )
+
+
+class ProvisionUserResource(_AdminResource):
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = read_model(req, ProvisionUserRequest, self._body_bytes_max)
+        user = self._ledger.provision_user(
+            body.email, body.password, body.product_id, body.tenant_id, body.user_id
+        )
+        respond(
+            resp,
+            {"message": "User provisioned successfully", "user": user_json(user)},
+            falcon.HTTP_201,
+        )
+
+
+def _product_json(product: Product) -> dict:
+    return {
+        "id": product.id,
+        "name": product.name,
+        "monthly_budget": money_to_decimal(product.monthly_budget),
+    }
+
+
+class ProductsResource(_AdminResource):
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        respond(resp, {"products": [_product_json(p) for p in self._ledger.list_products()]})
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = read_model(req, ProductRequest, self._body_bytes_max)
+        product = Product(body.id, body.name, Money(body.monthly_budget))
+        created = self._ledger.put_product(product)
+        respond(resp, _product_json(product), falcon.HTTP_201 if created else falcon.HTTP_200)
+
+
+class TenantsResource(_AdminResource):
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = read_model(req, TenantRequest, self._body_bytes_max)
+        cap = None if body.monthly_budget is None else Money(body.monthly_budget)
+        created = self._ledger.put_tenant(Tenant(body.id, body.name, cap))
+        answer = {
+            "id": body.id,
+            "name": body.name,
+            "monthly_budget": None if cap is None else money_to_decimal(cap),
+        }
+        respond(resp, answer, falcon.HTTP_201 if created else falcon.HTTP_200)
+
+
+class UserResource(_AdminResource):
+    def on_get(self, req: falcon.Request, resp: falcon.Response, user_id: str) -> None:
+        respond(resp, user_json(self._ledger.user(user_id)))
+
+    def on_patch(self, req: falcon.Request, resp: falcon.Response, user_id: str) -> None:
+        body = read_model(req, UserPatchRequest, self._body_bytes_max)
+        if body.status is None and body.product_id is None:
+            raise ApiError(
+                falcon.HTTP_422, "validation_error", "give status or product_id", field="status"
+            )
+        status = None if body.status is None else UserStatus(body.status)
+        respond(resp, user_json(self._ledger.update_user(user_id, status, body.product_id)))
+
+
+class CreditsResource(_AdminResource):
+    def on_post(self, req: falcon.Request, resp: falcon.Response, user_id: str) -> None:
+        body = read_model(req, CreditRequest, self._body_bytes_max)
+        if body.amount == 0:
+            raise ApiError(
+                falcon.HTTP_422, "validation_error", "amount: must be greater than 0", field="amount"
+            )
+        created, user, grant_id = self._ledger.grant_credit(
+            user_id, Money(body.amount), body.reason, body.grant_id
+        )
+        respond(
+            resp,
+            {"result": "created" if created else "exists", "grant_id": grant_id, "user": user_json(user)},
+            falcon.HTTP_201 if created else falcon.HTTP_200,
+        )

@@ -1,0 +1,103 @@
+"""The gateway's calls: check-budget before an LLM call, log-usage after it, release on failure."""
+
+from decimal import ROUND_HALF_EVEN, Decimal
+
+import falcon
+
+from api.http import read_model, respond
+from api.render import budget_json
+from api.schemas import CheckBudgetRequest, LogUsageRequest, ReleaseReservationRequest
+from core.budget import MESSAGES
+from core.errors import NotFound
+from core.ledger import Ledger
+from core.money import Money, money_to_decimal
+from core.periods import iso_from_ms
+
+_NOT_FOUND_BUDGET = {"total": 0, "used": 0, "remaining": 0}
+
+
+class CheckBudgetResource:
+    def __init__(self, ledger: Ledger, body_bytes_max: int) -> None:
+        self._ledger = ledger
+        self._body_bytes_max = body_bytes_max
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = read_model(req, CheckBudgetRequest, self._body_bytes_max)
+        try:
+            result = self._ledger.check_budget(
+                body.user_id,
+                body.model,
+                body.tokens_input,
+                body.tokens_output,
+                None if body.cost_estimate is None else Money(body.cost_estimate),
+                body.request_id,
+            )
+        except NotFound as error:
+            # The contract: a 404 that also has the shape of a check, so old clients read "no".
+            not_found = {
+                "error": error.code,
+                "message": error.message,
+                "allowed": False,
+                "budget": _NOT_FOUND_BUDGET,
+                "status": "not_found",
+            }
+            respond(resp, not_found, falcon.HTTP_404)
+            return
+        answer = {
+            "allowed": result.allowed,
+            "budget": budget_json(result.budget),
+            "status": result.status.value,
+            "message": MESSAGES[result.status],
+        }
+        if result.reservation is not None:
+            answer["reservation"] = {
+                "request_id": result.reservation.request_id,
+                "amount": money_to_decimal(result.reservation.amount),
+                "expires_at": iso_from_ms(result.reservation.expires_at_ms),
+            }
+        respond(resp, answer)
+
+
+def _whole_ms(response_time: Decimal) -> int:
+    return int(response_time.to_integral_value(rounding=ROUND_HALF_EVEN))
+
+
+class LogUsageResource:
+    def __init__(self, ledger: Ledger, body_bytes_max: int) -> None:
+        self._ledger = ledger
+        self._body_bytes_max = body_bytes_max
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = read_model(req, LogUsageRequest, self._body_bytes_max)
+        outcome = self._ledger.log_usage(
+            body.user_id,
+            body.model,
+            body.request_id,
+            body.tokens_input,
+            body.tokens_output,
+            None if body.cost_total is None else Money(body.cost_total),
+            None if body.response_time is None else _whole_ms(body.response_time),
+        )
+        answer = {
+            "message": "Usage logged and budget updated successfully",
+            "result": "created" if outcome.created else "exists",
+            "budget": budget_json(outcome.budget),
+        }
+        if not outcome.created:
+            answer["message"] = "Usage already logged; nothing changed"
+        respond(resp, answer, falcon.HTTP_201 if outcome.created else falcon.HTTP_200)
+
+
+class ReleaseReservationResource:
+    def __init__(self, ledger: Ledger, body_bytes_max: int) -> None:
+        self._ledger = ledger
+        self._body_bytes_max = body_bytes_max
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = read_model(req, ReleaseReservationRequest, self._body_bytes_max)
+        reservation = self._ledger.release_reservation(body.request_id)
+        answer = {
+            "request_id": reservation.request_id,
+            "released": money_to_decimal(reservation.amount),
+        }
+        respond(resp, answer)

@@ -1,0 +1,100 @@
+"""Read-only views for dashboards (X-API-Key): a user's budget and their usage aggregates."""
+
+from datetime import date, datetime, time
+
+import falcon
+
+from api.http import ApiError, respond
+from api.render import budget_json
+from core.ledger import Ledger
+from core.money import Money, money_to_decimal
+from core.periods import iso_from_ms, to_ms
+from zoneinfo import ZoneInfo
+
+GROUP_BY_VALUES = ("model", "day")
+
+
+class UserBudgetResource:
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, user_id: str) -> None:
+        user = self._ledger.user(user_id)
+        budget = budget_json(user.budget)
+        budget["reserved"] = money_to_decimal(user.budget.held)
+        respond(
+            resp,
+            {
+                "user_id": user.id,
+                "status": user.status.value,
+                "budget": budget,
+                "period": {
+                    "label": user.period_label,
+                    "start": iso_from_ms(user.period_start_ms),
+                    "end": iso_from_ms(self._ledger.period_end_ms(user)),
+                },
+            },
+        )
+
+
+class UserUsageResource:
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, user_id: str) -> None:
+        group_by = req.get_param("group_by") or "model"
+        if group_by not in GROUP_BY_VALUES:
+            raise ApiError(
+                falcon.HTTP_422, "validation_error", "group_by: must be model or day", field="group_by"
+            )
+        zone = self._ledger.zone
+        from_ms = _parse_time(req.get_param("from"), "from", zone)
+        to_ms_ = _parse_time(req.get_param("to"), "to", zone)
+        summary = self._ledger.usage_summary(
+            user_id, from_ms, to_ms_, "model" if group_by == "model" else "day"
+        )
+        groups = [
+            {
+                "key": str(group.key),
+                "requests": group.requests,
+                "tokens_input": group.tokens_input,
+                "tokens_output": group.tokens_output,
+                "cost": money_to_decimal(group.cost),
+            }
+            for group in summary.groups
+        ]
+        total = {
+            "key": "total",
+            "requests": sum(group.requests for group in summary.groups),
+            "tokens_input": sum(group.tokens_input for group in summary.groups),
+            "tokens_output": sum(group.tokens_output for group in summary.groups),
+            "cost": money_to_decimal(Money(sum(group.cost for group in summary.groups))),
+        }
+        respond(
+            resp,
+            {
+                "user_id": user_id,
+                "from": iso_from_ms(summary.from_ms),
+                "to": iso_from_ms(summary.to_ms),
+                "group_by": group_by,
+                "groups": groups,
+                "total": total,
+            },
+        )
+
+
+def _parse_time(value: str | None, field: str, zone: ZoneInfo) -> int | None:
+    """A date (``2026-11-01``, midnight in the budget zone) or an ISO 8601 time with an offset."""
+    if value is None:
+        return None
+    try:
+        if len(value) == 10:
+            return to_ms(datetime.combine(date.fromisoformat(value), time(), tzinfo=zone))
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ApiError(
+            falcon.HTTP_422, "validation_error", f"{field}: must be a date or ISO 8601 time", field=field
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=zone)
+    return to_ms(moment)

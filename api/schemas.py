@@ -1,0 +1,236 @@
+"""Request and response models of the HTTP API; the OpenAPI document is generated from them.
+
+Requests are validated with these models. Responses are rendered as plain dicts for speed and
+are checked against these models in the tests.
+"""
+
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic_core import PydanticCustomError
+
+from core.money import AMOUNT_MAX, Money, MoneyError, money_from_input
+
+TOKENS_MAX = 1_000_000_000
+ID_LENGTH_MAX = 256
+TEXT_LENGTH_MAX = 1024
+
+
+def _money(value: object) -> Money:
+    try:
+        return money_from_input(value)
+    except MoneyError as error:
+        raise PydanticCustomError("invalid_amount", str(error)) from None
+
+
+MoneyIn = Annotated[
+    int,
+    BeforeValidator(_money),
+    WithJsonSchema(
+        {
+            "type": "number",
+            "minimum": 0,
+            "maximum": int(AMOUNT_MAX),
+            "description": "US dollars; a JSON number or decimal string, rounded half-even to 9 places",
+        }
+    ),
+]
+MoneyOut = Annotated[Decimal, WithJsonSchema({"type": "number", "description": "US dollars, exact"})]
+Identifier = Annotated[str, Field(min_length=1, max_length=ID_LENGTH_MAX)]
+Tokens = Annotated[int, Field(ge=0, le=TOKENS_MAX)]
+Label = Annotated[str, Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", examples=["2026-12"])]
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class CheckBudgetRequest(Request):
+    user_id: Identifier
+    model: Annotated[str, Field(max_length=ID_LENGTH_MAX)] | None = None
+    tokens_input: Tokens = 0
+    tokens_output: Tokens = 0
+    cost_estimate: MoneyIn | None = None
+    request_id: Identifier | None = None
+
+
+class LogUsageRequest(Request):
+    user_id: Identifier
+    model: Annotated[str, Field(min_length=1, max_length=ID_LENGTH_MAX)]
+    request_id: Identifier
+    tokens_input: Tokens = 0
+    tokens_output: Tokens = 0
+    cost_total: MoneyIn | None = None
+    response_time: Annotated[Decimal, Field(ge=0, le=86_400_000, allow_inf_nan=False)] | None = (
+        Field(None, description="milliseconds")
+    )
+
+
+class ReleaseReservationRequest(Request):
+    request_id: Identifier
+
+
+class ResetBudgetsRequest(Request):
+    period: Label | None = None
+
+
+class ProvisionUserRequest(Request):
+    email: Annotated[str, Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")]
+    password: Annotated[str, Field(min_length=8, max_length=1024)]
+    product_id: Identifier
+    tenant_id: Identifier = "default"
+    user_id: Identifier | None = None
+
+
+class ProductRequest(Request):
+    id: Identifier
+    name: Annotated[str, Field(min_length=1, max_length=TEXT_LENGTH_MAX)]
+    monthly_budget: MoneyIn
+
+
+class TenantRequest(Request):
+    id: Identifier
+    name: Annotated[str, Field(min_length=1, max_length=TEXT_LENGTH_MAX)]
+    monthly_budget: MoneyIn | None = None
+
+
+class UserPatchRequest(Request):
+    status: Literal["active", "suspended"] | None = None
+    product_id: Identifier | None = None
+
+
+class CreditRequest(Request):
+    amount: MoneyIn
+    reason: Annotated[str, Field(min_length=1, max_length=TEXT_LENGTH_MAX)]
+    grant_id: Identifier | None = Field(None, description="idempotency key: a retry adds nothing")
+
+
+# -- responses -------------------------------------------------------------------------------
+
+
+class Budget(BaseModel):
+    total: MoneyOut
+    used: MoneyOut
+    remaining: MoneyOut
+
+
+class BudgetWithReserved(Budget):
+    reserved: MoneyOut
+
+
+class ReservationOut(BaseModel):
+    request_id: str
+    amount: MoneyOut
+    expires_at: str
+
+
+class CheckBudgetResponse(BaseModel):
+    allowed: bool
+    budget: Budget
+    status: Literal["active", "exceeded", "suspended", "tenant_exceeded", "not_found"]
+    message: str
+    reservation: ReservationOut | None = None
+
+
+class LogUsageResponse(BaseModel):
+    message: str
+    result: Literal["created", "exists"]
+    budget: Budget
+
+
+class ReleaseReservationResponse(BaseModel):
+    request_id: str
+    released: MoneyOut
+
+
+class ResetBudgetsResponse(BaseModel):
+    message: str
+    users_reset: int
+    period: str
+    already_done: bool
+
+
+class UserOut(BaseModel):
+    id: str
+    email: str
+    product_id: str
+    tenant_id: str
+    status: Literal["active", "suspended"]
+    budget: Budget
+    created_at: str
+
+
+class ProvisionUserResponse(BaseModel):
+    message: str
+    user: UserOut
+
+
+class ProductOut(BaseModel):
+    id: str
+    name: str
+    monthly_budget: MoneyOut
+
+
+class ProductList(BaseModel):
+    products: list[ProductOut]
+
+
+class TenantOut(BaseModel):
+    id: str
+    name: str
+    monthly_budget: MoneyOut | None
+
+
+class CreditResponse(BaseModel):
+    result: Literal["created", "exists"]
+    grant_id: str
+    user: UserOut
+
+
+class Period(BaseModel):
+    label: str
+    start: str
+    end: str
+
+
+class UserBudgetResponse(BaseModel):
+    user_id: str
+    status: Literal["active", "suspended"]
+    budget: BudgetWithReserved
+    period: Period
+
+
+class UsageGroupOut(BaseModel):
+    key: str
+    requests: int
+    tokens_input: int
+    tokens_output: int
+    cost: MoneyOut
+
+
+class UsageResponse(BaseModel):
+    user_id: str
+    from_: str = Field(alias="from")
+    to: str
+    group_by: Literal["model", "day"]
+    groups: list[UsageGroupOut]
+    total: UsageGroupOut
+
+
+class Health(BaseModel):
+    status: Literal["ok", "error"]
+    version: str
+    database: Literal["ok", "error"]
+
+
+class Error(BaseModel):
+    error: str = Field(description="stable code: validation_error, not_found, …")
+    message: str
+    field: str | None = None
+
+
+class CheckBudgetNotFound(Error):
+    allowed: Literal[False]
+    budget: Budget
+    status: Literal["not_found"]
