@@ -1,13 +1,13 @@
-"""The ``billing`` command: ``serve`` runs the API under waitress, ``migrate`` applies the schema."""
+"""The ``billing`` command: ``serve`` runs the API under waitress, ``migrate`` the schema."""
 
 import argparse
 import logging
 import sys
 
-import waitress
 from pydantic import ValidationError
 
 from api.app import create_app
+from api.server import run_waitress
 from core.ledger import Ledger, wall_clock_ms
 from core.prices import load_price_table
 from core.settings import Keys, Settings, resolve_keys
@@ -15,12 +15,6 @@ from core.store import open_store
 from core.store.base import LedgerStore
 
 log = logging.getLogger("billing")
-
-# Waitress buffers a whole body before the app sees it; past this margin over BODY_BYTES_MAX it
-# refuses the request itself (plain-text 413), below it the app answers with a JSON 413.
-WAITRESS_BODY_MARGIN_BYTES = 1024 * 1024
-WAITRESS_CONNECTION_LIMIT = 1000
-WAITRESS_CHANNEL_TIMEOUT_SECONDS = 60
 
 
 def load_settings() -> Settings:
@@ -52,20 +46,9 @@ def serve(settings: Settings) -> None:
     for name in store.applied_migrations:
         log.info("applied migration %s", name)
     app = create_app(settings, keys, ledger)
-    # Under saturation waitress warns once per queued request; that is load, not news.
-    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     log.info("CloudFreedom Billing listening on %s:%d", settings.host, settings.port)
     try:
-        waitress.serve(
-            app,
-            host=settings.host,
-            port=settings.port,
-            threads=settings.threads,
-            connection_limit=WAITRESS_CONNECTION_LIMIT,
-            channel_timeout=WAITRESS_CHANNEL_TIMEOUT_SECONDS,
-            max_request_body_size=settings.body_bytes_max + WAITRESS_BODY_MARGIN_BYTES,
-            ident="cloudfreedom-billing",
-        )
+        run_waitress(app, settings)
     finally:
         store.close()
 

@@ -66,7 +66,9 @@ def read_model(req: falcon.Request, model: type[ModelT], body_bytes_max: int) ->
         try:
             payload = simplejson.loads(raw, use_decimal=True, parse_constant=_reject_constant)
         except (simplejson.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ApiError(falcon.HTTP_400, "invalid_json", f"malformed JSON body: {error}") from None
+            raise ApiError(
+                falcon.HTTP_400, "invalid_json", f"malformed JSON body: {error}"
+            ) from None
     return validate(model, payload)
 
 
@@ -87,7 +89,9 @@ def _too_large(body_bytes_max: int) -> ApiError:
 
 def validate(model: type[ModelT], payload: object) -> ModelT:
     if not isinstance(payload, dict):
-        raise ApiError(falcon.HTTP_422, "validation_error", "body must be a JSON object", field=None)
+        raise ApiError(
+            falcon.HTTP_422, "validation_error", "body must be a JSON object", field=None
+        )
     try:
         return model.model_validate(payload)
     except ValidationError as error:
@@ -106,7 +110,9 @@ def validation_error(error: ValidationError) -> ApiError:
     )
 
 
-def handle_ledger_error(req: falcon.Request, resp: falcon.Response, error: LedgerError, _: dict) -> None:
+def handle_ledger_error(
+    req: falcon.Request, resp: falcon.Response, error: LedgerError, _: dict
+) -> None:
     respond(
         resp,
         {"error": error.code, "message": error.message, **error.details},

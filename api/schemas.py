@@ -32,14 +32,16 @@ MoneyIn = Annotated[
             "type": "number",
             "minimum": 0,
             "maximum": int(AMOUNT_MAX),
-            "description": "US dollars; a JSON number or decimal string, rounded half-even to 9 places",
+            "description": "US dollars: a JSON number or decimal string, half-even to 9 places",
         }
     ),
 ]
-MoneyOut = Annotated[Decimal, WithJsonSchema({"type": "number", "description": "US dollars, exact"})]
+MoneyOut = Annotated[
+    Decimal, WithJsonSchema({"type": "number", "description": "US dollars, exact"})
+]
 Identifier = Annotated[str, Field(min_length=1, max_length=ID_LENGTH_MAX)]
 Tokens = Annotated[int, Field(ge=0, le=TOKENS_MAX)]
-Label = Annotated[str, Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", examples=["2026-12"])]
+Label = Annotated[str, Field(pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$", examples=["2026-12"])]
 
 
 class Request(BaseModel):

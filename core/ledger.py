@@ -14,7 +14,7 @@ from core.budget import MESSAGES, BudgetSnapshot, BudgetStatus, UserStatus, deci
 from core.errors import Invalid, NotFound
 from core.money import Money
 from core.passwords import hash_password
-from core.periods import label_at, label_bounds_ms, local_day
+from core.periods import label_at, label_bounds_ms, local_day, parse_label
 from core.prices import PriceTable
 from core.reservations import Reservation
 from core.store.base import (
@@ -137,21 +137,24 @@ class Ledger:
     ) -> UsageSummary:
         """Usage added up by model or by day (in the budget time zone) over ``[from, to)``.
 
-        Without bounds it covers the user's open period up to now; a range is at most
-        ``USAGE_RANGE_DAYS_MAX`` days.
+        Without bounds it covers the user's open period up to now (at most the last
+        ``USAGE_RANGE_DAYS_MAX`` days of it); a range given is at most that long.
         """
         now_ms = self.clock_ms()
         view = self._require_user(user_id, now_ms)
-        start_ms = view.period_start_ms if from_ms is None else from_ms
         end_ms = now_ms + 1 if to_ms is None else to_ms
+        range_ms_max = USAGE_RANGE_DAYS_MAX * DAY_MS
+        start_ms = max(view.period_start_ms, end_ms - range_ms_max) if from_ms is None else from_ms
         if end_ms < start_ms:
             raise Invalid("must not be before from", field="to")
-        if end_ms - start_ms > USAGE_RANGE_DAYS_MAX * DAY_MS:
+        if end_ms - start_ms > range_ms_max:
             raise Invalid(f"range must not exceed {USAGE_RANGE_DAYS_MAX} days", field="to")
         if group_by == "model":
             groups = self.store.usage_groups(user_id, start_ms, end_ms, "model")
         else:
-            groups = self._by_local_day(self.store.usage_groups(user_id, start_ms, end_ms, "bucket"))
+            groups = self._by_local_day(
+                self.store.usage_groups(user_id, start_ms, end_ms, "bucket")
+            )
         return UsageSummary(start_ms, end_ms, groups)
 
     def _by_local_day(self, buckets: list[UsageGroup]) -> list[UsageGroup]:
@@ -179,6 +182,11 @@ class Ledger:
 
     def reset_budgets(self, label: str | None) -> ResetResult:
         """Close every open period. With a label, at most once per label; without, always."""
+        if label is not None:
+            try:
+                parse_label(label)
+            except ValueError as error:
+                raise Invalid(str(error), field="period") from None
         now_ms = self.clock_ms()
         applied_label = label_at(now_ms, self.zone) if label is None else label
         outcome: ResetOutcome = self.store.reset_periods(applied_label, label is not None, now_ms)
@@ -231,7 +239,12 @@ class Ledger:
         return view
 
     def _price_or(
-        self, given: Money | None, model: str | None, tokens_input: int, tokens_output: int, field: str
+        self,
+        given: Money | None,
+        model: str | None,
+        tokens_input: int,
+        tokens_output: int,
+        field: str,
     ) -> Money:
         if given is not None:
             return given

@@ -6,7 +6,8 @@ exact integer arithmetic in Python and in SQL alike. Input is a decimal number; 
 0.00022500000000000002). Floats are refused: a float has already lost the exact value.
 """
 
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+import re
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import NewType
 
 Money = NewType("Money", int)
@@ -17,6 +18,8 @@ AMOUNT_MAX = Decimal(1_000_000_000)
 MONEY_ZERO = Money(0)
 
 _QUANTUM = Decimal(1).scaleb(-SCALE_DIGITS)
+# Plain ASCII decimals only: Decimal() alone would also take "1_00" and non-ASCII digits.
+_DECIMAL_TEXT = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 class MoneyError(ValueError):
@@ -32,10 +35,9 @@ def money_from_input(value: object) -> Money:
     elif isinstance(value, Decimal):
         amount = value
     elif isinstance(value, str):
-        try:
-            amount = Decimal(value.strip())
-        except InvalidOperation:
-            raise MoneyError("must be a decimal number") from None
+        if not _DECIMAL_TEXT.fullmatch(value.strip()):
+            raise MoneyError("must be a decimal number such as 12.5")
+        amount = Decimal(value.strip())
     else:
         raise MoneyError("must be a decimal number")
     if not amount.is_finite():

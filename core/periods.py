@@ -10,7 +10,7 @@ import re
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-PERIOD_LABEL_PATTERN = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+PERIOD_LABEL_PATTERN = re.compile(r"([0-9]{4})-(0[1-9]|1[0-2])")
 
 
 def label_at(time_ms: int, zone: ZoneInfo) -> str:
@@ -21,7 +21,7 @@ def label_at(time_ms: int, zone: ZoneInfo) -> str:
 
 def parse_label(label: str) -> tuple[int, int]:
     """``"2026-12"`` → ``(2026, 12)``; raises ValueError naming the expected form."""
-    match = PERIOD_LABEL_PATTERN.match(label)
+    match = PERIOD_LABEL_PATTERN.fullmatch(label)
     if match is None:
         raise ValueError("must be a period label of the form YYYY-MM")
     return int(match.group(1)), int(match.group(2))
@@ -43,7 +43,9 @@ def to_ms(moment: datetime) -> int:
 
 def iso_from_ms(time_ms: int) -> str:
     """UTC ISO 8601 with milliseconds and a ``Z``: the one time format of the API."""
-    moment = datetime.fromtimestamp(time_ms // 1000, tz=UTC) + timedelta(milliseconds=time_ms % 1000)
+    moment = datetime.fromtimestamp(time_ms // 1000, tz=UTC) + timedelta(
+        milliseconds=time_ms % 1000
+    )
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{time_ms % 1000:03d}Z"
 
 

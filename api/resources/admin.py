@@ -1,9 +1,9 @@
-"""Administration under ``/api/admin/`` (X-Admin-Key): resets, provisioning, plans, tenants, users."""
+"""Administration under ``/api/admin/`` (X-Admin-Key): resets, users, plans, tenants."""
 
 import falcon
 
 from api.http import ApiError, read_model, respond
-from api.render import user_json
+from api.render import money_json, user_json
 from api.schemas import (
     CreditRequest,
     ProductRequest,
@@ -14,7 +14,7 @@ from api.schemas import (
 )
 from core.budget import UserStatus
 from core.ledger import Ledger
-from core.money import Money, money_to_decimal
+from core.money import Money
 from core.store.base import Product, Tenant
 
 
@@ -61,7 +61,7 @@ def _product_json(product: Product) -> dict:
     return {
         "id": product.id,
         "name": product.name,
-        "monthly_budget": money_to_decimal(product.monthly_budget),
+        "monthly_budget": money_json(product.monthly_budget),
     }
 
 
@@ -84,7 +84,7 @@ class TenantsResource(_AdminResource):
         answer = {
             "id": body.id,
             "name": body.name,
-            "monthly_budget": None if cap is None else money_to_decimal(cap),
+            "monthly_budget": None if cap is None else money_json(cap),
         }
         respond(resp, answer, falcon.HTTP_201 if created else falcon.HTTP_200)
 
@@ -108,13 +108,20 @@ class CreditsResource(_AdminResource):
         body = read_model(req, CreditRequest, self._body_bytes_max)
         if body.amount == 0:
             raise ApiError(
-                falcon.HTTP_422, "validation_error", "amount: must be greater than 0", field="amount"
+                falcon.HTTP_422,
+                "validation_error",
+                "amount: must be greater than 0",
+                field="amount",
             )
         created, user, grant_id = self._ledger.grant_credit(
             user_id, Money(body.amount), body.reason, body.grant_id
         )
         respond(
             resp,
-            {"result": "created" if created else "exists", "grant_id": grant_id, "user": user_json(user)},
+            {
+                "result": "created" if created else "exists",
+                "grant_id": grant_id,
+                "user": user_json(user),
+            },
             falcon.HTTP_201 if created else falcon.HTTP_200,
         )

@@ -5,12 +5,12 @@ from decimal import ROUND_HALF_EVEN, Decimal
 import falcon
 
 from api.http import read_model, respond
-from api.render import budget_json
+from api.render import budget_json, money_json
 from api.schemas import CheckBudgetRequest, LogUsageRequest, ReleaseReservationRequest
 from core.budget import MESSAGES
 from core.errors import NotFound
 from core.ledger import Ledger
-from core.money import Money, money_to_decimal
+from core.money import Money
 from core.periods import iso_from_ms
 
 _NOT_FOUND_BUDGET = {"total": 0, "used": 0, "remaining": 0}
@@ -52,7 +52,7 @@ class CheckBudgetResource:
         if result.reservation is not None:
             answer["reservation"] = {
                 "request_id": result.reservation.request_id,
-                "amount": money_to_decimal(result.reservation.amount),
+                "amount": money_json(result.reservation.amount),
                 "expires_at": iso_from_ms(result.reservation.expires_at_ms),
             }
         respond(resp, answer)
@@ -98,6 +98,6 @@ class ReleaseReservationResource:
         reservation = self._ledger.release_reservation(body.request_id)
         answer = {
             "request_id": reservation.request_id,
-            "released": money_to_decimal(reservation.amount),
+            "released": money_json(reservation.amount),
         }
         respond(resp, answer)

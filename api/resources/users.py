@@ -1,15 +1,15 @@
 """Read-only views for dashboards (X-API-Key): a user's budget and their usage aggregates."""
 
 from datetime import date, datetime, time
+from zoneinfo import ZoneInfo
 
 import falcon
 
 from api.http import ApiError, respond
-from api.render import budget_json
+from api.render import budget_json, money_json
 from core.ledger import Ledger
-from core.money import Money, money_to_decimal
+from core.money import Money
 from core.periods import iso_from_ms, to_ms
-from zoneinfo import ZoneInfo
 
 GROUP_BY_VALUES = ("model", "day")
 
@@ -21,7 +21,7 @@ class UserBudgetResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response, user_id: str) -> None:
         user = self._ledger.user(user_id)
         budget = budget_json(user.budget)
-        budget["reserved"] = money_to_decimal(user.budget.held)
+        budget["reserved"] = money_json(user.budget.held)
         respond(
             resp,
             {
@@ -45,7 +45,10 @@ class UserUsageResource:
         group_by = req.get_param("group_by") or "model"
         if group_by not in GROUP_BY_VALUES:
             raise ApiError(
-                falcon.HTTP_422, "validation_error", "group_by: must be model or day", field="group_by"
+                falcon.HTTP_422,
+                "validation_error",
+                "group_by: must be model or day",
+                field="group_by",
             )
         zone = self._ledger.zone
         from_ms = _parse_time(req.get_param("from"), "from", zone)
@@ -59,7 +62,7 @@ class UserUsageResource:
                 "requests": group.requests,
                 "tokens_input": group.tokens_input,
                 "tokens_output": group.tokens_output,
-                "cost": money_to_decimal(group.cost),
+                "cost": money_json(group.cost),
             }
             for group in summary.groups
         ]
@@ -68,7 +71,7 @@ class UserUsageResource:
             "requests": sum(group.requests for group in summary.groups),
             "tokens_input": sum(group.tokens_input for group in summary.groups),
             "tokens_output": sum(group.tokens_output for group in summary.groups),
-            "cost": money_to_decimal(Money(sum(group.cost for group in summary.groups))),
+            "cost": money_json(Money(sum(group.cost for group in summary.groups))),
         }
         respond(
             resp,
@@ -93,7 +96,10 @@ def _parse_time(value: str | None, field: str, zone: ZoneInfo) -> int | None:
         moment = datetime.fromisoformat(value)
     except ValueError:
         raise ApiError(
-            falcon.HTTP_422, "validation_error", f"{field}: must be a date or ISO 8601 time", field=field
+            falcon.HTTP_422,
+            "validation_error",
+            f"{field}: must be a date or ISO 8601 time",
+            field=field,
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=zone)

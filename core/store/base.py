@@ -115,7 +115,9 @@ class LedgerStore(Protocol):
     ) -> CheckOutcome:
         """Place a hold when ``core.budget.decide`` allows it; a retry returns the same hold."""
 
-    def log_usage(self, record: UsageRecord, response_time_ms: int | None, now_ms: int) -> LogOutcome:
+    def log_usage(
+        self, record: UsageRecord, response_time_ms: int | None, now_ms: int
+    ) -> LogOutcome:
         """Append usage, settle its hold, count its cost; an identical replay changes nothing."""
 
     def release(self, request_id: str, now_ms: int) -> Reservation:
