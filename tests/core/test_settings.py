@@ -1,0 +1,111 @@
+"""Settings validation and key resolution: generated once (mode 0600), configured keys used as given."""
+
+import os
+import stat
+
+import pytest
+import simplejson
+from pydantic import ValidationError
+
+from core.settings import KEYS_FILE_NAME, Settings, resolve_keys
+
+LONG_API_KEY = "api-key-0123456789abcdef"
+LONG_ADMIN_KEY = "admin-key-0123456789abcdef"
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch):
+    """No setting leaks in from the environment the tests run in."""
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name.upper(), raising=False)
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_keys_are_generated_once_into_the_data_dir_with_mode_0600(tmp_path):
+    data_dir = tmp_path / "data"
+    settings = Settings(data_dir=data_dir)
+    first = resolve_keys(settings)
+    path = data_dir / KEYS_FILE_NAME
+    assert first.generated_path == path
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert len(first.api_key) >= 16 and len(first.admin_key) >= 16
+    assert first.api_key != first.admin_key
+    kept = simplejson.loads(path.read_text("utf-8"))
+    assert kept == {"billing_api_key": first.api_key, "admin_secret_key": first.admin_key}
+
+    second = resolve_keys(Settings(data_dir=data_dir))
+    assert (second.api_key, second.admin_key) == (first.api_key, first.admin_key)
+    assert sorted(entry.name for entry in data_dir.iterdir()) == [KEYS_FILE_NAME]
+
+
+def test_configured_keys_are_used_as_given_and_nothing_is_written(tmp_path, monkeypatch):
+    monkeypatch.setenv("BILLING_API_KEY", LONG_API_KEY)
+    monkeypatch.setenv("ADMIN_SECRET_KEY", LONG_ADMIN_KEY)
+    keys = resolve_keys(Settings(data_dir=tmp_path / "data"))
+    assert (keys.api_key, keys.admin_key, keys.generated_path) == (LONG_API_KEY, LONG_ADMIN_KEY, None)
+    assert not (tmp_path / "data" / KEYS_FILE_NAME).exists()
+
+
+def test_one_configured_key_and_one_kept_key(tmp_path, monkeypatch):
+    data_dir = tmp_path / "data"
+    generated = resolve_keys(Settings(data_dir=data_dir))
+    monkeypatch.setenv("BILLING_API_KEY", LONG_API_KEY)
+    keys = resolve_keys(Settings(data_dir=data_dir))
+    assert keys.api_key == LONG_API_KEY
+    assert keys.admin_key == generated.admin_key
+
+
+def test_keys_given_to_the_constructor_are_used(tmp_path):
+    settings = Settings(data_dir=tmp_path, billing_api_key=LONG_API_KEY, admin_secret_key=LONG_ADMIN_KEY)
+    keys = resolve_keys(settings)
+    assert (keys.api_key, keys.admin_key) == (LONG_API_KEY, LONG_ADMIN_KEY)
+
+
+@pytest.mark.parametrize("variable", ["BILLING_API_KEY", "ADMIN_SECRET_KEY"])
+def test_short_key_from_the_environment_is_refused_naming_the_field(variable, monkeypatch):
+    monkeypatch.setenv(variable, "x" * 15)
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    errors = caught.value.errors()
+    assert [error["loc"] for error in errors] == [(variable.lower(),)]
+    assert "16" in errors[0]["msg"]
+
+
+def test_sixteen_character_key_is_accepted(monkeypatch):
+    monkeypatch.setenv("BILLING_API_KEY", "x" * 16)
+    assert Settings().billing_api_key.get_secret_value() == "x" * 16
+
+
+@pytest.mark.parametrize("zone", ["Mars/Olympus_Mons", "", "../etc/passwd", "utc"])
+def test_unknown_budget_timezone_is_refused(zone, monkeypatch):
+    monkeypatch.setenv("BUDGET_TIMEZONE", zone)
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    assert [error["loc"] for error in caught.value.errors()] == [("budget_timezone",)]
+
+
+def test_known_budget_timezone(monkeypatch):
+    monkeypatch.setenv("BUDGET_TIMEZONE", "Europe/Berlin")
+    settings = Settings()
+    assert settings.budget_timezone == "Europe/Berlin"
+    assert settings.zone.key == "Europe/Berlin"
+
+
+def test_defaults():
+    settings = Settings()
+    assert settings.port == 3000
+    assert settings.budget_timezone == "UTC"
+    assert settings.reservation_ttl_seconds == 600
+    assert settings.sqlite_synchronous == "FULL"
+    assert settings.billing_api_key is None and settings.admin_secret_key is None
+
+
+def test_cors_origin_list(monkeypatch):
+    monkeypatch.setenv("CORS_ORIGINS", " https://a.example , ,https://b.example")
+    assert Settings().cors_origin_list == ["https://a.example", "https://b.example"]
+
+
+def test_keys_file_without_both_keys_is_refused(tmp_path):
+    (tmp_path / KEYS_FILE_NAME).write_text('{"billing_api_key": "only-one-key-here"}', "utf-8")
+    with pytest.raises(ValueError, match="delete it"):
+        resolve_keys(Settings(data_dir=tmp_path))
