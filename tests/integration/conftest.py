@@ -1,0 +1,45 @@
+"""Integration fixtures: a work folder per module and real servers, all stopped at teardown."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from integration_support import BillingServer
+
+
+class Launcher:
+    """Starts `billing serve` processes in one folder; ``stop_all`` stops every one it started."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.started: list[BillingServer] = []
+
+    def __call__(self, db_path: Path, name: str, **options) -> BillingServer:
+        """One server, returned once GET / answers 200."""
+        return self.together(db_path, [name], **options)[0]
+
+    def together(self, db_path: Path, names: list[str], **options) -> list[BillingServer]:
+        """Several servers spawned at the same instant (racing their first start), then awaited."""
+        servers = [BillingServer(self.workdir, db_path, name, **options) for name in names]
+        self.started.extend(servers)
+        for server in servers:
+            server.wait_ready()
+        return servers
+
+    def stop_all(self) -> None:
+        for server in reversed(self.started):
+            server.stop()
+
+
+@pytest.fixture(scope="module")
+def workdir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+
+
+@pytest.fixture(scope="module")
+def launch(workdir: Path) -> Iterator[Launcher]:
+    launcher = Launcher(workdir)
+    try:
+        yield launcher
+    finally:
+        launcher.stop_all()

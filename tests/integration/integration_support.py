@@ -1,0 +1,250 @@
+"""Integration helpers: real `billing serve` processes, JSON with exact money, raw DB reads."""
+
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import simplejson
+
+API_KEY = "integration-api-key-0123456789"
+ADMIN_KEY = "integration-admin-key-0123456789"
+PASSWORD = "correct horse battery"
+READY_WAIT_SECONDS = 20.0
+STOP_WAIT_SECONDS = 10.0
+NANOS_PER_DOLLAR = 10**9
+
+# Variables the server reads; scrubbed from the inherited environment so only ours count.
+_SERVER_VARIABLES = (
+    "PORT",
+    "HOST",
+    "BILLING_API_KEY",
+    "ADMIN_SECRET_KEY",
+    "DATA_DIR",
+    "DATABASE_URL",
+    "CORS_ORIGINS",
+    "BUDGET_TIMEZONE",
+    "RESERVATION_TTL_SECONDS",
+    "BODY_BYTES_MAX",
+    "THREADS",
+    "MODEL_PRICES_PATH",
+    "SQLITE_SYNCHRONOUS",
+)
+
+
+def billing_command(*arguments: str) -> list[str]:
+    """The `billing` console script next to this interpreter (the real server, no shell)."""
+    beside = Path(sys.executable).parent / "billing"
+    found = str(beside) if beside.exists() else shutil.which("billing")
+    if found is None:
+        return [sys.executable, "-m", "api.cli", *arguments]
+    return [found, *arguments]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def database_url(path: Path) -> str:
+    """SQLAlchemy's absolute form: sqlite:////abs/path.db."""
+    assert path.is_absolute()
+    return f"sqlite:///{path}"
+
+
+def server_env(**overrides: str | None) -> dict[str, str]:
+    """The inherited environment without the server's variables, plus ``overrides`` (None drops)."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name.upper() not in _SERVER_VARIABLES
+    }
+    env["PYTHONUNBUFFERED"] = "1"
+    for name, value in overrides.items():
+        if value is not None:
+            env[name] = value
+    return env
+
+
+def dumps(body: object) -> bytes:
+    """JSON with Decimals as exact JSON numbers."""
+    return simplejson.dumps(body, use_decimal=True).encode()
+
+
+def loads(response: httpx.Response) -> dict:
+    """A response body with every number that has a fraction as an exact Decimal."""
+    return json.loads(response.text, parse_float=Decimal)
+
+
+def dollars(nanos: int) -> Decimal:
+    return Decimal(nanos) / NANOS_PER_DOLLAR
+
+
+class BillingServer:
+    """One `billing serve` process on 127.0.0.1:<free port>, its output captured to files."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        db_path: Path,
+        name: str = "server",
+        *,
+        keys: bool = True,
+        threads: int | None = None,
+        data_dir: Path | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.workdir = workdir
+        self.db_path = db_path
+        self.name = name
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = workdir / f"{name}-data" if data_dir is None else data_dir
+        self.stdout_path = workdir / f"{name}.stdout"
+        self.stderr_path = workdir / f"{name}.stderr"
+        env = server_env(
+            PORT=str(self.port),
+            HOST="127.0.0.1",
+            DATA_DIR=str(self.data_dir),
+            DATABASE_URL=database_url(db_path),
+            BILLING_API_KEY=API_KEY if keys else None,
+            ADMIN_SECRET_KEY=ADMIN_KEY if keys else None,
+            THREADS=None if threads is None else str(threads),
+            RESERVATION_TTL_SECONDS="3600",
+        )
+        env.update(extra_env or {})
+        self._stdout = open(self.stdout_path, "wb")  # noqa: SIM115 - closed in stop()
+        self._stderr = open(self.stderr_path, "wb")  # noqa: SIM115
+        # No shell: the Popen pid is the server process itself, so a signal reaches it.
+        self.process = subprocess.Popen(
+            billing_command("serve"),
+            cwd=workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._stdout,
+            stderr=self._stderr,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def output(self) -> str:
+        """Everything the process wrote so far, stdout then stderr."""
+        return self.stdout_path.read_text(errors="replace") + self.stderr_path.read_text(
+            errors="replace"
+        )
+
+    def wait_ready(self, timeout: float = READY_WAIT_SECONDS) -> None:
+        """Poll GET / until 200; fail with the server's output if it exits or never answers."""
+        deadline = time.monotonic() + timeout
+        last_error: object = None
+        with httpx.Client(base_url=self.base_url, timeout=2.0) as client:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise AssertionError(
+                        f"{self.name} exited with {self.process.returncode} before it was ready:\n"
+                        + self.output()
+                    )
+                try:
+                    response = client.get("/")
+                    if response.status_code == 200:
+                        return
+                    last_error = f"GET / answered {response.status_code}: {response.text}"
+                except httpx.TransportError as error:
+                    last_error = error
+                time.sleep(0.05)
+        self.stop()
+        raise AssertionError(
+            f"{self.name} not ready within {timeout} s (last: {last_error}):\n" + self.output()
+        )
+
+    def client(self, timeout: float = 30.0) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=timeout)
+
+    def stop(self) -> None:
+        """Terminate, then kill after a bounded wait; close the output files."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=STOP_WAIT_SECONDS)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=STOP_WAIT_SECONDS)
+        for handle in (self._stdout, self._stderr):
+            if not handle.closed:
+                handle.close()
+
+
+def admin_headers(key: str = ADMIN_KEY) -> dict[str, str]:
+    return {"X-Admin-Key": key, "Content-Type": "application/json"}
+
+
+def api_headers(key: str = API_KEY) -> dict[str, str]:
+    return {"X-API-Key": key, "Content-Type": "application/json"}
+
+
+def create_product(client: httpx.Client, product_id: str, budget: Decimal | int) -> dict:
+    response = client.post(
+        "/api/admin/products",
+        content=dumps({"id": product_id, "name": product_id.title(), "monthly_budget": budget}),
+        headers=admin_headers(),
+    )
+    assert response.status_code == 201, response.text
+    return loads(response)
+
+
+def provision_user(client: httpx.Client, user_id: str, product_id: str, tenant_id: str) -> dict:
+    response = client.post(
+        "/api/admin/provision-user",
+        content=dumps(
+            {
+                "email": f"{user_id}@example.test",
+                "password": PASSWORD,
+                "product_id": product_id,
+                "tenant_id": tenant_id,
+                "user_id": user_id,
+            }
+        ),
+        headers=admin_headers(),
+    )
+    assert response.status_code == 201, response.text
+    return loads(response)
+
+
+def usage_body(user_id: str, request_id: str, cost: Decimal | int, model: str = "gpt-4o") -> dict:
+    return {
+        "user_id": user_id,
+        "model": model,
+        "request_id": request_id,
+        "tokens_input": 10,
+        "tokens_output": 20,
+        "cost_total": cost,
+    }
+
+
+def user_budget(client: httpx.Client, user_id: str) -> dict:
+    response = client.get(f"/api/users/{user_id}/budget", headers=api_headers())
+    assert response.status_code == 200, response.text
+    return loads(response)["budget"]
+
+
+@contextmanager
+def read_only(db_path: Path) -> Iterator[sqlite3.Connection]:
+    """A read-only connection to the server's file (WAL: sees every committed write)."""
+    connection = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)
+    try:
+        yield connection
+    finally:
+        connection.close()

@@ -1,0 +1,166 @@
+"""Every write acknowledged before a SIGKILL under load is there after restart; counters agree."""
+
+import os
+import signal
+import threading
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import pytest
+from integration_support import (
+    BillingServer,
+    api_headers,
+    create_product,
+    dollars,
+    dumps,
+    loads,
+    provision_user,
+    read_only,
+    usage_body,
+    user_budget,
+)
+
+LOAD_THREADS = 8
+ACKNOWLEDGED_BEFORE_KILL = 200
+REQUESTS_PER_THREAD_MAX = 5_000
+ACK_WAIT_SECONDS = 30.0
+JOIN_WAIT_SECONDS = 30.0
+REPLAYS = 20
+COST = Decimal("0.001")
+USER_ID = "usr_crash"
+TENANT_ID = "tenant_crash"
+
+
+@pytest.fixture(scope="module")
+def db_path(workdir: Path) -> Path:
+    return workdir / "crash.db"
+
+
+class WriteLoad:
+    """Threads logging usage with unique request_ids; records every one acknowledged with 201."""
+
+    def __init__(self, server: BillingServer) -> None:
+        self._server = server
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.acknowledged: list[str] = []
+        self.unexpected: list[str] = []
+        self.transport_errors = 0
+        self._threads = [
+            threading.Thread(target=self._run, args=(index,), daemon=True)
+            for index in range(LOAD_THREADS)
+        ]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def running(self) -> bool:
+        return any(thread.is_alive() for thread in self._threads)
+
+    def acknowledged_count(self) -> int:
+        with self._lock:
+            return len(self.acknowledged)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=JOIN_WAIT_SECONDS)
+        assert not any(thread.is_alive() for thread in self._threads), "load threads did not stop"
+
+    def _run(self, thread_index: int) -> None:
+        with self._server.client(timeout=10.0) as client:
+            for sequence in range(REQUESTS_PER_THREAD_MAX):
+                if self._stop.is_set():
+                    return
+                request_id = f"crash-{thread_index}-{sequence}"
+                try:
+                    response = client.post(
+                        "/api/log-usage",
+                        content=dumps(usage_body(USER_ID, request_id, COST)),
+                        headers=api_headers(),
+                    )
+                except httpx.TransportError:
+                    # The server died (or the connection broke): this write was not acknowledged.
+                    with self._lock:
+                        self.transport_errors += 1
+                    if self._server.process.poll() is not None:
+                        return
+                    continue
+                with self._lock:
+                    if response.status_code == 201:
+                        self.acknowledged.append(request_id)
+                    else:
+                        self.unexpected.append(
+                            f"{request_id}: {response.status_code} {response.text}"
+                        )
+
+
+def test_acknowledged_writes_survive_sigkill(launch, db_path: Path) -> None:
+    victim = launch(db_path, "victim")
+    with victim.client() as admin:
+        create_product(admin, "unlimited", 1_000_000)
+        provision_user(admin, USER_ID, "unlimited", TENANT_ID)
+
+    load = WriteLoad(victim)
+    load.start()
+    try:
+        deadline = time.monotonic() + ACK_WAIT_SECONDS
+        while load.acknowledged_count() < ACKNOWLEDGED_BEFORE_KILL and time.monotonic() < deadline:
+            assert victim.process.poll() is None, victim.output()
+            time.sleep(0.01)
+        acknowledged_at_kill = load.acknowledged_count()
+        assert acknowledged_at_kill >= ACKNOWLEDGED_BEFORE_KILL, (
+            f"only {acknowledged_at_kill} writes acknowledged within {ACK_WAIT_SECONDS} s"
+        )
+        # The Popen pid is the server itself (no shell in between): the kill hits the process
+        # that holds the database, in the middle of the load.
+        cmdline = Path(f"/proc/{victim.pid}/cmdline")
+        if cmdline.exists():
+            assert b"serve" in cmdline.read_bytes().split(b"\0"), cmdline.read_bytes()
+        assert load.running(), "the load ended before the kill"
+        os.kill(victim.pid, signal.SIGKILL)
+        assert victim.process.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        load.stop()
+
+    assert load.unexpected == []
+    acknowledged = list(load.acknowledged)
+    assert len(acknowledged) >= acknowledged_at_kill
+
+    survivor = launch(db_path, "survivor")
+    with read_only(db_path) as connection:
+        stored = {row[0] for row in connection.execute("SELECT request_id FROM usage")}
+        rows, cost_sum = connection.execute(
+            "SELECT COUNT(*), COALESCE(SUM(cost), 0) FROM usage WHERE user_id = ?", (USER_ID,)
+        ).fetchone()
+        used, held = connection.execute(
+            "SELECT used, held FROM users WHERE id = ?", (USER_ID,)
+        ).fetchone()
+        tenant_used, tenant_held = connection.execute(
+            "SELECT used, held FROM tenants WHERE id = ?", (TENANT_ID,)
+        ).fetchone()
+        integrity = connection.execute("PRAGMA integrity_check").fetchone()[0]
+    assert integrity == "ok"
+    missing = [request_id for request_id in acknowledged if request_id not in stored]
+    assert missing == []
+    assert rows >= len(acknowledged)
+    assert used == cost_sum
+    assert (tenant_used, tenant_held) == (used, 0)
+    assert held == 0
+    assert dollars(used) == COST * rows
+
+    with survivor.client() as client:
+        assert user_budget(client, USER_ID)["used"] == COST * rows
+        sample = acknowledged[:: max(1, len(acknowledged) // REPLAYS)] + [acknowledged[-1]]
+        for request_id in sample:
+            replay = client.post(
+                "/api/log-usage",
+                content=dumps(usage_body(USER_ID, request_id, COST)),
+                headers=api_headers(),
+            )
+            assert replay.status_code == 200, replay.text
+            assert loads(replay)["result"] == "exists"
+        assert user_budget(client, USER_ID)["used"] == COST * rows

@@ -1,0 +1,221 @@
+"""`billing serve`/`migrate` as processes: gateway flow over HTTP, first-run keys, short keys."""
+
+import stat
+import subprocess
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import pytest
+import simplejson
+from integration_support import (
+    ADMIN_KEY,
+    API_KEY,
+    BillingServer,
+    api_headers,
+    billing_command,
+    create_product,
+    database_url,
+    dumps,
+    free_port,
+    loads,
+    provision_user,
+    server_env,
+    usage_body,
+    user_budget,
+)
+
+COMMAND_WAIT_SECONDS = 20.0
+
+
+@pytest.fixture(scope="module")
+def server(launch, workdir: Path) -> BillingServer:
+    return launch(workdir / "serve.db", "serve")
+
+
+@pytest.fixture(scope="module")
+def client(server: BillingServer):
+    with server.client() as opened:
+        yield opened
+
+
+def run_billing(command: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run `billing <command>` to completion, bounded; a hang is a failure, not a stuck suite."""
+    process = subprocess.Popen(
+        billing_command(command),
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=COMMAND_WAIT_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        stdout, stderr = process.communicate(timeout=COMMAND_WAIT_SECONDS)
+        pytest.fail(f"billing {command} did not finish:\n{stdout}\n{stderr}")
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def test_health_answers_ok(client: httpx.Client) -> None:
+    response = client.get("/")
+    assert response.status_code == 200
+    body = loads(response)
+    assert body["status"] == "ok"
+    assert body["database"] == "ok"
+
+
+def test_gateway_flow_with_exact_figures(client: httpx.Client) -> None:
+    product = create_product(client, "starter", Decimal("10"))
+    assert product == {"id": "starter", "name": "Starter", "monthly_budget": 10}
+    user = provision_user(client, "usr_flow", "starter", "tenant_flow")["user"]
+    assert user["id"] == "usr_flow"
+    assert user["status"] == "active"
+    assert user["budget"] == {"total": 10, "used": 0, "remaining": 10}
+    assert "password" not in simplejson.dumps(user)
+
+    check = client.post(
+        "/api/check-budget",
+        content=dumps(
+            {
+                "user_id": "usr_flow",
+                "model": "gpt-4o",
+                "tokens_input": 100,
+                "tokens_output": 200,
+                "cost_estimate": Decimal("0.3"),
+                "request_id": "req-flow-1",
+            }
+        ),
+        headers=api_headers(),
+    )
+    assert check.status_code == 200, check.text
+    checked = loads(check)
+    assert checked["allowed"] is True
+    assert checked["status"] == "active"
+    assert checked["reservation"]["request_id"] == "req-flow-1"
+    assert checked["reservation"]["amount"] == Decimal("0.3")
+    assert checked["budget"] == {"total": 10, "used": 0, "remaining": Decimal("9.7")}
+    assert user_budget(client, "usr_flow") == {
+        "total": 10,
+        "used": 0,
+        "remaining": Decimal("9.7"),
+        "reserved": Decimal("0.3"),
+    }
+
+    logged = client.post(
+        "/api/log-usage",
+        content=dumps(usage_body("usr_flow", "req-flow-1", Decimal("0.25"))),
+        headers=api_headers(),
+    )
+    assert logged.status_code == 201, logged.text
+    body = loads(logged)
+    assert body["result"] == "created"
+    assert body["message"] == "Usage logged and budget updated successfully"
+    assert body["budget"] == {"total": 10, "used": Decimal("0.25"), "remaining": Decimal("9.75")}
+
+    # Three more logs of 0.1 without holds: exactly 0.3 more, no float drift.
+    for index in range(3):
+        more = client.post(
+            "/api/log-usage",
+            content=dumps(usage_body("usr_flow", f"req-flow-tenth-{index}", Decimal("0.1"))),
+            headers=api_headers(),
+        )
+        assert more.status_code == 201, more.text
+
+    assert user_budget(client, "usr_flow") == {
+        "total": 10,
+        "used": Decimal("0.55"),
+        "remaining": Decimal("9.45"),
+        "reserved": 0,
+    }
+
+    replay = client.post(
+        "/api/log-usage",
+        content=dumps(usage_body("usr_flow", "req-flow-1", Decimal("0.25"))),
+        headers=api_headers(),
+    )
+    assert replay.status_code == 200, replay.text
+    assert loads(replay)["result"] == "exists"
+    assert user_budget(client, "usr_flow")["used"] == Decimal("0.55")
+
+
+def test_keys_are_required_on_api_routes(client: httpx.Client) -> None:
+    assert client.get("/api/users/usr_flow/budget").status_code == 401
+    wrong = client.get("/api/admin/products", headers={"X-Admin-Key": API_KEY})
+    assert wrong.status_code == 401
+    right = client.get("/api/admin/products", headers={"X-Admin-Key": ADMIN_KEY})
+    assert right.status_code == 200
+
+
+def test_migrate_applies_once_then_reports_up_to_date(workdir: Path) -> None:
+    db_path = workdir / "migrate" / "fresh.db"
+    env = server_env(
+        DATABASE_URL=database_url(db_path),
+        DATA_DIR=str(workdir / "migrate"),
+        BILLING_API_KEY=API_KEY,
+        ADMIN_SECRET_KEY=ADMIN_KEY,
+    )
+    first = run_billing("migrate", env, workdir)
+    assert first.returncode == 0, first.stderr
+    assert "applied" in first.stdout
+    assert "0001" in first.stdout
+    assert db_path.exists()
+
+    second = run_billing("migrate", env, workdir)
+    assert second.returncode == 0, second.stderr
+    assert "up to date" in second.stdout
+    assert "0001" not in second.stdout
+
+
+def test_first_run_without_keys_generates_a_private_key_file(launch, workdir: Path) -> None:
+    server = launch(workdir / "keyless.db", "keyless", keys=False)
+    keys_path = server.data_dir / "keys.json"
+    assert keys_path.exists()
+    assert stat.S_IMODE(keys_path.stat().st_mode) == 0o600
+    kept = simplejson.loads(keys_path.read_text())
+    api_key, admin_key = kept["billing_api_key"], kept["admin_secret_key"]
+    assert len(api_key) >= 16 and len(admin_key) >= 16
+    assert api_key != admin_key
+
+    with server.client() as client:
+        products = client.get("/api/admin/products", headers={"X-Admin-Key": admin_key})
+        assert products.status_code == 200, products.text
+        budget = client.get("/api/users/nobody/budget", headers={"X-API-Key": api_key})
+        assert budget.status_code == 404, budget.text
+        stale = client.get("/api/admin/products", headers={"X-Admin-Key": ADMIN_KEY})
+        assert stale.status_code == 401
+
+    server.stop()
+    output = server.output()
+    assert str(keys_path) in output
+    assert api_key not in output
+    assert admin_key not in output
+
+    # A restart keeps the same keys: they are generated once, never replaced.
+    again = launch(workdir / "keyless.db", "keyless-again", keys=False, data_dir=server.data_dir)
+    with again.client() as client:
+        products = client.get("/api/admin/products", headers={"X-Admin-Key": admin_key})
+        assert products.status_code == 200, products.text
+    again.stop()
+    assert simplejson.loads(keys_path.read_text()) == kept
+    assert api_key not in again.output() and admin_key not in again.output()
+
+
+@pytest.mark.parametrize("short_variable", ["BILLING_API_KEY", "ADMIN_SECRET_KEY"])
+def test_short_key_is_refused_at_start(workdir: Path, short_variable: str) -> None:
+    keys = {"BILLING_API_KEY": API_KEY, "ADMIN_SECRET_KEY": ADMIN_KEY}
+    keys[short_variable] = "fifteen-chars15"  # one character short of the minimum
+    env = server_env(
+        PORT=str(free_port()),
+        HOST="127.0.0.1",
+        DATABASE_URL=database_url(workdir / "short-key.db"),
+        DATA_DIR=str(workdir / "short-key"),
+        **keys,
+    )
+    result = run_billing("serve", env, workdir)
+    assert result.returncode != 0
+    assert short_variable in result.stderr
+    assert "16" in result.stderr
+    assert "fifteen-chars15" not in result.stdout + result.stderr
