@@ -403,17 +403,19 @@ class SqliteStore:
                 ).fetchone()
                 if done is not None:
                     return ResetOutcome(0, True)
+            # A period is named by its start; MAX(...) keeps starts strictly increasing even when
+            # two resets fall in one millisecond, so usage rows never straddle two periods.
             connection.execute(
                 "INSERT INTO period_history (user_id, label, period_start, period_end, tenant_id,"
                 " product_id, plan_budget, credits, used)"
-                " SELECT u.id, u.period_label, u.period_start, ?, u.tenant_id, u.product_id,"
-                " p.monthly_budget, u.credits, u.used"
+                " SELECT u.id, u.period_label, u.period_start, MAX(?, u.period_start + 1),"
+                " u.tenant_id, u.product_id, p.monthly_budget, u.credits, u.used"
                 " FROM users u JOIN products p ON p.id = u.product_id",
                 (now_ms,),
             )
             users_reset = connection.execute(
-                "UPDATE users SET used = 0, credits = 0, period_label = ?, period_start = ?,"
-                " updated_at = ?",
+                "UPDATE users SET used = 0, credits = 0, period_label = ?,"
+                " period_start = MAX(?, period_start + 1), updated_at = ?",
                 (label, now_ms, now_ms),
             ).rowcount
             connection.execute("UPDATE tenants SET used = 0, updated_at = ?", (now_ms,))

@@ -491,6 +491,20 @@ def test_unlabelled_reset_always_applies(ledger, alice, raw, clock):
     assert raw.execute("SELECT COUNT(*) FROM applied_resets").fetchone() == (0,)
 
 
+def test_resets_in_one_millisecond_still_separate_periods(ledger, alice, raw):
+    ledger.reset_budgets(None)
+    log(ledger, "alice", "r1", usd(2))
+    ledger.reset_budgets(None)
+    open_start = raw.execute("SELECT period_start FROM users WHERE id = 'alice'").fetchone()[0]
+    in_open_period = raw.execute(
+        "SELECT COALESCE(SUM(cost), 0) FROM usage WHERE user_id = 'alice' AND period_start = ?",
+        (open_start,),
+    ).fetchone()[0]
+    assert figures(ledger, "alice")[1] == in_open_period == 0
+    starts = raw.execute("SELECT period_start, period_end FROM period_history ORDER BY id").fetchall()
+    assert all(start < end for start, end in starts)
+
+
 @pytest.mark.parametrize("label", ["2026-13", "２０２６-04", "2026-04\n"])
 def test_reset_with_a_non_canonical_label_is_refused(ledger, alice, raw, label):
     ledger.reset_budgets("2026-04")
