@@ -8,6 +8,7 @@ from pydantic import ValidationError
 
 from api.app import create_app
 from api.server import run_waitress
+from core.errors import ConfigurationError
 from core.ledger import Ledger, wall_clock_ms
 from core.prices import load_price_table
 from core.settings import Keys, Settings, resolve_keys
@@ -29,14 +30,12 @@ def load_settings() -> Settings:
 
 
 def open_ledger(settings: Settings) -> tuple[LedgerStore, Ledger]:
+    try:
+        prices = load_price_table(settings.model_prices_path)
+    except (OSError, ValueError) as error:
+        raise ConfigurationError(f"MODEL_PRICES_PATH: {error}") from None
     store = open_store(settings.database_url, wall_clock_ms, settings.sqlite_synchronous)
-    ledger = Ledger(
-        store,
-        load_price_table(settings.model_prices_path),
-        settings.zone,
-        settings.reservation_ttl_seconds,
-    )
-    return store, ledger
+    return store, Ledger(store, prices, settings.zone, settings.reservation_ttl_seconds)
 
 
 def serve(settings: Settings) -> None:
@@ -78,10 +77,14 @@ def main(argv: list[str] | None = None) -> None:
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = load_settings()
-    if arguments.command == "serve":
-        serve(settings)
-    else:
-        migrate(settings)
+    try:
+        if arguments.command == "serve":
+            serve(settings)
+        else:
+            migrate(settings)
+    except ConfigurationError as error:
+        print(f"billing: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ def read_model(req: falcon.Request, model: type[ModelT], body_bytes_max: int) ->
     else:
         try:
             payload = simplejson.loads(raw, use_decimal=True, parse_constant=_reject_constant)
-        except (simplejson.JSONDecodeError, UnicodeDecodeError) as error:
+        except ValueError as error:  # JSONDecodeError, bad UTF-8, an int of too many digits
             raise ApiError(
                 falcon.HTTP_400, "invalid_json", f"malformed JSON body: {error}"
             ) from None

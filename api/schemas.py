@@ -40,7 +40,22 @@ MoneyOut = Annotated[
     Decimal, WithJsonSchema({"type": "number", "description": "US dollars, exact"})
 ]
 Identifier = Annotated[str, Field(min_length=1, max_length=ID_LENGTH_MAX)]
-Tokens = Annotated[int, Field(ge=0, le=TOKENS_MAX)]
+
+
+def _whole_count(value: object) -> object:
+    """Bound a JSON number before it becomes an int: int(Decimal("1e999999999")) takes minutes."""
+    if isinstance(value, Decimal):
+        if not value.is_finite() or value < 0 or value > TOKENS_MAX:
+            raise PydanticCustomError(
+                "token_count", "must be a whole number from 0 to {limit}", {"limit": TOKENS_MAX}
+            )
+        if value != value.to_integral_value():
+            raise PydanticCustomError("token_count", "must be a whole number")
+        return int(value)
+    return value
+
+
+Tokens = Annotated[int, BeforeValidator(_whole_count), Field(ge=0, le=TOKENS_MAX)]
 Label = Annotated[str, Field(pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$", examples=["2026-12"])]
 
 
@@ -224,6 +239,8 @@ class Health(BaseModel):
     status: Literal["ok", "error"]
     version: str
     database: Literal["ok", "error"]
+    error: str | None = Field(None, description="set when unhealthy: unavailable")
+    message: str | None = None
 
 
 class Error(BaseModel):

@@ -1,6 +1,10 @@
 """Domain errors: each carries a stable ``code`` the API turns into a status and a JSON body."""
 
 
+class ConfigurationError(ValueError):
+    """A setting the service cannot start with; the message names the variable."""
+
+
 class LedgerError(Exception):
     """Base of every refusal by the ledger; a refused operation changed nothing."""
 

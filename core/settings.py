@@ -11,6 +11,8 @@ import simplejson
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.errors import ConfigurationError
+
 KEY_LENGTH_MIN = 16
 KEYS_FILE_NAME = "keys.json"
 
@@ -74,10 +76,15 @@ def resolve_keys(settings: Settings) -> Keys:
     api_key = settings.billing_api_key.get_secret_value() if settings.billing_api_key else None
     admin_key = settings.admin_secret_key.get_secret_value() if settings.admin_secret_key else None
     if api_key is not None and admin_key is not None:
-        return Keys(api_key, admin_key, None)
-    path = settings.data_dir / KEYS_FILE_NAME
-    kept = _read_or_create_keys(path)
-    return Keys(api_key or kept["billing_api_key"], admin_key or kept["admin_secret_key"], path)
+        keys = Keys(api_key, admin_key, None)
+    else:
+        path = settings.data_dir / KEYS_FILE_NAME
+        kept = _read_or_create_keys(path)
+        keys = Keys(api_key or kept["billing_api_key"], admin_key or kept["admin_secret_key"], path)
+    if keys.api_key == keys.admin_key:
+        # One key would open both the gateway's and the admin's routes.
+        raise ConfigurationError("BILLING_API_KEY and ADMIN_SECRET_KEY must differ")
+    return keys
 
 
 def _read_or_create_keys(path: Path) -> dict[str, str]:
@@ -90,7 +97,7 @@ def _read_or_create_keys(path: Path) -> dict[str, str]:
         _publish_once(path, simplejson.dumps(fresh))
     kept = simplejson.loads(path.read_text("utf-8"))
     if not all(isinstance(kept.get(name), str) for name in fresh):
-        raise ValueError(f"{path} does not hold the two keys; delete it to generate new ones")
+        raise ConfigurationError(f"{path} does not hold the two keys; delete it to make new ones")
     return kept
 
 

@@ -20,7 +20,13 @@ class HealthResource:
             self._store.check_health()
         except Exception as error:  # any failure of the database is "not healthy", not a 500
             log.warning("health check failed: %s", error)
-            body = {"status": "error", "version": __version__, "database": "error"}
+            body = {
+                "status": "error",
+                "version": __version__,
+                "database": "error",
+                "error": "unavailable",
+                "message": "database check failed",
+            }
             respond(resp, body, falcon.HTTP_503)
             return
         respond(resp, {"status": "ok", "version": __version__, "database": "ok"})

@@ -2,6 +2,7 @@
 
 from collections.abc import Callable
 
+from core.errors import ConfigurationError
 from core.store.base import LedgerStore
 from core.store.sqlite import SqliteStore, sqlite_path_from_url
 
@@ -12,4 +13,4 @@ def open_store(
     """Open (and migrate) the store named by ``database_url``."""
     if database_url.startswith("sqlite:"):
         return SqliteStore(sqlite_path_from_url(database_url), clock_ms, sqlite_synchronous)
-    raise ValueError("DATABASE_URL must be a sqlite:/// URL (PostgreSQL comes with its backend)")
+    raise ConfigurationError("DATABASE_URL must be a sqlite:/// URL (PostgreSQL is not built yet)")

@@ -19,6 +19,7 @@ from typing import TypeVar
 
 from core.budget import BudgetSnapshot, BudgetStatus, UserStatus, decide
 from core.errors import (
+    ConfigurationError,
     Duplicate,
     IdempotencyConflict,
     Invalid,
@@ -85,7 +86,7 @@ def sqlite_path_from_url(database_url: str) -> Path:
     """``sqlite:///relative.db`` or ``sqlite:////absolute.db`` (SQLAlchemy's form) → a path."""
     prefix = "sqlite:///"
     if not database_url.startswith(prefix) or len(database_url) == len(prefix):
-        raise ValueError(
+        raise ConfigurationError(
             "DATABASE_URL must look like sqlite:///relative/path.db or sqlite:////abs.db"
         )
     return Path(database_url[len(prefix) :])

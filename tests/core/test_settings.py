@@ -7,6 +7,7 @@ import pytest
 import simplejson
 from pydantic import ValidationError
 
+from core.errors import ConfigurationError
 from core.settings import KEYS_FILE_NAME, Settings, resolve_keys
 
 LONG_API_KEY = "api-key-0123456789abcdef"
@@ -109,3 +110,10 @@ def test_keys_file_without_both_keys_is_refused(tmp_path):
     (tmp_path / KEYS_FILE_NAME).write_text('{"billing_api_key": "only-one-key-here"}', "utf-8")
     with pytest.raises(ValueError, match="delete it"):
         resolve_keys(Settings(data_dir=tmp_path))
+
+
+def test_identical_api_and_admin_keys_are_refused(tmp_path):
+    same = "s" * 20
+    settings = Settings(data_dir=tmp_path, billing_api_key=same, admin_secret_key=same)
+    with pytest.raises(ConfigurationError, match="must differ"):
+        resolve_keys(settings)

@@ -1,0 +1,76 @@
+"""Fixtures for the HTTP API tests: the Falcon app over a real SQLite ledger and a fake clock."""
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import falcon.testing
+import pytest
+from api_helpers import START_MS, Env, FakeClock, build_env, provision, put_product
+
+from core.store.sqlite import SqliteStore
+
+
+@pytest.fixture(scope="module")
+def shared_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[falcon.testing.TestClient]:
+    """One app per module with alice on the $10 plan, for requests that must be refused.
+
+    Each test that uses it compares the state before and after its own request.
+    """
+    env = build_env(tmp_path_factory.mktemp("shared"), FakeClock(START_MS))
+    try:
+        assert put_product(env.client).status == 201
+        assert provision(env.client, "alice").status == 201
+        yield env.client
+    finally:
+        env.store.close()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(START_MS)
+
+
+@pytest.fixture
+def make_env(tmp_path: Path, clock: FakeClock) -> Iterator[Callable[..., Env]]:
+    """Build an app (own settings, own database file) sharing the test's fake clock."""
+    stores: list[SqliteStore] = []
+
+    def build(name: str = "api", **overrides: object) -> Env:
+        built = build_env(tmp_path, clock, name, **overrides)
+        stores.append(built.store)
+        return built
+
+    yield build
+    for store in stores:
+        store.close()
+
+
+@pytest.fixture
+def env(make_env: Callable[..., Env]) -> Env:
+    return make_env()
+
+
+@pytest.fixture
+def client(env: Env) -> falcon.testing.TestClient:
+    return env.client
+
+
+@pytest.fixture
+def plan(client: falcon.testing.TestClient) -> str:
+    """A $10 plan, ``basic``."""
+    assert put_product(client).status == 201
+    return "basic"
+
+
+@pytest.fixture
+def alice(client: falcon.testing.TestClient, plan: str) -> str:
+    """A user on the $10 plan in the default tenant."""
+    assert provision(client, "alice").status == 201
+    return "alice"
+
+
+@pytest.fixture
+def bob(client: falcon.testing.TestClient, plan: str) -> str:
+    """A second user on the $10 plan."""
+    assert provision(client, "bob").status == 201
+    return "bob"

@@ -1,0 +1,129 @@
+"""Keys: X-API-Key opens /api/*, only X-Admin-Key opens /api/admin/*; refusals are 401 JSON."""
+
+import pytest
+from api_helpers import (
+    ADMIN,
+    ADMIN_KEY,
+    API,
+    API_KEY,
+    assert_rejected,
+    call,
+    snapshot,
+)
+
+from api.openapi import OPERATIONS
+
+PROTECTED = [op for op in OPERATIONS if op.security is not None]
+BODIES = {
+    "/api/check-budget": {"user_id": "alice", "cost_estimate": 1, "request_id": "r-auth"},
+    "/api/log-usage": {
+        "user_id": "alice",
+        "model": "gpt-4o",
+        "request_id": "r-auth",
+        "cost_total": 1,
+    },
+    "/api/release-reservation": {"request_id": "r-auth"},
+    "/api/admin/reset-budgets": {"period": "2026-12"},
+    "/api/admin/provision-user": {
+        "email": "mallory@example.com",
+        "password": "long enough pw",
+        "product_id": "basic",
+        "user_id": "mallory",
+    },
+    "/api/admin/products": {"id": "basic", "name": "Free money", "monthly_budget": 1000},
+    "/api/admin/tenants": {"id": "default", "name": "Hijacked", "monthly_budget": 0},
+    "/api/admin/users/{user_id}": {"status": "suspended"},
+    "/api/admin/users/{user_id}/credits": {"amount": 1000, "reason": "free", "grant_id": "g"},
+}
+
+
+def _request(op, headers):
+    body = BODIES.get(op.path) if op.method in ("post", "patch") else None
+    if body is None:
+        return dict(headers=headers)
+    return dict(headers=headers, json_body=body)
+
+
+def _wrong_headers(op) -> list[tuple[str, dict]]:
+    right = "X-Admin-Key" if op.security == "admin_key" else "X-API-Key"
+    other = API if op.security == "admin_key" else ADMIN
+    right_key = ADMIN_KEY if op.security == "admin_key" else API_KEY
+    return [
+        ("no key", {}),
+        ("wrong key", {right: "x" * 32}),
+        ("right key with one character changed", {right: right_key[:-1] + "X"}),
+        ("right key as a prefix", {right: right_key[:-1]}),
+        ("empty key", {right: ""}),
+        ("the other key", other),
+        ("the other key in this header", {right: API_KEY if right_key == ADMIN_KEY else ADMIN_KEY}),
+    ]
+
+
+CASES = [
+    pytest.param(op, label, headers, id=f"{op.method} {op.path} [{label}]")
+    for op in PROTECTED
+    for label, headers in _wrong_headers(op)
+]
+
+
+@pytest.mark.parametrize(("op", "label", "headers"), CASES)
+def test_a_protected_route_refuses_a_missing_or_wrong_key_and_changes_nothing(
+    shared_client, op, label, headers
+):
+    client = shared_client
+    before = snapshot(client, "alice")
+    kwargs = _request(op, headers)
+    reply = call(client, op.method.upper(), op.path.replace("{user_id}", "alice"), **kwargs)
+    assert_rejected(reply, 401, "unauthorized")
+    expected_header = "X-Admin-Key" if op.security == "admin_key" else "X-API-Key"
+    assert expected_header in reply.body["message"]
+    assert snapshot(client, "alice") == before
+    assert call(client, "GET", "/api/admin/users/mallory", headers=ADMIN).status == 404
+
+
+@pytest.mark.parametrize("op", PROTECTED, ids=lambda op: f"{op.method} {op.path}")
+def test_the_right_key_opens_its_routes(client, alice, op):
+    headers = ADMIN if op.security == "admin_key" else API
+    reply = call(
+        client, op.method.upper(), op.path.replace("{user_id}", "alice"), **_request(op, headers)
+    )
+    assert reply.status != 401, reply.body
+
+
+def test_header_names_are_case_insensitive(client, alice):
+    assert (
+        call(client, "GET", "/api/users/alice/budget", headers={"x-api-key": API_KEY}).status == 200
+    )
+    assert (
+        call(client, "GET", "/api/admin/users/alice", headers={"x-admin-key": ADMIN_KEY}).status
+        == 200
+    )
+
+
+def test_sending_both_keys_does_not_open_admin_routes_with_a_wrong_admin_key(client, alice):
+    reply = call(
+        client, "GET", "/api/admin/products", headers={"X-API-Key": API_KEY, "X-Admin-Key": API_KEY}
+    )
+    assert_rejected(reply, 401, "unauthorized")
+
+
+@pytest.mark.parametrize(
+    "path", ["/api/admin/products/", "/api/%61dmin/products", "/api/admin//products"]
+)
+def test_the_api_key_does_not_reach_admin_routes_by_spelling_the_path_differently(
+    client, plan, path
+):
+    reply = call(client, "GET", path, headers=API)
+    assert reply.status in (401, 404), reply.body
+    assert "products" not in reply.body
+
+
+def test_unknown_routes_under_api_still_need_a_key(client):
+    assert_rejected(call(client, "GET", "/api/nothing-here"), 401, "unauthorized")
+    assert_rejected(call(client, "GET", "/api/admin/nothing-here", headers=API), 401)
+    assert_rejected(call(client, "GET", "/api/nothing-here", headers=API), 404, "not_found")
+
+
+def test_public_routes_need_no_key(client):
+    assert call(client, "GET", "/").status == 200
+    assert call(client, "GET", "/openapi.json").status == 200
