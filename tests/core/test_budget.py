@@ -47,9 +47,7 @@ def test_tenant_remaining():
 
 
 def test_suspended_wins_over_everything():
-    figures = snapshot(
-        status=UserStatus.SUSPENDED, used="20", tenant_cap="1", tenant_used="5"
-    )
+    figures = snapshot(status=UserStatus.SUSPENDED, used="20", tenant_cap="1", tenant_used="5")
     assert decide(figures, usd("1")) is BudgetStatus.SUSPENDED
 
 

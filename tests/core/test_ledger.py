@@ -36,7 +36,9 @@ def hold(ledger, user_id, request_id, amount):
 
 
 def log(ledger, user_id, request_id, cost, model="gpt-4o", tokens=(10, 20), response_time_ms=100):
-    return ledger.log_usage(user_id, model, request_id, tokens[0], tokens[1], cost, response_time_ms)
+    return ledger.log_usage(
+        user_id, model, request_id, tokens[0], tokens[1], cost, response_time_ms
+    )
 
 
 # -- provisioning ---------------------------------------------------------------------------
@@ -97,7 +99,10 @@ def test_generated_user_id(ledger, basic):
 def test_put_product_creates_then_replaces(ledger, basic):
     assert ledger.put_product(Product("basic", "Basic+", usd(20))) is False
     assert ledger.put_product(Product("alpha", "Alpha", usd("0.5"))) is True
-    assert ledger.list_products() == [Product("alpha", "Alpha", usd("0.5")), Product("basic", "Basic+", usd(20))]
+    assert ledger.list_products() == [
+        Product("alpha", "Alpha", usd("0.5")),
+        Product("basic", "Basic+", usd(20)),
+    ]
 
 
 def test_plan_change_changes_the_total(ledger, alice):
@@ -249,13 +254,23 @@ def test_different_replay_conflicts_and_changes_nothing(ledger, alice, raw, chan
     provision(ledger, "bob")
     hold(ledger, "alice", "r1", usd(3))
     log(ledger, "alice", "r1", usd("2.5"))
-    before = (figures(ledger, "alice"), figures(ledger, "bob"), usage_rows(raw),
-              reservation_rows(raw), raw.execute("SELECT used, held FROM tenants").fetchall())
+    before = (
+        figures(ledger, "alice"),
+        figures(ledger, "bob"),
+        usage_rows(raw),
+        reservation_rows(raw),
+        raw.execute("SELECT used, held FROM tenants").fetchall(),
+    )
     arguments = {"user_id": "alice", "request_id": "r1", "cost": usd("2.5")} | change
     with pytest.raises(IdempotencyConflict):
         log(ledger, **arguments)
-    after = (figures(ledger, "alice"), figures(ledger, "bob"), usage_rows(raw),
-             reservation_rows(raw), raw.execute("SELECT used, held FROM tenants").fetchall())
+    after = (
+        figures(ledger, "alice"),
+        figures(ledger, "bob"),
+        usage_rows(raw),
+        reservation_rows(raw),
+        raw.execute("SELECT used, held FROM tenants").fetchall(),
+    )
     assert after == before
 
 
@@ -347,7 +362,10 @@ def test_expired_hold_is_swept_out_of_the_counters(ledger, alice, clock, raw):
     hold(ledger, "alice", "r1", usd(4))
     clock.advance(TTL_MS + 1)
     hold(ledger, "alice", "r2", usd(1))  # a write after expiry runs the sweep first
-    assert reservation_rows(raw) == [("r1", "alice", usd(4), "expired"), ("r2", "alice", usd(1), "open")]
+    assert reservation_rows(raw) == [
+        ("r1", "alice", usd(4), "expired"),
+        ("r2", "alice", usd(1), "open"),
+    ]
     assert raw.execute("SELECT held FROM users").fetchone() == (usd(1),)
     assert raw.execute("SELECT held FROM tenants").fetchone() == (usd(1),)
     assert ledger.release_reservation("r1").state is ReservationState.EXPIRED
@@ -459,7 +477,9 @@ def test_reset_closes_the_period_into_history(ledger, alice, raw, clock):
     assert raw.execute(
         "SELECT user_id, label, period_start, period_end, tenant_id, product_id, plan_budget,"
         " credits, used FROM period_history"
-    ).fetchall() == [("alice", "2026-03", opened_at, reset_at, "t1", "basic", usd(10), usd(2), usd(3))]
+    ).fetchall() == [
+        ("alice", "2026-03", opened_at, reset_at, "t1", "basic", usd(10), usd(2), usd(3))
+    ]
 
     # the surviving hold settles into the new period
     log(ledger, "alice", "r2", usd("0.5"))
@@ -475,7 +495,9 @@ def test_labelled_reset_is_applied_once(ledger, alice, raw, clock):
     assert (again.users_reset, again.already_done) == (0, True)
     assert figures(ledger, "alice")[1] == usd(1)
     assert raw.execute("SELECT COUNT(*) FROM period_history").fetchone() == (1,)
-    assert raw.execute("SELECT label, users_reset FROM applied_resets").fetchall() == [("2026-04", 1)]
+    assert raw.execute("SELECT label, users_reset FROM applied_resets").fetchall() == [
+        ("2026-04", 1)
+    ]
 
 
 def test_unlabelled_reset_always_applies(ledger, alice, raw, clock):
@@ -487,7 +509,10 @@ def test_unlabelled_reset_always_applies(ledger, alice, raw, clock):
     second = ledger.reset_budgets(None)
     assert (second.users_reset, second.already_done) == (1, False)
     assert figures(ledger, "alice")[1] == 0
-    assert raw.execute("SELECT used FROM period_history ORDER BY id").fetchall() == [(usd(3),), (usd(1),)]
+    assert raw.execute("SELECT used FROM period_history ORDER BY id").fetchall() == [
+        (usd(3),),
+        (usd(1),),
+    ]
     assert raw.execute("SELECT COUNT(*) FROM applied_resets").fetchone() == (0,)
 
 
@@ -501,7 +526,9 @@ def test_resets_in_one_millisecond_still_separate_periods(ledger, alice, raw):
         (open_start,),
     ).fetchone()[0]
     assert figures(ledger, "alice")[1] == in_open_period == 0
-    starts = raw.execute("SELECT period_start, period_end FROM period_history ORDER BY id").fetchall()
+    starts = raw.execute(
+        "SELECT period_start, period_end FROM period_history ORDER BY id"
+    ).fetchall()
     assert all(start < end for start, end in starts)
 
 
@@ -525,7 +552,9 @@ def test_usage_summary_by_model(ledger, alice, clock):
     log(ledger, "alice", "r3", usd("0.5"), model="custom", tokens=(1, 2))
     summary = ledger.usage_summary("alice", None, None, "model")
     assert summary.from_ms == alice.period_start_ms and summary.to_ms == clock() + 1
-    assert [(g.key, g.requests, g.tokens_input, g.tokens_output, g.cost) for g in summary.groups] == [
+    assert [
+        (g.key, g.requests, g.tokens_input, g.tokens_output, g.cost) for g in summary.groups
+    ] == [
         ("custom", 1, 1, 2, usd("0.5")),
         ("gpt-4o", 2, 110, 20, 225_000 + 250_000),
     ]
@@ -535,15 +564,26 @@ def test_usage_summary_by_model(ledger, alice, clock):
     ("zone", "moments", "days"),
     [
         # New York is UTC-4 in mid-March 2026: 03:00Z is still the 14th locally
-        ("America/New_York",
-         [datetime(2026, 3, 16, 3, 0, tzinfo=UTC), datetime(2026, 3, 16, 3, 59, tzinfo=UTC),
-          datetime(2026, 3, 16, 4, 0, tzinfo=UTC), datetime(2026, 3, 16, 5, 10, tzinfo=UTC)],
-         [("2026-03-15", 2), ("2026-03-16", 2)]),
+        (
+            "America/New_York",
+            [
+                datetime(2026, 3, 16, 3, 0, tzinfo=UTC),
+                datetime(2026, 3, 16, 3, 59, tzinfo=UTC),
+                datetime(2026, 3, 16, 4, 0, tzinfo=UTC),
+                datetime(2026, 3, 16, 5, 10, tzinfo=UTC),
+            ],
+            [("2026-03-15", 2), ("2026-03-16", 2)],
+        ),
         # Kolkata is UTC+5:30: local midnight falls on a half hour in UTC
-        ("Asia/Kolkata",
-         [datetime(2026, 3, 16, 18, 29, tzinfo=UTC), datetime(2026, 3, 16, 18, 31, tzinfo=UTC),
-          datetime(2026, 3, 16, 18, 44, tzinfo=UTC)],
-         [("2026-03-16", 1), ("2026-03-17", 2)]),
+        (
+            "Asia/Kolkata",
+            [
+                datetime(2026, 3, 16, 18, 29, tzinfo=UTC),
+                datetime(2026, 3, 16, 18, 31, tzinfo=UTC),
+                datetime(2026, 3, 16, 18, 44, tzinfo=UTC),
+            ],
+            [("2026-03-16", 1), ("2026-03-17", 2)],
+        ),
     ],
 )
 def test_usage_summary_by_day_in_the_budget_zone(make_ledger, alice, clock, zone, moments, days):
@@ -582,4 +622,3 @@ def test_usage_summary_defaults_to_the_open_period(ledger, alice, clock):
     log(ledger, "alice", "r2", usd(2))
     summary = ledger.usage_summary("alice", None, None, "model")
     assert [(g.requests, g.cost) for g in summary.groups] == [(1, usd(2))]
-

@@ -158,8 +158,12 @@ def test_round_trip_through_decimal_and_its_text():
         rendered = money_to_decimal(nanos)
         assert money_from_input(rendered) == nanos
         assert money_from_input(str(rendered)) == nanos
-        assert money_from_input(simplejson.loads(simplejson.dumps(rendered, use_decimal=True),
-                                                 use_decimal=True)) == nanos
+        assert (
+            money_from_input(
+                simplejson.loads(simplejson.dumps(rendered, use_decimal=True), use_decimal=True)
+            )
+            == nanos
+        )
 
 
 @pytest.mark.parametrize(

@@ -34,27 +34,56 @@ def test_label_at_last_and_first_millisecond_of_a_month():
 @pytest.mark.parametrize(
     ("label", "zone", "start", "end"),
     [
-        ("2026-12", BERLIN, datetime(2026, 11, 30, 23, tzinfo=UTC), datetime(2026, 12, 31, 23, tzinfo=UTC)),
+        (
+            "2026-12",
+            BERLIN,
+            datetime(2026, 11, 30, 23, tzinfo=UTC),
+            datetime(2026, 12, 31, 23, tzinfo=UTC),
+        ),
         # March in Berlin starts in winter time (+01) and ends in summer time (+02)
-        ("2026-03", BERLIN, datetime(2026, 2, 28, 23, tzinfo=UTC), datetime(2026, 3, 31, 22, tzinfo=UTC)),
+        (
+            "2026-03",
+            BERLIN,
+            datetime(2026, 2, 28, 23, tzinfo=UTC),
+            datetime(2026, 3, 31, 22, tzinfo=UTC),
+        ),
         ("2026-12", UTC_ZONE, datetime(2026, 12, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC)),
         ("2028-02", UTC_ZONE, datetime(2028, 2, 1, tzinfo=UTC), datetime(2028, 3, 1, tzinfo=UTC)),
-        ("2026-01", NEW_YORK, datetime(2026, 1, 1, 5, tzinfo=UTC), datetime(2026, 2, 1, 5, tzinfo=UTC)),
+        (
+            "2026-01",
+            NEW_YORK,
+            datetime(2026, 1, 1, 5, tzinfo=UTC),
+            datetime(2026, 2, 1, 5, tzinfo=UTC),
+        ),
     ],
 )
 def test_label_bounds_ms(label, zone, start, end):
     assert label_bounds_ms(label, zone) == (ms(start), ms(end))
 
 
-@pytest.mark.parametrize(("label", "parsed"), [("2026-12", (2026, 12)), ("0001-01", (1, 1)), ("2026-09", (2026, 9))])
+@pytest.mark.parametrize(
+    ("label", "parsed"), [("2026-12", (2026, 12)), ("0001-01", (1, 1)), ("2026-09", (2026, 9))]
+)
 def test_parse_label_accepts_yyyy_mm(label, parsed):
     assert parse_label(label) == parsed
 
 
 @pytest.mark.parametrize(
     "label",
-    ["", "2026-13", "2026-00", "2026-1", "26-01", "2026/01", "2026-01-01", " 2026-01", "2026-01 ",
-     "202a-01", "2026-１2", "12-2026"],
+    [
+        "",
+        "2026-13",
+        "2026-00",
+        "2026-1",
+        "26-01",
+        "2026/01",
+        "2026-01-01",
+        " 2026-01",
+        "2026-01 ",
+        "202a-01",
+        "2026-１2",
+        "12-2026",
+    ],
 )
 def test_parse_label_rejects_bad_labels(label):
     with pytest.raises(ValueError, match="YYYY-MM"):

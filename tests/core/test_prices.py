@@ -66,8 +66,14 @@ def test_override_file_takes_precedence_and_skips_unpriced_entries(tmp_path):
     assert table.cost("gpt-4o", 10, 20) == 50_000
     assert table.cost("openai/gpt-4o", 10, 20) == 50_000
     assert table.cost("my-local-model", 1000, 1000) == 100_000
-    for skipped in ("sample_spec", "image-model", "half-priced", "negative", "boolean",
-                    "not-an-object"):
+    for skipped in (
+        "sample_spec",
+        "image-model",
+        "half-priced",
+        "negative",
+        "boolean",
+        "not-an-object",
+    ):
         assert table.price(skipped) is None, skipped
     # models only in the bundled table are still there
     assert table.price("gpt-4o-mini") == load_price_table().price("gpt-4o-mini")

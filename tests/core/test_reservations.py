@@ -16,8 +16,13 @@ NOW = 1_000_000
 EXPIRES = NOW + 600_000
 
 
-def hold(state: ReservationState = ReservationState.OPEN, *, user: str = "u1", amount: int = 500,
-         expires: int = EXPIRES) -> Reservation:
+def hold(
+    state: ReservationState = ReservationState.OPEN,
+    *,
+    user: str = "u1",
+    amount: int = 500,
+    expires: int = EXPIRES,
+) -> Reservation:
     return Reservation("req-1", user, amount, state, expires)
 
 
@@ -44,8 +49,11 @@ def test_retry_by_another_user_or_amount_conflicts(user, amount):
 
 @pytest.mark.parametrize(
     ("state", "word"),
-    [(ReservationState.SETTLED, "settled"), (ReservationState.RELEASED, "released"),
-     (ReservationState.EXPIRED, "expired")],
+    [
+        (ReservationState.SETTLED, "settled"),
+        (ReservationState.RELEASED, "released"),
+        (ReservationState.EXPIRED, "expired"),
+    ],
 )
 def test_retry_of_a_closed_hold_is_refused(state, word):
     with pytest.raises(ReservationClosed, match=word):

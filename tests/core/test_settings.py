@@ -43,7 +43,11 @@ def test_configured_keys_are_used_as_given_and_nothing_is_written(tmp_path, monk
     monkeypatch.setenv("BILLING_API_KEY", LONG_API_KEY)
     monkeypatch.setenv("ADMIN_SECRET_KEY", LONG_ADMIN_KEY)
     keys = resolve_keys(Settings(data_dir=tmp_path / "data"))
-    assert (keys.api_key, keys.admin_key, keys.generated_path) == (LONG_API_KEY, LONG_ADMIN_KEY, None)
+    assert (keys.api_key, keys.admin_key, keys.generated_path) == (
+        LONG_API_KEY,
+        LONG_ADMIN_KEY,
+        None,
+    )
     assert not (tmp_path / "data" / KEYS_FILE_NAME).exists()
 
 
@@ -57,7 +61,9 @@ def test_one_configured_key_and_one_kept_key(tmp_path, monkeypatch):
 
 
 def test_keys_given_to_the_constructor_are_used(tmp_path):
-    settings = Settings(data_dir=tmp_path, billing_api_key=LONG_API_KEY, admin_secret_key=LONG_ADMIN_KEY)
+    settings = Settings(
+        data_dir=tmp_path, billing_api_key=LONG_API_KEY, admin_secret_key=LONG_ADMIN_KEY
+    )
     keys = resolve_keys(settings)
     assert (keys.api_key, keys.admin_key) == (LONG_API_KEY, LONG_ADMIN_KEY)
 

@@ -76,7 +76,10 @@ def test_store_data_survives_a_reopen(tmp_path, clock):
 
 @pytest.mark.parametrize(
     ("url", "path"),
-    [("sqlite:///data/billing.db", Path("data/billing.db")), ("sqlite:////srv/b.db", Path("/srv/b.db"))],
+    [
+        ("sqlite:///data/billing.db", Path("data/billing.db")),
+        ("sqlite:////srv/b.db", Path("/srv/b.db")),
+    ],
 )
 def test_sqlite_path_from_url(url, path):
     assert sqlite_path_from_url(url) == path
@@ -117,7 +120,14 @@ def populated(ledger, alice, clock):
 def snapshot_tables(raw):
     return {
         table: raw.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
-        for table in ("users", "tenants", "usage", "reservations", "period_history", "credit_grants")
+        for table in (
+            "users",
+            "tenants",
+            "usage",
+            "reservations",
+            "period_history",
+            "credit_grants",
+        )
     }
 
 
@@ -197,8 +207,12 @@ def test_counters_equal_the_facts_after_a_random_mix(ledger, basic, clock, raw, 
     ledger.put_tenant(Tenant("capped", "Capped", usd(6)))
     users = ["u0", "u1", "u2", "u3"]
     for number, user_id in enumerate(users):
-        provision(ledger, user_id, tenant_id="capped" if number < 2 else "free",
-                  product_id="small" if number % 2 else "basic")
+        provision(
+            ledger,
+            user_id,
+            tenant_id="capped" if number < 2 else "free",
+            product_id="small" if number % 2 else "basic",
+        )
     amounts = [0, usd("0.1"), usd("0.5"), usd(1), usd("2.25"), usd(4)]
     owners: dict[str, str] = {}
     amount_of: dict[str, int] = {}
@@ -234,7 +248,9 @@ def test_counters_equal_the_facts_after_a_random_mix(ledger, basic, clock, raw, 
                 outcome = ledger.log_usage(user_id, "gpt-4o", request_id, 1, 2, cost, 10)
                 outcomes[f"log:{outcome.created}"] += 1
             elif roll < 0.8:
-                request_id = rng.choice(sorted(owners)) if owners and rng.random() < 0.9 else "unknown"
+                request_id = (
+                    rng.choice(sorted(owners)) if owners and rng.random() < 0.9 else "unknown"
+                )
                 ledger.release_reservation(request_id)
                 outcomes["release"] += 1
             elif roll < 0.9:
@@ -262,8 +278,14 @@ def test_counters_equal_the_facts_after_a_random_mix(ledger, basic, clock, raw, 
     # the mix exercised the interesting paths
     states = dict(raw.execute("SELECT state, COUNT(*) FROM reservations GROUP BY state").fetchall())
     assert set(states) == {"open", "settled", "released", "expired"}, states
-    for seen in ("reserve:active", "log:True", "release", "credit", "idempotency_conflict",
-                 "reservation_closed"):
+    for seen in (
+        "reserve:active",
+        "log:True",
+        "release",
+        "credit",
+        "idempotency_conflict",
+        "reservation_closed",
+    ):
         assert outcomes[seen] > 0, (seen, outcomes)
 
 
@@ -300,9 +322,9 @@ def test_two_threads_cannot_overspend(ledger, clock, raw):
         thread.join()
     assert errors == []
     assert sum(allowed) == 50
-    assert raw.execute("SELECT COUNT(*), SUM(amount) FROM reservations WHERE state = 'open'").fetchone() == (
-        50, amount * 50
-    )
+    assert raw.execute(
+        "SELECT COUNT(*), SUM(amount) FROM reservations WHERE state = 'open'"
+    ).fetchone() == (50, amount * 50)
     assert raw.execute("SELECT held FROM users").fetchone() == (amount * 50,)
     assert raw.execute("SELECT held FROM tenants").fetchone() == (amount * 50,)
     assert ledger.user("alice").budget.remaining == 0

@@ -65,9 +65,7 @@ def database_url(path: Path) -> str:
 def server_env(**overrides: str | None) -> dict[str, str]:
     """The inherited environment without the server's variables, plus ``overrides`` (None drops)."""
     env = {
-        name: value
-        for name, value in os.environ.items()
-        if name.upper() not in _SERVER_VARIABLES
+        name: value for name, value in os.environ.items() if name.upper() not in _SERVER_VARIABLES
     }
     env["PYTHONUNBUFFERED"] = "1"
     for name, value in overrides.items():
