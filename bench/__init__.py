@@ -1,0 +1,1 @@
+"""The benchmark: ``python -m bench.run`` drives the real server and a bare app with wrk."""

@@ -1,0 +1,885 @@
+"""The benchmark runner: the real ``billing serve`` and a bare Falcon app, both driven by wrk.
+
+    python -m bench.run [--duration 10] [--warmup 2] [--repeat 3] [--threads N] [--large]
+                        [--active-users N]
+
+For each database size (small: 1,000 users, no usage; with ``--large`` also 1,000,000 users and
+10,000,000 usage rows) it copies the seeded database (see ``bench.seed``), starts ``billing
+serve`` on it and ``python -m bench.bare_app`` (same waitress settings, via
+``api.server.run_waitress``), then runs wrk for each scenario at 32 connections (``-t2 -c32``:
+throughput) and at 1 connection (``-t1 -c1``: the latency one request adds), each measured run
+after a warm-up run, ``--repeat`` times in interleaved rounds; the table shows medians. Any
+non-2xx answer or socket error fails the run. Results are printed and written to
+``bench/results/`` as JSON and markdown, with the targets of issue 2 §9 checked.
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+
+import falcon
+
+from bench.seed import seeded_database
+from core.settings import Settings
+
+BENCH_DIR = Path(__file__).resolve().parent
+LUA_DIR = BENCH_DIR / "lua"
+RESULTS_DIR = BENCH_DIR / "results"
+
+API_KEY = "bench-api-key-0123456789abcdef"
+ADMIN_KEY = "bench-admin-key-0123456789abcdef"
+READY_WAIT_SECONDS = 60.0
+STOP_WAIT_SECONDS = 15.0
+WRK_GRACE_SECONDS = 30.0
+
+SMALL_USERS = 1_000
+LARGE_USERS = 1_000_000
+LARGE_USAGE_ROWS = 10_000_000
+
+# (connections, wrk threads): throughput under load, and the latency of one request at a time.
+LOADS = ((32, 2), (1, 1))
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    label: str
+    script: str
+    path: str
+    target: str  # "service" or "bare"
+
+
+SCENARIOS = (
+    Scenario("bare", "bare Falcon (reference)", "bare.lua", "/bare", "bare"),
+    Scenario("check_budget", "check-budget", "check_budget.lua", "/api/check-budget", "service"),
+    Scenario(
+        "check_reserve",
+        "check-budget + reservation",
+        "check_reserve.lua",
+        "/api/check-budget",
+        "service",
+    ),
+    Scenario("log_usage", "log-usage", "log_usage.lua", "/api/log-usage", "service"),
+)
+
+# Issue 2 §9: throughput at 32 connections as a fraction of bare, p99 at 1 connection.
+RATIO_TARGETS = {"check_budget": 0.75, "check_reserve": 0.5, "log_usage": 0.4}
+P99_TARGETS_MS = {"check_budget": 1.0, "log_usage": 2.0}
+LARGE_OVER_SMALL_MIN = 0.9
+BUSY_FRACTION_MAX = 0.05
+
+# Variables the server reads; scrubbed from the inherited environment so only ours count.
+_SERVER_VARIABLES = (
+    "PORT",
+    "HOST",
+    "BILLING_API_KEY",
+    "ADMIN_SECRET_KEY",
+    "DATA_DIR",
+    "DATABASE_URL",
+    "CORS_ORIGINS",
+    "BUDGET_TIMEZONE",
+    "RESERVATION_TTL_SECONDS",
+    "BODY_BYTES_MAX",
+    "THREADS",
+    "MODEL_PRICES_PATH",
+    "SQLITE_SYNCHRONOUS",
+)
+
+
+class BenchFailure(RuntimeError):
+    """The run cannot be trusted (a server did not start, wrk saw errors, …)."""
+
+
+@dataclass
+class Sample:
+    """One measured wrk run."""
+
+    requests: int
+    requests_per_sec: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    foreign_cpu: float  # share of all cores used by processes other than the bench's own
+
+
+@dataclass
+class Measurement:
+    """A scenario at a connection count: the median of its samples, figure by figure."""
+
+    size: str
+    scenario: str
+    connections: int
+    wrk_threads: int
+    duration_s: int
+    samples: list[Sample] = field(default_factory=list)
+    ratio_to_bare: float | None = None
+
+    def _median(self, name: str) -> float:
+        return statistics.median(getattr(sample, name) for sample in self.samples)
+
+    @property
+    def requests_per_sec(self) -> float:
+        return self._median("requests_per_sec")
+
+    @property
+    def p50_ms(self) -> float:
+        return self._median("p50_ms")
+
+    @property
+    def p99_ms(self) -> float:
+        return self._median("p99_ms")
+
+    def summary(self) -> dict:
+        rates = [sample.requests_per_sec for sample in self.samples]
+        return {
+            "size": self.size,
+            "scenario": self.scenario,
+            "connections": self.connections,
+            "wrk_threads": self.wrk_threads,
+            "duration_s": self.duration_s,
+            "requests_per_sec": round(self.requests_per_sec, 1),
+            "requests_per_sec_min": round(min(rates), 1),
+            "requests_per_sec_max": round(max(rates), 1),
+            "p50_ms": round(self.p50_ms, 3),
+            "p99_ms": round(self.p99_ms, 3),
+            "ratio_to_bare": None if self.ratio_to_bare is None else round(self.ratio_to_bare, 3),
+            "samples": [asdict(sample) for sample in self.samples],
+        }
+
+
+@dataclass
+class SizeRun:
+    name: str
+    users: int
+    usage_rows: int
+    seed_seconds: float
+    seed_cached: bool
+    cpu_busy_before: float
+    measurements: list[Measurement] = field(default_factory=list)
+    picked_users: int = 0
+
+
+# -- processes -------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def billing_command() -> list[str]:
+    beside = Path(sys.executable).parent / "billing"
+    return [str(beside), "serve"] if beside.exists() else [sys.executable, "-m", "api.cli", "serve"]
+
+
+def server_env(port: int, threads: int, data_dir: Path, db_path: Path | None) -> dict[str, str]:
+    env = {name: value for name, value in os.environ.items() if name not in _SERVER_VARIABLES}
+    env.update(
+        PORT=str(port),
+        HOST="127.0.0.1",
+        THREADS=str(threads),
+        BILLING_API_KEY=API_KEY,
+        ADMIN_SECRET_KEY=ADMIN_KEY,
+        DATA_DIR=str(data_dir),
+        PYTHONUNBUFFERED="1",
+    )
+    if db_path is not None:
+        env["DATABASE_URL"] = f"sqlite:///{db_path.resolve()}"  # absolute: sqlite:////…
+    return env
+
+
+class Process:
+    """A server subprocess with its log file; ``stop`` is safe to call more than once."""
+
+    def __init__(
+        self, name: str, command: list[str], env: dict[str, str], log_path: Path, port: int
+    ) -> None:
+        self.name = name
+        self.port = port
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.popen = subprocess.Popen(
+            command,
+            env=env,
+            cwd=BENCH_DIR.parent,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, path: str) -> None:
+        deadline = time.monotonic() + READY_WAIT_SECONDS
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                raise BenchFailure(
+                    f"{self.name} exited with {self.popen.returncode}:\n{self.log_tail()}"
+                )
+            try:
+                with urllib.request.urlopen(self.base_url + path, timeout=2) as answer:
+                    if answer.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.1)
+        raise BenchFailure(
+            f"{self.name} not ready after {READY_WAIT_SECONDS:.0f} s:\n{self.log_tail()}"
+        )
+
+    def stop(self) -> None:
+        try:
+            if self.popen.poll() is None:
+                self.popen.send_signal(signal.SIGINT)
+                try:
+                    self.popen.wait(STOP_WAIT_SECONDS)
+                except subprocess.TimeoutExpired:
+                    self.popen.kill()
+                    self.popen.wait(STOP_WAIT_SECONDS)
+        finally:
+            self._log.close()
+
+    def log_tail(self, lines: int = 30) -> str:
+        self._log.flush()
+        text = self.log_path.read_text("utf-8", errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+
+def post_json(url: str, body: dict) -> tuple[int, bytes]:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", "X-API-Key": API_KEY},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def smoke_test(service: Process, bare: Process, tag: str) -> None:
+    """One request of each kind, so a wrong key or body fails with its answer, not a count."""
+    calls = [
+        (bare.base_url + "/bare", {"user_id": "bench-u0"}, 200),
+        (
+            service.base_url + "/api/check-budget",
+            {
+                "user_id": "bench-u0",
+                "model": "gpt-4o",
+                "tokens_input": 100,
+                "tokens_output": 100,
+                "cost_estimate": 0.001,
+            },
+            200,
+        ),
+        (
+            service.base_url + "/api/check-budget",
+            {
+                "user_id": "bench-u0",
+                "model": "gpt-4o",
+                "tokens_input": 100,
+                "tokens_output": 100,
+                "cost_estimate": 0.001,
+                "request_id": f"{tag}-smoke-reserve",
+            },
+            200,
+        ),
+        (
+            service.base_url + "/api/log-usage",
+            {
+                "user_id": "bench-u0",
+                "model": "gpt-4o",
+                "request_id": f"{tag}-smoke-log",
+                "tokens_input": 100,
+                "tokens_output": 100,
+                "cost_total": 0.001,
+                "response_time": 850,
+            },
+            201,
+        ),
+    ]
+    for url, body, expected in calls:
+        status, answer = post_json(url, body)
+        if status != expected:
+            raise BenchFailure(
+                f"smoke test: POST {url} → {status} (expected {expected}): {answer!r}"
+            )
+    status, answer = post_json(
+        service.base_url + "/api/check-budget", {"user_id": "bench-u0", "cost_estimate": 0.001}
+    )
+    if status != 200 or not json.loads(answer)["allowed"]:
+        raise BenchFailure(f"smoke test: bench-u0 has no room: {answer!r}")
+
+
+# -- wrk -------------------------------------------------------------------------------------
+
+_NON_2XX = re.compile(r"Non-2xx or 3xx responses:\s*(\d+)")
+_SOCKET_ERRORS = re.compile(r"Socket errors:.*")
+
+
+def run_wrk(
+    scenario: Scenario,
+    base_url: str,
+    connections: int,
+    threads: int,
+    seconds: int,
+    users: int,
+    tag: str,
+) -> dict:
+    """One wrk run; returns the JSON line printed by the script's ``done``. Fails on any error."""
+    command = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(LUA_DIR / scenario.script),
+        base_url + scenario.path,
+        "--",
+        str(users),
+        tag,
+    ]
+    env = dict(os.environ, BENCH_API_KEY=API_KEY)
+    try:
+        finished = subprocess.run(
+            command,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=seconds + WRK_GRACE_SECONDS,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as error:
+        raise BenchFailure(f"wrk did not finish: {' '.join(command)}") from error
+    output = finished.stdout + finished.stderr
+    if finished.returncode != 0:
+        raise BenchFailure(f"wrk exited with {finished.returncode}:\n{output}")
+    lines = [line for line in finished.stdout.splitlines() if line.startswith("BENCH_JSON ")]
+    if len(lines) != 1:
+        raise BenchFailure(f"no result line from the wrk script:\n{output}")
+    result = json.loads(lines[0].removeprefix("BENCH_JSON "))
+    non_2xx = _NON_2XX.search(output)
+    errors = result["errors"]
+    if non_2xx or errors["status"] or _SOCKET_ERRORS.search(output) or any(errors.values()):
+        raise BenchFailure(
+            f"{scenario.name} at {connections} connections: wrk saw errors"
+            f" ({'non-2xx: ' + non_2xx.group(1) if non_2xx else ''} {errors}):\n{output}"
+        )
+    if result["requests"] == 0:
+        raise BenchFailure(f"{scenario.name}: wrk completed no request:\n{output}")
+    return result
+
+
+# -- one database size -----------------------------------------------------------------------
+
+
+def run_size(
+    name: str, users: int, usage_rows: int, arguments: argparse.Namespace, workdir: Path
+) -> SizeRun:
+    print(f"\n== {name}: {users:,} users, {usage_rows:,} usage rows", flush=True)
+    busy_before = _warn_if_busy()
+    seed = seeded_database(users, usage_rows)
+    how = "cached" if seed.cached else f"built in {seed.seconds:.1f} s"
+    print(f"   seed: {seed.path.name} ({how})", flush=True)
+    size_run = SizeRun(name, users, usage_rows, seed.seconds, seed.cached, busy_before)
+    # Requests pick a user uniformly among the first ``picked`` (default: all of them).
+    picked = users if arguments.active_users is None else min(arguments.active_users, users)
+    size_run.picked_users = picked
+
+    size_dir = workdir / name
+    size_dir.mkdir(parents=True)
+    db_path = size_dir / "billing.db"
+    started = time.monotonic()
+    shutil.copyfile(seed.path, db_path)  # runs write to a copy: the cached seed never grows
+    # Flush the copy now, so the kernel is not writing a gigabyte back during the measurements.
+    descriptor = os.open(db_path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    print(f"   copied the database in {time.monotonic() - started:.1f} s", flush=True)
+
+    tag_base = f"r{time.time_ns():x}"
+    service = bare = None
+    try:
+        service_port, bare_port = free_port(), free_port()
+        service = Process(
+            "billing serve",
+            billing_command(),
+            server_env(service_port, arguments.threads, size_dir / "data", db_path),
+            RESULTS_DIR / f"server-{name}.log",
+            service_port,
+        )
+        bare = Process(
+            "bare app",
+            [sys.executable, "-m", "bench.bare_app"],
+            server_env(bare_port, arguments.threads, size_dir / "data-bare", None),
+            RESULTS_DIR / f"bare-{name}.log",
+            bare_port,
+        )
+        service.wait_ready("/")
+        bare.wait_ready("/")
+        smoke_test(service, bare, tag_base)
+        print(
+            f"   servers ready (billing serve pid {service.popen.pid}, bare pid {bare.popen.pid},"
+            f" threads={arguments.threads})",
+            flush=True,
+        )
+        measurements = {
+            (scenario.name, connections): Measurement(
+                name, scenario.name, connections, wrk_threads, arguments.duration
+            )
+            for connections, wrk_threads in LOADS
+            for scenario in SCENARIOS
+        }
+        # Rounds interleave the scenarios, so a slow spell of the machine hits bare and service
+        # alike instead of one scenario's every run.
+        for round_index in range(arguments.repeat):
+            for connections, wrk_threads in LOADS:
+                for scenario in SCENARIOS:
+                    target = bare if scenario.target == "bare" else service
+                    tag = f"{tag_base}-{round_index}-{scenario.name}-c{connections}"
+                    if arguments.warmup > 0:
+                        run_wrk(
+                            scenario,
+                            target.base_url,
+                            connections,
+                            wrk_threads,
+                            arguments.warmup,
+                            picked,
+                            tag + "-warm",
+                        )
+                    meter = CpuMeter((service.popen.pid, bare.popen.pid))
+                    result = run_wrk(
+                        scenario,
+                        target.base_url,
+                        connections,
+                        wrk_threads,
+                        arguments.duration,
+                        picked,
+                        tag,
+                    )
+                    sample = Sample(
+                        requests=result["requests"],
+                        requests_per_sec=result["requests_per_sec"],
+                        p50_ms=result["p50_us"] / 1000,
+                        p90_ms=result["p90_us"] / 1000,
+                        p99_ms=result["p99_us"] / 1000,
+                        max_ms=result["max_us"] / 1000,
+                        foreign_cpu=meter.foreign_share(),
+                    )
+                    measurements[(scenario.name, connections)].samples.append(sample)
+                    note = ""
+                    if sample.foreign_cpu > BUSY_FRACTION_MAX:
+                        note = (
+                            f"  WARNING: other processes used {sample.foreign_cpu:.0%} of the CPUs"
+                        )
+                    print(
+                        f"   [{round_index + 1}/{arguments.repeat}] {scenario.label:<27}"
+                        f" c={connections:<3} {sample.requests_per_sec:>8,.0f} req/s"
+                        f"  p50 {sample.p50_ms:6.2f} ms  p99 {sample.p99_ms:6.2f} ms{note}",
+                        flush=True,
+                    )
+        size_run.measurements.extend(measurements.values())
+        for process in (service, bare):
+            if process.popen.poll() is not None:
+                raise BenchFailure(f"{process.name} died during the run:\n{process.log_tail()}")
+    finally:
+        for process in (bare, service):
+            if process is not None:
+                process.stop()
+    _fill_ratios(size_run)
+    _check_ledger(db_path, users, usage_rows)
+    return size_run
+
+
+class CpuMeter:
+    """CPU used, during one wrk run, by processes other than the two servers, wrk and us."""
+
+    def __init__(self, pids: tuple[int, ...]) -> None:
+        self._pids = pids
+        self._ticks = os.sysconf("SC_CLK_TCK")
+        self._start = self._sample()
+
+    def _sample(self) -> tuple[float, float, float]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        total, busy = sum(fields[:8]), sum(fields[:8]) - fields[3] - fields[4]
+        ours = 0.0
+        for pid in self._pids:  # utime + stime of every thread of the process
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ours += int(stat[11]) + int(stat[12])
+        for who in (resource.RUSAGE_CHILDREN, resource.RUSAGE_SELF):  # wrk (waited for), us
+            usage = resource.getrusage(who)
+            ours += (usage.ru_utime + usage.ru_stime) * self._ticks
+        return total, busy, ours
+
+    def foreign_share(self) -> float:
+        total, busy, ours = (
+            after - before for after, before in zip(self._sample(), self._start, strict=True)
+        )
+        return max(0.0, (busy - ours) / total) if total > 0 else 0.0
+
+
+def cpu_busy_fraction(seconds: float = 2.0) -> float:
+    """How busy the machine's cores are (0–1) over ``seconds``, from /proc/stat."""
+
+    def sample() -> tuple[int, int]:
+        first_line = Path("/proc/stat").read_text().split("\n", 1)[0]
+        fields = [int(value) for value in first_line.split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return idle, sum(fields[:8])
+
+    idle_before, total_before = sample()
+    time.sleep(seconds)
+    idle_after, total_after = sample()
+    total = max(total_after - total_before, 1)
+    return 1 - (idle_after - idle_before) / total
+
+
+def _warn_if_busy() -> float:
+    """The servers and wrk share the machine's cores: anything else running skews the figures."""
+    busy = cpu_busy_fraction()
+    if busy > BUSY_FRACTION_MAX:
+        print(
+            f"   WARNING: the CPUs were {busy:.0%} busy before the run (nothing of the bench"
+            " running): other work on this machine will skew the figures",
+            flush=True,
+        )
+    return busy
+
+
+def _fill_ratios(size_run: SizeRun) -> None:
+    bare = {m.connections: m for m in size_run.measurements if m.scenario == "bare"}
+    for measurement in size_run.measurements:
+        reference = bare[measurement.connections].requests_per_sec
+        measurement.ratio_to_bare = measurement.requests_per_sec / reference
+
+
+def _check_ledger(db_path: Path, users: int, usage_rows: int) -> None:
+    """After the run the counters still match the rows: the load changed nothing it should not."""
+    connection = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        (usage_sum,) = connection.execute("SELECT COALESCE(SUM(cost), 0) FROM usage").fetchall()[0]
+        (used_sum, held_sum) = connection.execute(
+            "SELECT COALESCE(SUM(used), 0), COALESCE(SUM(held), 0) FROM users"
+        ).fetchall()[0]
+        (open_sum,) = connection.execute(
+            "SELECT COALESCE(SUM(amount), 0) FROM reservations WHERE state = 'open'"
+        ).fetchall()[0]
+    finally:
+        connection.close()
+    if usage_sum != used_sum or held_sum != open_sum:
+        raise BenchFailure(
+            f"ledger counters do not match after the run: usage {usage_sum} vs used {used_sum},"
+            f" open holds {open_sum} vs held {held_sum}"
+        )
+
+
+# -- report ----------------------------------------------------------------------------------
+
+
+def machine_info() -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+        "falcon": falcon.__version__,
+        "waitress": version("waitress"),
+        "wrk": (wrk_version.stdout + wrk_version.stderr).splitlines()[0].split(" Copyright")[0],
+    }
+
+
+def code_state() -> dict:
+    """The commit measured, and the service files changed since it (a run of a work in progress)."""
+
+    def git(*arguments: str) -> str:
+        try:
+            done = subprocess.run(
+                ["git", *arguments],
+                cwd=BENCH_DIR.parent,
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return done.stdout.rstrip() if done.returncode == 0 else ""
+
+    changed = git("status", "--porcelain", "--", "api", "core", "pyproject.toml")
+    return {
+        "commit": git("rev-parse", "--short", "HEAD") or "unknown",
+        "uncommitted": [line[3:] for line in changed.splitlines()],
+    }
+
+
+def evaluate_targets(runs: list[SizeRun]) -> list[dict]:
+    checks: list[dict] = []
+    for run in runs:
+        by_key = {(m.scenario, m.connections): m for m in run.measurements}
+        for scenario, minimum in RATIO_TARGETS.items():
+            measured = by_key[(scenario, 32)].ratio_to_bare
+            checks.append(
+                {
+                    "size": run.name,
+                    "target": f"{scenario} req/s at 32 conn ≥ {minimum}× bare",
+                    "measured": f"{measured:.3f}×",
+                    "pass": measured >= minimum,
+                }
+            )
+        for scenario, maximum in P99_TARGETS_MS.items():
+            measured = by_key[(scenario, 1)].p99_ms
+            checks.append(
+                {
+                    "size": run.name,
+                    "target": f"{scenario} p99 at 1 conn ≤ {maximum:g} ms",
+                    "measured": f"{measured:.2f} ms",
+                    "pass": measured <= maximum,
+                }
+            )
+    small = next((run for run in runs if run.name == "small"), None)
+    large = next((run for run in runs if run.name == "large"), None)
+    if small is not None and large is not None:
+        small_by = {(m.scenario, m.connections): m for m in small.measurements}
+        for m in large.measurements:
+            if m.scenario == "bare":
+                continue
+            s = small_by[(m.scenario, m.connections)]
+            for figure, ratio in (
+                ("req/s", m.requests_per_sec / s.requests_per_sec),
+                ("p50", s.p50_ms / m.p50_ms),  # latency: large may be at most small / 0.9
+                ("p99", s.p99_ms / m.p99_ms),
+            ):
+                checks.append(
+                    {
+                        "size": "large vs small",
+                        "target": f"{m.scenario} {figure} at {m.connections} conn"
+                        f" ≥ {LARGE_OVER_SMALL_MIN}× small",
+                        "measured": f"{ratio:.3f}×",
+                        "pass": ratio >= LARGE_OVER_SMALL_MIN,
+                    }
+                )
+    return checks
+
+
+_LABELS = {scenario.name: scenario.label for scenario in SCENARIOS}
+
+
+def table_rows(runs: list[SizeRun]) -> list[list[str]]:
+    rows = []
+    for run in runs:
+        for m in run.measurements:
+            rates = [sample.requests_per_sec for sample in m.samples]
+            rows.append(
+                [
+                    run.name,
+                    _LABELS[m.scenario],
+                    str(m.connections),
+                    f"{m.requests_per_sec:,.0f}",
+                    f"{min(rates):,.0f}–{max(rates):,.0f}",
+                    f"{m.p50_ms:.2f}",
+                    f"{m.p99_ms:.2f}",
+                    "—" if m.scenario == "bare" else f"{m.ratio_to_bare:.2f}×",
+                ]
+            )
+    return rows
+
+
+HEADER = ["database", "scenario", "conns", "req/s", "req/s range", "p50 ms", "p99 ms", "× bare"]
+
+
+def text_table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in [HEADER, *rows]) for i in range(len(HEADER))]
+    right = {2, 3, 4, 5, 6, 7}
+
+    def line(row: list[str]) -> str:
+        return "  ".join(
+            cell.rjust(w) if i in right else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        )
+
+    return "\n".join([line(HEADER), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def markdown(report: dict, runs: list[SizeRun], checks: list[dict]) -> str:
+    machine = report["machine"]
+    sizes = ", ".join(
+        f"{run.name} = {run.users:,} users / {run.usage_rows:,} usage rows"
+        f" (requests spread over {run.picked_users:,} users)"
+        for run in runs
+    )
+    lines = [
+        f"Machine: {machine['nproc']} cores ({machine['cpu']}), {machine['memory_gb']} GiB;"
+        f" Python {machine['python']}, SQLite {machine['sqlite']}, Falcon {machine['falcon']},"
+        f" waitress {machine['waitress']}, {machine['wrk']}; server and wrk on the same machine."
+        f" Code: {report['code']['commit']}"
+        + (
+            f" with uncommitted changes in {', '.join(report['code']['uncommitted'])}."
+            if report["code"]["uncommitted"]
+            else "."
+        ),
+        "",
+        f"Medians of {report['repeat']} interleaved runs of {report['duration_s']} s, each after a"
+        f" {report['warmup_s']} s warm-up (req/s range: slowest–fastest run); waitress"
+        f" threads={report['threads']}; SQLITE_SYNCHRONOUS=FULL (default); 32 connections ="
+        " `wrk -t2 -c32`, 1 connection = `wrk -t1 -c1`. Databases: " + sizes + "."
+        f" Other processes used at most {report['foreign_cpu_max']:.0%} of the CPUs during a"
+        " measured run.",
+        "",
+        "| " + " | ".join(HEADER) + " |",
+        "|" + "|".join(["---", "---", "---:", "---:", "---:", "---:", "---:", "---:"]) + "|",
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(runs)]
+    lines += ["", "| database | target | measured | |", "|---|---|---:|---|"]
+    lines += [
+        f"| {c['size']} | {c['target']} | {c['measured']} | {'PASS' if c['pass'] else 'MISS'} |"
+        for c in checks
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# -- main ------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--duration", type=int, default=10, help="seconds per measured run")
+    parser.add_argument("--warmup", type=int, default=2, help="seconds of warm-up before each run")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="measured runs per scenario, interleaved; the table shows medians",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=Settings.model_fields["threads"].default,
+        help="waitress threads for both servers (default: the service's default)",
+    )
+    parser.add_argument(
+        "--active-users",
+        type=int,
+        default=None,
+        help="requests pick among the first N users only (default: every user of the database)",
+    )
+    parser.add_argument(
+        "--large",
+        action="store_true",
+        help=f"also run on {LARGE_USERS:,} users and {LARGE_USAGE_ROWS:,} usage rows",
+    )
+    arguments = parser.parse_args(argv)
+    if arguments.duration < 1 or arguments.warmup < 0 or arguments.repeat < 1:
+        parser.error("--duration and --repeat must be at least 1, --warmup at least 0")
+    if arguments.active_users is not None and arguments.active_users < 1:
+        parser.error("--active-users must be at least 1")
+    if shutil.which("wrk") is None:
+        raise SystemExit("bench: wrk is not installed (apt-get install wrk)")
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+
+    machine = machine_info()
+    code = code_state()
+    print(
+        f"code: {code['commit']}"
+        + (
+            f" + uncommitted changes in {', '.join(code['uncommitted'])}"
+            if code["uncommitted"]
+            else ""
+        ),
+        flush=True,
+    )
+    print("machine: " + ", ".join(f"{key}={value}" for key, value in machine.items()), flush=True)
+    sizes = [("small", SMALL_USERS, 0)]
+    if arguments.large:
+        sizes.append(("large", LARGE_USERS, LARGE_USAGE_ROWS))
+
+    runs: list[SizeRun] = []
+    with tempfile.TemporaryDirectory(prefix="bench-", dir=RESULTS_DIR) as workdir:
+        for name, users, usage_rows in sizes:
+            runs.append(run_size(name, users, usage_rows, arguments, Path(workdir)))
+
+    checks = evaluate_targets(runs)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    report = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": machine,
+        "code": code,
+        "duration_s": arguments.duration,
+        "warmup_s": arguments.warmup,
+        "repeat": arguments.repeat,
+        "foreign_cpu_max": max(
+            sample.foreign_cpu for run in runs for m in run.measurements for sample in m.samples
+        ),
+        "threads": arguments.threads,
+        "sizes": [
+            {key: value for key, value in asdict(run).items() if key != "measurements"}
+            for run in runs
+        ],
+        "measurements": [m.summary() for run in runs for m in run.measurements],
+        "targets": checks,
+    }
+    text = markdown(report, runs, checks)
+    for suffix, content in (("json", json.dumps(report, indent=2) + "\n"), ("md", text)):
+        (RESULTS_DIR / f"bench-{stamp}.{suffix}").write_text(content, "utf-8")
+        (RESULTS_DIR / f"latest.{suffix}").write_text(content, "utf-8")
+
+    print("\n" + text_table(table_rows(runs)) + "\n")
+    for check in checks:
+        print(
+            f"{'PASS' if check['pass'] else 'MISS'}  [{check['size']}] {check['target']}:"
+            f" {check['measured']}"
+        )
+    print(
+        f"\nwritten: {RESULTS_DIR / f'bench-{stamp}.json'}, {RESULTS_DIR / f'bench-{stamp}.md'}"
+        " (and latest.*)"
+    )
+    return 0 if all(check["pass"] for check in checks) else 1
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BenchFailure as failure:
+        print(f"bench: FAILED: {failure}", file=sys.stderr)
+        sys.exit(2)
