@@ -43,7 +43,7 @@ class ApiError(falcon.HTTPError):
 
 
 def dumps(body: object) -> bytes:
-    """JSON with Decimals written as exact numbers."""
+    """JSON bytes; Decimals and RawJSON amounts are written exactly as they are."""
     return simplejson.dumps(body, use_decimal=True, separators=(",", ":")).encode()
 
 

@@ -1,25 +1,16 @@
 """Domain values as the JSON bodies of the API contract."""
 
-from decimal import Decimal
+from simplejson import RawJSON
 
 from core.budget import BudgetSnapshot
-from core.money import Money, money_to_decimal
+from core.money import Money, money_to_text
 from core.periods import iso_from_ms
 from core.store.base import UserView
 
 
-class _PlainDecimal(Decimal):
-    """A Decimal the JSON encoder writes in positional form: 0.000000001, never 1E-9."""
-
-    __slots__ = ()
-
-    def __str__(self) -> str:
-        return format(self, "f")
-
-
-def money_json(amount: Money) -> Decimal:
-    """An amount as an exact JSON number."""
-    return _PlainDecimal(money_to_decimal(amount))
+def money_json(amount: Money) -> RawJSON:
+    """An amount as an exact JSON number, written as the money module spells it."""
+    return RawJSON(money_to_text(amount))
 
 
 def budget_json(budget: BudgetSnapshot) -> dict:

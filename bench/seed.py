@@ -21,10 +21,12 @@ What is in it (every row satisfies the schema's CHECKs and the ledger's counter 
 """
 
 import argparse
+import hashlib
 import sqlite3
 import sys
 import time
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -61,8 +63,17 @@ def user_id(n: int) -> str:
     return f"bench-u{n}"
 
 
+def schema_digest() -> str:
+    """A short digest of the migrations, so a cached seed of an older schema is never reused."""
+    folder = resources.files("core.store").joinpath("sqlite_migrations")
+    digest = hashlib.sha256()
+    for name in sorted(entry.name for entry in folder.iterdir() if entry.name.endswith(".sql")):
+        digest.update(folder.joinpath(name).read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def cache_path(users: int, usage_rows: int, cache_dir: Path = DEFAULT_CACHE_DIR) -> Path:
-    return cache_dir / f"seed-v{SEED_VERSION}-u{users}-r{usage_rows}.db"
+    return cache_dir / f"seed-v{SEED_VERSION}-{schema_digest()}-u{users}-r{usage_rows}.db"
 
 
 def seeded_database(
@@ -159,6 +170,12 @@ def _fill(
         "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = 'usage_by_user_time'"
     ).fetchone()[0]
     connection.execute("DROP INDEX usage_by_user_time")
+    # The usage_counts trigger moves the counters row by row; the counters are set once from
+    # the aggregate below instead, and the trigger is put back from the schema's own SQL.
+    trigger_sql = connection.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = 'usage_counts'"
+    ).fetchone()[0]
+    connection.execute("DROP TRIGGER usage_counts")
     span_ms = max(now_ms - period_start_ms, 1)
     models = " ".join(f"WHEN {i} THEN '{model}'" for i, model in enumerate(MODELS))
     started = time.monotonic()
@@ -190,7 +207,8 @@ def _fill(
         rate = high / max(time.monotonic() - started, 1e-9)
         _progress(f"{high:,}/{usage_rows:,} usage rows ({rate:,.0f} rows/s)")
     connection.execute(index_sql)
-    _progress("usage_by_user_time index rebuilt")
+    connection.execute(trigger_sql)
+    _progress("usage_by_user_time index rebuilt, usage_counts trigger restored")
 
     # The counters the ledger keeps: used = the open period's usage, per user and per tenant.
     connection.execute("BEGIN")

@@ -4,7 +4,7 @@ Every store reads a ``BudgetSnapshot`` inside the transaction that will act on t
 asks ``decide`` here; no other module compares money against a budget.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from core.money import Money
@@ -54,6 +54,16 @@ class BudgetSnapshot:
     def remaining(self) -> Money:
         """Total minus used minus active holds; not clamped, so overspend shows as negative."""
         return Money(self.total - self.used - self.held)
+
+    def moved(self, used: int = 0, held: int = 0) -> "BudgetSnapshot":
+        """The figures after usage and holds change by these amounts, user and tenant alike."""
+        return replace(
+            self,
+            used=Money(self.used + used),
+            held=Money(self.held + held),
+            tenant_used=Money(self.tenant_used + used),
+            tenant_held=Money(self.tenant_held + held),
+        )
 
     @property
     def tenant_remaining(self) -> Money | None:

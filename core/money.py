@@ -55,9 +55,10 @@ def money_from_decimal(amount: Decimal) -> Money:
     return Money(int(amount.quantize(_QUANTUM, rounding=ROUND_HALF_EVEN).scaleb(SCALE_DIGITS)))
 
 
-def money_to_decimal(amount: Money) -> Decimal:
-    """Render nano-dollars as the shortest exact Decimal (0.3, 12, -0.000000001)."""
-    units, nanos = divmod(amount, NANOS_PER_UNIT)
-    if nanos == 0:
-        return Decimal(units)
-    return Decimal(amount).scaleb(-SCALE_DIGITS).normalize()
+def money_to_text(amount: Money) -> str:
+    """The shortest exact positional decimal: ``0.3``, ``12``, ``-0.000000001``."""
+    magnitude_units, magnitude_nanos = divmod(abs(amount), NANOS_PER_UNIT)
+    sign = "-" if amount < 0 else ""
+    if magnitude_nanos == 0:
+        return f"{sign}{magnitude_units}"
+    return f"{sign}{magnitude_units}.{magnitude_nanos:09d}".rstrip("0")

@@ -2,8 +2,9 @@
 
 A hold keeps ``amount`` out of a user's (and tenant's) remaining budget until it is settled by
 the usage with the same ``request_id``, released, or expires. The per-user and per-tenant held
-counters always equal the sum of holds in state ``open``; a hold past its expiry stays ``open``
-until a sweep marks it ``expired``, and readers leave such holds out of what they count.
+counters always equal the sum of holds in state ``open`` (triggers in the schema keep them); a
+hold past its expiry stays ``open`` until a sweep marks it ``expired``, and readers leave such
+holds out of what they count.
 """
 
 from dataclasses import dataclass
@@ -54,31 +55,31 @@ def closed_state(reservation: Reservation, now_ms: int) -> ReservationState:
     return reservation.state
 
 
-def held_release_on_settle(reservation: Reservation | None, user_id: str) -> Money:
-    """How much the held counters drop when usage with this hold's ``request_id`` is logged.
+def check_settle(reservation: Reservation | None, user_id: str) -> None:
+    """Usage settles the hold with its ``request_id``, which must be its own user's.
 
-    Usage is a fact and is recorded whatever the hold's state; only an ``open`` hold (even one
-    past expiry, not yet swept) is still in the counters and comes out of them.
+    Usage is a fact and is recorded whatever the hold's state; the store settles an ``open``
+    hold, or one that expired before the usage arrived (a trigger in the schema does it).
     """
-    if reservation is None:
-        return Money(0)
-    if reservation.user_id != user_id:
+    if reservation is not None and reservation.user_id != user_id:
         raise IdempotencyConflict(
             "request_id holds a reservation for a different user", request_id=reservation.request_id
         )
-    if reservation.state is ReservationState.OPEN:
-        return reservation.amount
-    return Money(0)
 
 
-def check_release(reservation: Reservation) -> Money:
-    """How much a release takes out of the held counters; releasing twice is a no-op.
+def counting_amount(reservation: Reservation | None, now_ms: int) -> Money:
+    """What a hold keeps out of the remaining budget right now: its amount while it counts."""
+    if reservation is None or not reservation.is_counting(now_ms):
+        return Money(0)
+    return reservation.amount
+
+
+def check_release(reservation: Reservation) -> bool:
+    """Whether a release has a hold to close; releasing twice is a no-op.
 
     A released or expired hold no longer counts, which is what the caller wants: 200 again. A
     settled hold became usage; releasing it would be a lie, so it is refused.
     """
     if reservation.state is ReservationState.SETTLED:
         raise ReservationClosed("reservation is settled", request_id=reservation.request_id)
-    if reservation.state is ReservationState.OPEN:
-        return reservation.amount
-    return Money(0)
+    return reservation.state is ReservationState.OPEN

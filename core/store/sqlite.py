@@ -1,17 +1,20 @@
 """The embedded store: one SQLite file in WAL mode.
 
-Reads run on a connection per thread. Writes go through one writer thread per process, which
-runs a batch of queued writes in one ``BEGIN IMMEDIATE`` transaction (each write in its own
-savepoint) and commits once: group commit. Serialising writers in the process keeps them out of
-SQLite's busy handler (which pushed p99 latency to a second in a trial); ``BEGIN IMMEDIATE``
-still guards between processes sharing the file. A write is acknowledged only after its commit,
-with ``synchronous=FULL`` by default, so an acknowledged write survives a crash or power loss.
+Reads run on a connection per thread. Writes are queued and committed in batches (group
+commit): the first waiting request thread leads, running a batch in one ``BEGIN IMMEDIATE``
+transaction, each write in its own savepoint, and committing once. Serialising writers in the
+process keeps them out of SQLite's busy handler (which pushed p99 latency to a second in a
+trial); ``BEGIN IMMEDIATE`` still guards between processes sharing the file. A write is
+acknowledged only after its commit, with ``synchronous=FULL`` by default, so an acknowledged
+write survives a crash or power loss. A housekeeper thread checkpoints the WAL, so no client
+waits on a checkpoint, and sweeps expired holds when no write comes along to do it.
 """
 
 import logging
-import queue
 import sqlite3
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -34,7 +37,8 @@ from core.reservations import (
     ReservationState,
     check_release,
     check_retry,
-    held_release_on_settle,
+    check_settle,
+    counting_amount,
 )
 from core.store.base import (
     CheckOutcome,
@@ -59,6 +63,10 @@ WRITE_QUEUE_MAX = 4_096
 WRITE_BATCH_MAX = 256
 WRITE_WAIT_SECONDS_MAX = 60.0
 SWEEP_INTERVAL_MS = 250
+CHECKPOINT_INTERVAL_MS = 1_000
+WAL_BYTES_KEPT_MAX = 64 * 1024 * 1024
+CACHE_KIB_PER_CONNECTION = 16 * 1024
+MMAP_BYTES_MAX = 4 * 1024 * 1024 * 1024
 SWEEP_BATCH_MAX = 1_000
 USAGE_BUCKET_MS = 15 * 60 * 1000
 
@@ -77,9 +85,13 @@ SELECT u.id, u.email, u.product_id, u.tenant_id, u.status, u.period_label, u.per
  WHERE u.id = :user_id
 """
 
-_RESERVATION_SQL = (
-    "SELECT request_id, user_id, amount, state, expires_at FROM reservations WHERE request_id = ?"
-)
+_REQUEST_SQL = """
+SELECT r.user_id, r.amount, r.state, r.expires_at,
+       u.user_id, u.model, u.tokens_input, u.tokens_output, u.cost
+  FROM (SELECT :request_id AS request_id) AS k
+  LEFT JOIN reservations r ON r.request_id = k.request_id
+  LEFT JOIN usage u ON u.request_id = k.request_id
+"""
 
 
 def sqlite_path_from_url(database_url: str) -> Path:
@@ -93,11 +105,17 @@ def sqlite_path_from_url(database_url: str) -> Path:
 
 
 class _PendingWrite:
-    __slots__ = ("operation", "done", "result", "error")
+    """A write waiting for a commit; its fields change only under the store's write lock."""
 
-    def __init__(self, operation: Callable[[sqlite3.Connection, int], object]) -> None:
+    __slots__ = ("operation", "one_statement", "queued", "done", "result", "error")
+
+    def __init__(
+        self, operation: Callable[[sqlite3.Connection, int], object], one_statement: bool
+    ) -> None:
         self.operation = operation
-        self.done = threading.Event()
+        self.one_statement = one_statement
+        self.queued = True
+        self.done = False
         self.result: object = None
         self.error: BaseException | None = None
 
@@ -119,14 +137,21 @@ class SqliteStore:
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
-        self._queue: queue.Queue[_PendingWrite | None] = queue.Queue(maxsize=WRITE_QUEUE_MAX)
+        self._pending: deque[_PendingWrite] = deque()
+        self._write_state = threading.Condition()
+        self._leader_active = False
         self._writer_connection = self._connect()
         self._writer_connection.execute("PRAGMA journal_mode=WAL")
         self._writer_connection.execute("PRAGMA foreign_keys=ON")
+        # Checkpoints run in the housekeeper, not in a commit that a client is waiting on.
+        self._writer_connection.execute("PRAGMA wal_autocheckpoint=0")
         self.applied_migrations = self._migrate_now()
         self._last_sweep_ms = 0
-        self._writer = threading.Thread(target=self._write_loop, name="sqlite-writer", daemon=True)
-        self._writer.start()
+        self._closing = threading.Event()
+        self._housekeeper = threading.Thread(
+            target=self._housekeeping_loop, name="sqlite-housekeeper", daemon=True
+        )
+        self._housekeeper.start()
 
     # -- connections -------------------------------------------------------------------------
 
@@ -134,7 +159,11 @@ class SqliteStore:
         connection = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         connection.execute(f"PRAGMA synchronous={self._synchronous}")
-        connection.execute("PRAGMA cache_size=-65536")
+        connection.execute(f"PRAGMA journal_size_limit={WAL_BYTES_KEPT_MAX}")
+        connection.execute(f"PRAGMA cache_size=-{CACHE_KIB_PER_CONNECTION}")
+        # Reads through a shared memory map, not a pread per page: a database larger than the
+        # per-connection cache (a million users) is then read at memory speed.
+        connection.execute(f"PRAGMA mmap_size={MMAP_BYTES_MAX}")
         return connection
 
     def _reader(self) -> sqlite3.Connection:
@@ -148,79 +177,170 @@ class SqliteStore:
         return connection
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._writer.join(timeout=WRITE_WAIT_SECONDS_MAX)
-        self._writer_connection.close()
+        self._closing.set()
+        self._housekeeper.join(timeout=WRITE_WAIT_SECONDS_MAX)
+        with self._write_state:
+            while self._leader_active:
+                self._write_state.wait()
+            self._writer_connection.close()
         with self._readers_lock:
             for connection in self._readers:
                 connection.close()
             self._readers.clear()
 
-    # -- the writer --------------------------------------------------------------------------
+    # -- the write path ----------------------------------------------------------------------
 
-    def _write(self, operation: Callable[[sqlite3.Connection, int], T]) -> T:
-        pending = _PendingWrite(operation)
-        try:
-            self._queue.put_nowait(pending)
-        except queue.Full:
-            raise Unavailable("write queue is full; retry shortly") from None
-        if not pending.done.wait(WRITE_WAIT_SECONDS_MAX):
-            raise Unavailable("write outcome unknown; retry with the same request")
+    def _write(
+        self, operation: Callable[[sqlite3.Connection, int], T], one_statement: bool = False
+    ) -> T:
+        """Queue a write and return once it is committed (group commit, leader/followers).
+
+        The first waiting thread becomes the leader: it commits queued writes in batches until
+        its own is done, then hands over. A write still queued after ``WRITE_WAIT_SECONDS_MAX``
+        is withdrawn, unwritten, and refused as unavailable.
+        """
+        pending = _PendingWrite(operation, one_statement)
+        deadline = time.monotonic() + WRITE_WAIT_SECONDS_MAX
+        with self._write_state:
+            if len(self._pending) >= WRITE_QUEUE_MAX:
+                raise Unavailable("write queue is full; retry shortly")
+            self._pending.append(pending)
+            while not pending.done and self._leader_active:
+                wait_seconds = deadline - time.monotonic() if pending.queued else None
+                if wait_seconds is not None and wait_seconds <= 0:
+                    self._pending.remove(pending)
+                    raise Unavailable("database is busy; nothing was written, retry shortly")
+                self._write_state.wait(wait_seconds)
+            leading = not pending.done
+            if leading:
+                self._leader_active = True
+        if leading:
+            self._lead(pending)
         if pending.error is not None:
             raise pending.error
         return pending.result  # type: ignore[return-value]
 
-    def _write_loop(self) -> None:
-        while True:
-            try:
-                first = self._queue.get(timeout=SWEEP_INTERVAL_MS / 1000)
-            except queue.Empty:
-                self._run_batch([])
-                continue
-            if first is None:
-                return
-            batch = [first]
-            while len(batch) < WRITE_BATCH_MAX:
-                try:
-                    following = self._queue.get_nowait()
-                except queue.Empty:
+    def _lead(self, own: _PendingWrite) -> None:
+        try:
+            for _ in range(WRITE_QUEUE_MAX):
+                if own.done:
                     break
-                if following is None:
-                    self._run_batch(batch)
-                    return
-                batch.append(following)
-            self._run_batch(batch)
+                with self._write_state:
+                    taken = min(len(self._pending), WRITE_BATCH_MAX)
+                    batch = [self._pending.popleft() for _ in range(taken)]
+                    for pending in batch:
+                        pending.queued = False
+                assert batch, "the leader's own write is queued until it is done"
+                self._run_batch(batch)
+            assert own.done
+        finally:
+            with self._write_state:
+                self._leader_active = False
+                self._write_state.notify_all()
 
     def _run_batch(self, batch: list[_PendingWrite]) -> None:
         """One transaction for the whole batch; each write acknowledged only after COMMIT."""
         connection = self._writer_connection
         now_ms = self._clock_ms()
-        sweep_due = now_ms - self._last_sweep_ms >= SWEEP_INTERVAL_MS
-        if not batch and not (sweep_due and _any_hold_expired(connection, now_ms)):
-            return
         try:
             connection.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as error:
             log.warning("sqlite writer could not begin a transaction: %s", error)
-            self._fail_all(batch, Unavailable("database is busy; retry shortly"))
+            self._finish(batch, Unavailable("database is busy; nothing was written"))
             return
         try:
-            if sweep_due:
-                self._sweep_expired(connection, now_ms)
+            if now_ms - self._last_sweep_ms >= SWEEP_INTERVAL_MS:
+                _sweep_expired(connection, now_ms)
                 self._last_sweep_ms = now_ms
             for pending in batch:
                 self._run_one(connection, pending, now_ms)
             connection.execute("COMMIT")
         except BaseException as error:
-            log.exception("sqlite writer batch failed; rolled back")
+            log.exception("sqlite write batch failed; rolled back")
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
-            self._fail_all(batch, Unavailable("database write failed; nothing was changed"))
+            self._finish(batch, Unavailable("database write failed; nothing was written"))
             if not isinstance(error, Exception):
                 raise
             return
-        for pending in batch:
-            pending.done.set()
+        self._finish(batch, None)
+
+    def _finish(self, batch: list[_PendingWrite], error: LedgerError | None) -> None:
+        with self._write_state:
+            for pending in batch:
+                if error is not None:
+                    pending.result, pending.error = None, error
+                pending.done = True
+            self._write_state.notify_all()
+
+    def _housekeeping_loop(self) -> None:
+        """Sweep expired holds when no write comes to do it, and checkpoint the WAL."""
+        connection = self._connect()
+        last_checkpoint_ms = 0
+        try:
+            while not self._closing.wait(SWEEP_INTERVAL_MS / 1000):
+                now_ms = self._clock_ms()
+                try:
+                    if _any_hold_expired(connection, now_ms):
+                        self._write(_sweep_expired)
+                    if now_ms - last_checkpoint_ms >= CHECKPOINT_INTERVAL_MS:
+                        connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                        last_checkpoint_ms = now_ms
+                except (sqlite3.Error, LedgerError) as error:
+                    log.warning("sqlite housekeeping skipped a round: %s", error)
+        finally:
+            connection.close()
+
+    @staticmethod
+    def _run_one(connection: sqlite3.Connection, pending: _PendingWrite, now_ms: int) -> None:
+        """Run one write in the batch; a refused write leaves no trace.
+
+        A write of at most one modifying statement needs no savepoint: SQLite undoes a failed
+        statement, triggers included. Any other write runs in a savepoint of its own.
+        """
+        savepoint = not pending.one_statement
+        if savepoint:
+            connection.execute("SAVEPOINT write")
+        changes_before = connection.total_changes
+        try:
+            pending.result = pending.operation(connection, now_ms)
+        except (LedgerError, sqlite3.IntegrityError) as error:
+            if savepoint:
+                connection.execute("ROLLBACK TO write")
+            elif connection.total_changes != changes_before:
+                raise  # a one-statement write that wrote and then failed: roll the batch back
+            if isinstance(error, sqlite3.IntegrityError):
+                log.error("integrity check refused a write: %s", error)
+                error = Unavailable("write refused by a database constraint")
+            pending.error = error
+        if savepoint:
+            connection.execute("RELEASE write")
+
+    def _finish(self, batch: list[_PendingWrite], error: LedgerError | None) -> None:
+        with self._write_state:
+            for pending in batch:
+                if error is not None:
+                    pending.result, pending.error = None, error
+                pending.done = True
+            self._write_state.notify_all()
+
+    def _housekeeping_loop(self) -> None:
+        """Sweep expired holds when no write comes to do it, and checkpoint the WAL."""
+        connection = self._connect()
+        last_checkpoint_ms = 0
+        try:
+            while not self._closing.wait(SWEEP_INTERVAL_MS / 1000):
+                now_ms = self._clock_ms()
+                try:
+                    if _any_hold_expired(connection, now_ms):
+                        self._write(_sweep_expired)
+                    if now_ms - last_checkpoint_ms >= CHECKPOINT_INTERVAL_MS:
+                        connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                        last_checkpoint_ms = now_ms
+                except (sqlite3.Error, LedgerError) as error:
+                    log.warning("sqlite housekeeping skipped a round: %s", error)
+        finally:
+            connection.close()
 
     @staticmethod
     def _run_one(connection: sqlite3.Connection, pending: _PendingWrite, now_ms: int) -> None:
@@ -235,28 +355,6 @@ class SqliteStore:
             log.error("integrity check refused a write: %s", error)
             pending.error = Unavailable("write refused by a database constraint")
         connection.execute("RELEASE write")
-
-    @staticmethod
-    def _fail_all(batch: list[_PendingWrite], error: LedgerError) -> None:
-        for pending in batch:
-            pending.result = None
-            pending.error = error
-            pending.done.set()
-
-    @staticmethod
-    def _sweep_expired(connection: sqlite3.Connection, now_ms: int) -> None:
-        """Mark holds past their expiry ``expired`` and take them out of the held counters."""
-        due = connection.execute(
-            "SELECT request_id, user_id, tenant_id, amount FROM reservations"
-            " WHERE state = 'open' AND expires_at <= ? LIMIT ?",
-            (now_ms, SWEEP_BATCH_MAX),
-        ).fetchall()
-        for request_id, user_id, tenant_id, amount in due:
-            connection.execute(
-                "UPDATE reservations SET state = 'expired', closed_at = ? WHERE request_id = ?",
-                (now_ms, request_id),
-            )
-            _add_to_counters(connection, user_id, tenant_id, used=0, held=-amount, now_ms=now_ms)
 
     # -- schema ------------------------------------------------------------------------------
 
@@ -312,11 +410,11 @@ class SqliteStore:
     ) -> CheckOutcome:
         def operation(connection: sqlite3.Connection, _: int) -> CheckOutcome:
             view = _require_user(connection, user_id, now_ms)
-            existing = _read_reservation(connection, request_id)
+            existing, logged = _read_request(connection, request_id)
             if existing is not None:
                 held = check_retry(existing, user_id, amount, now_ms)
                 return CheckOutcome(BudgetStatus.ACTIVE, view.budget, held)
-            if _usage_exists(connection, request_id):
+            if logged is not None:
                 raise ReservationClosed("request_id was already logged", request_id=request_id)
             status = decide(view.budget, amount)
             if status is not BudgetStatus.ACTIVE:
@@ -326,27 +424,22 @@ class SqliteStore:
                 " expires_at, created_at) VALUES (?, ?, ?, ?, 'open', ?, ?)",
                 (request_id, user_id, view.tenant_id, amount, expires_at_ms, now_ms),
             )
-            _add_to_counters(connection, user_id, view.tenant_id, 0, amount, now_ms)
             placed = Reservation(request_id, user_id, amount, ReservationState.OPEN, expires_at_ms)
-            return CheckOutcome(status, _require_user(connection, user_id, now_ms).budget, placed)
+            return CheckOutcome(status, view.budget.moved(held=amount), placed)
 
-        return self._write(operation)
+        return self._write(operation, one_statement=True)
 
     def log_usage(
         self, record: UsageRecord, response_time_ms: int | None, now_ms: int
     ) -> LogOutcome:
         def operation(connection: sqlite3.Connection, _: int) -> LogOutcome:
             view = _require_user(connection, record.user_id, now_ms)
-            existing = connection.execute(
-                "SELECT request_id, user_id, model, tokens_input, tokens_output, cost"
-                " FROM usage WHERE request_id = ?",
-                (record.request_id,),
-            ).fetchone()
-            if existing is not None:
-                check_replay(UsageRecord(*existing), record)
+            reservation, logged = _read_request(connection, record.request_id)
+            if logged is not None:
+                check_replay(logged, record)
                 return LogOutcome(False, view.budget)
-            reservation = _read_reservation(connection, record.request_id)
-            released = held_release_on_settle(reservation, record.user_id)
+            check_settle(reservation, record.user_id)
+            # The schema's usage_counts trigger counts the cost and settles the hold.
             connection.execute(
                 "INSERT INTO usage (request_id, user_id, tenant_id, model, tokens_input,"
                 " tokens_output, cost, response_time_ms, period_start, created_at)"
@@ -364,37 +457,25 @@ class SqliteStore:
                     now_ms,
                 ),
             )
-            if reservation is not None:
-                connection.execute(
-                    "UPDATE reservations SET state = 'settled', closed_at = ? WHERE request_id = ?",
-                    (now_ms, record.request_id),
-                )
-            _add_to_counters(
-                connection, record.user_id, view.tenant_id, record.cost, -released, now_ms
-            )
-            return LogOutcome(True, _require_user(connection, record.user_id, now_ms).budget)
+            released = counting_amount(reservation, now_ms)
+            return LogOutcome(True, view.budget.moved(used=record.cost, held=-released))
 
-        return self._write(operation)
+        return self._write(operation, one_statement=True)
 
     def release(self, request_id: str, now_ms: int) -> Reservation:
         def operation(connection: sqlite3.Connection, _: int) -> Reservation:
-            reservation = _read_reservation(connection, request_id)
+            reservation, _logged = _read_request(connection, request_id)
             if reservation is None:
                 raise NotFound("no reservation with this request_id", request_id=request_id)
-            released = check_release(reservation)
-            if reservation.state is ReservationState.OPEN:
-                tenant_id = connection.execute(
-                    "SELECT tenant_id FROM reservations WHERE request_id = ?", (request_id,)
-                ).fetchone()[0]
+            if check_release(reservation):
                 connection.execute(
                     "UPDATE reservations SET state = 'released', closed_at = ?"
                     " WHERE request_id = ?",
                     (now_ms, request_id),
                 )
-                _add_to_counters(connection, reservation.user_id, tenant_id, 0, -released, now_ms)
             return reservation
 
-        return self._write(operation)
+        return self._write(operation, one_statement=True)
 
     def reset_periods(self, label: str, apply_once: bool, now_ms: int) -> ResetOutcome:
         def operation(connection: sqlite3.Connection, _: int) -> ResetOutcome:
@@ -599,12 +680,33 @@ def _require_user(connection: sqlite3.Connection, user_id: str, now_ms: int) -> 
     return view
 
 
-def _read_reservation(connection: sqlite3.Connection, request_id: str) -> Reservation | None:
-    row = connection.execute(_RESERVATION_SQL, (request_id,)).fetchone()
-    if row is None:
-        return None
-    request_id_, user_id, amount, state, expires_at = row
-    return Reservation(request_id_, user_id, Money(amount), ReservationState(state), expires_at)
+def _read_request(
+    connection: sqlite3.Connection, request_id: str
+) -> tuple[Reservation | None, UsageRecord | None]:
+    """The hold and the usage already recorded under ``request_id``, in one query."""
+    row = connection.execute(_REQUEST_SQL, {"request_id": request_id}).fetchone()
+    r_user, r_amount, r_state, r_expires, u_user, model, tokens_in, tokens_out, cost = row
+    reservation = (
+        None
+        if r_user is None
+        else Reservation(request_id, r_user, Money(r_amount), ReservationState(r_state), r_expires)
+    )
+    usage = (
+        None
+        if u_user is None
+        else UsageRecord(request_id, u_user, model, tokens_in, tokens_out, Money(cost))
+    )
+    return reservation, usage
+
+
+def _sweep_expired(connection: sqlite3.Connection, now_ms: int) -> None:
+    """Mark holds past their expiry ``expired``; the schema's triggers update the counters."""
+    connection.execute(
+        "UPDATE reservations SET state = 'expired', closed_at = :now WHERE request_id IN"
+        " (SELECT request_id FROM reservations WHERE state = 'open' AND expires_at <= :now"
+        " LIMIT :limit)",
+        {"now": now_ms, "limit": SWEEP_BATCH_MAX},
+    )
 
 
 def _any_hold_expired(connection: sqlite3.Connection, now_ms: int) -> bool:
@@ -613,25 +715,6 @@ def _any_hold_expired(connection: sqlite3.Connection, now_ms: int) -> bool:
         "SELECT MIN(expires_at) FROM reservations WHERE state = 'open'"
     ).fetchone()[0]
     return earliest is not None and earliest <= now_ms
-
-
-def _usage_exists(connection: sqlite3.Connection, request_id: str) -> bool:
-    found = connection.execute("SELECT 1 FROM usage WHERE request_id = ?", (request_id,))
-    return found.fetchone() is not None
-
-
-def _add_to_counters(
-    connection: sqlite3.Connection, user_id: str, tenant_id: str, used: int, held: int, now_ms: int
-) -> None:
-    """Move a user's and their tenant's counters together; the CHECKs refuse a negative one."""
-    connection.execute(
-        "UPDATE users SET used = used + ?, held = held + ?, updated_at = ? WHERE id = ?",
-        (used, held, now_ms, user_id),
-    )
-    connection.execute(
-        "UPDATE tenants SET used = used + ?, held = held + ?, updated_at = ? WHERE id = ?",
-        (used, held, now_ms, tenant_id),
-    )
 
 
 def _migrate(connection: sqlite3.Connection, now_ms: int) -> list[str]:

@@ -12,7 +12,7 @@ from core.money import (
     MoneyError,
     money_from_decimal,
     money_from_input,
-    money_to_decimal,
+    money_to_text,
 )
 
 
@@ -137,33 +137,26 @@ def test_rejects_strings_that_are_not_plain_ascii_decimals(given):
         (-12 * NANOS_PER_UNIT, "-12"),
     ],
 )
-def test_money_to_decimal_renders_the_shortest_exact_form(nanos, text):
-    rendered = money_to_decimal(nanos)
-    assert isinstance(rendered, Decimal)
-    assert str(rendered) == text
-    assert rendered == Decimal(text)
+def test_money_to_text_renders_the_shortest_exact_positional_form(nanos, text):
+    assert money_to_text(nanos) == text
+    assert Decimal(text) == Decimal(nanos).scaleb(-9)
 
 
-def test_money_to_decimal_is_exact_for_a_single_nano():
-    assert money_to_decimal(1) == Decimal("0.000000001")
-    assert money_to_decimal(-1) == Decimal("-0.000000001")
+def test_money_to_text_is_positional_for_a_single_nano():
+    assert money_to_text(1) == "0.000000001"
+    assert money_to_text(-1) == "-0.000000001"
 
 
-def test_round_trip_through_decimal_and_its_text():
+def test_round_trip_through_text_and_json():
     rng = random.Random(20260315)
     samples = [0, 1, 9, 10, 999_999_999, NANOS_PER_UNIT, 1_000_000_000 * NANOS_PER_UNIT]
     samples += [rng.randrange(0, 1_000_000_000 * NANOS_PER_UNIT + 1) for _ in range(500)]
     samples += [rng.randrange(0, 10**6) for _ in range(200)]
     for nanos in samples:
-        rendered = money_to_decimal(nanos)
-        assert money_from_input(rendered) == nanos
-        assert money_from_input(str(rendered)) == nanos
-        assert (
-            money_from_input(
-                simplejson.loads(simplejson.dumps(rendered, use_decimal=True), use_decimal=True)
-            )
-            == nanos
-        )
+        text = money_to_text(nanos)
+        assert money_from_input(text) == nanos
+        as_json = simplejson.dumps({"amount": simplejson.RawJSON(text)})
+        assert money_from_input(simplejson.loads(as_json, use_decimal=True)["amount"]) == nanos
 
 
 @pytest.mark.parametrize(

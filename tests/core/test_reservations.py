@@ -8,8 +8,9 @@ from core.reservations import (
     ReservationState,
     check_release,
     check_retry,
+    check_settle,
     closed_state,
-    held_release_on_settle,
+    counting_amount,
 )
 
 NOW = 1_000_000
@@ -76,34 +77,35 @@ def test_closed_state():
     assert closed_state(hold(ReservationState.RELEASED), EXPIRES) is ReservationState.RELEASED
 
 
-def test_settle_without_hold_releases_nothing():
-    assert held_release_on_settle(None, "u1") == 0
+def test_usage_without_hold_settles_nothing_and_nothing_counts():
+    check_settle(None, "u1")
+    assert counting_amount(None, NOW) == 0
 
 
-def test_settle_of_an_open_hold_releases_its_amount_even_past_expiry():
-    assert held_release_on_settle(hold(), "u1") == 500
-    assert held_release_on_settle(hold(expires=0), "u1") == 500
+def test_an_open_hold_counts_until_its_expiry():
+    assert counting_amount(hold(), NOW) == 500
+    assert counting_amount(hold(expires=NOW), NOW) == 0
 
 
 @pytest.mark.parametrize(
     "state", [ReservationState.SETTLED, ReservationState.RELEASED, ReservationState.EXPIRED]
 )
-def test_settle_of_a_closed_hold_releases_nothing(state):
-    assert held_release_on_settle(hold(state), "u1") == 0
+def test_a_closed_hold_counts_nothing(state):
+    assert counting_amount(hold(state), NOW) == 0
 
 
 def test_settle_by_another_user_conflicts():
     with pytest.raises(IdempotencyConflict):
-        held_release_on_settle(hold(), "u2")
+        check_settle(hold(), "u2")
 
 
-def test_release_open_returns_its_amount():
-    assert check_release(hold()) == 500
+def test_release_of_an_open_hold_closes_it():
+    assert check_release(hold()) is True
 
 
 @pytest.mark.parametrize("state", [ReservationState.RELEASED, ReservationState.EXPIRED])
 def test_release_twice_or_after_expiry_is_a_no_op(state):
-    assert check_release(hold(state)) == 0
+    assert check_release(hold(state)) is False
 
 
 def test_release_of_a_settled_hold_is_refused():

@@ -173,6 +173,34 @@ def test_usage_and_period_history_are_append_only(populated, raw, statement):
     assert snapshot_tables(raw) == before
 
 
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE reservations SET state = 'open' WHERE request_id = 'r4'",
+        "UPDATE reservations SET state = 'released' WHERE request_id = 'r4'",
+        "UPDATE reservations SET amount = amount + 1 WHERE request_id = 'r3'",
+        "UPDATE reservations SET user_id = 'bob' WHERE request_id = 'r3'",
+    ],
+)
+def test_a_reservation_only_moves_forward(populated, raw, statement):
+    populated.check_budget("alice", None, 0, 0, usd(1), "r4")
+    populated.log_usage("alice", "gpt-4o", "r4", 10, 20, usd(1), 50)
+    before = snapshot_tables(raw)
+    with pytest.raises(sqlite3.IntegrityError, match="only moves"):
+        raw.execute(statement)
+    assert snapshot_tables(raw) == before
+
+
+def test_triggers_keep_counters_whoever_writes(populated, raw):
+    """A fact written outside the ledger still moves its counters: the rule is in the schema."""
+    raw.execute("UPDATE reservations SET state = 'released' WHERE request_id = 'r3'")
+    raw.execute(
+        "INSERT INTO usage VALUES ('raw-1', 'alice', 't1', 'm', 1, 1, 5, NULL,"
+        " (SELECT period_start FROM users WHERE id = 'alice'), 0)"
+    )
+    assert_counters_match_facts(raw)
+
+
 # -- counters equal the facts ---------------------------------------------------------------
 
 

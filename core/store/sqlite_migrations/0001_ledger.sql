@@ -1,9 +1,11 @@
 -- The ledger: plans, tenants, users with their open period's counters, and the facts behind them.
 -- Money columns are INTEGER nano-dollars (core.money); times are INTEGER ms since the epoch (UTC).
--- Counters kept so that a check or a log never sums rows:
+-- Counters kept so that a check or a log never sums rows, maintained here by triggers, so no
+-- code path can move a fact without its counter:
 --   users.used   = SUM(usage.cost) of the user's open period
 --   users.held   = SUM(reservations.amount) of the user's holds in state 'open'
 --   tenants.used / tenants.held = the same sums over the tenant's users
+-- A reset (core/store/sqlite.py reset_periods) sets used to 0 when it opens a new period.
 
 CREATE TABLE products (
     id             TEXT PRIMARY KEY,
@@ -113,3 +115,35 @@ CREATE TABLE applied_resets (
     users_reset INTEGER NOT NULL,
     applied_at  INTEGER NOT NULL
 ) STRICT;
+
+-- Usage counts its cost and settles the hold placed under the same request_id (an open hold,
+-- or one that expired before the usage arrived).
+CREATE TRIGGER usage_counts AFTER INSERT ON usage
+BEGIN
+    UPDATE users SET used = used + NEW.cost WHERE id = NEW.user_id;
+    UPDATE tenants SET used = used + NEW.cost WHERE id = NEW.tenant_id;
+    UPDATE reservations SET state = 'settled', closed_at = NEW.created_at
+     WHERE request_id = NEW.request_id AND state IN ('open', 'expired');
+END;
+
+CREATE TRIGGER reservation_holds AFTER INSERT ON reservations WHEN NEW.state = 'open'
+BEGIN
+    UPDATE users SET held = held + NEW.amount WHERE id = NEW.user_id;
+    UPDATE tenants SET held = held + NEW.amount WHERE id = NEW.tenant_id;
+END;
+
+CREATE TRIGGER reservation_unholds AFTER UPDATE OF state ON reservations
+WHEN OLD.state = 'open' AND NEW.state <> 'open'
+BEGIN
+    UPDATE users SET held = held - OLD.amount WHERE id = OLD.user_id;
+    UPDATE tenants SET held = held - OLD.amount WHERE id = OLD.tenant_id;
+END;
+
+-- The only moves of a hold: open → settled | released | expired, and expired → settled.
+CREATE TRIGGER reservation_moves BEFORE UPDATE ON reservations
+WHEN NOT (
+    (OLD.state = 'open' AND NEW.state IN ('settled', 'released', 'expired'))
+    OR (OLD.state = 'expired' AND NEW.state = 'settled')
+) OR NEW.request_id IS NOT OLD.request_id OR NEW.user_id IS NOT OLD.user_id
+  OR NEW.tenant_id IS NOT OLD.tenant_id OR NEW.amount IS NOT OLD.amount
+BEGIN SELECT RAISE(ABORT, 'a reservation only moves from open, or from expired to settled'); END;
