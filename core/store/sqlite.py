@@ -105,9 +105,9 @@ def sqlite_path_from_url(database_url: str) -> Path:
 
 
 class _PendingWrite:
-    """A write waiting for a commit; its fields change only under the store's write lock."""
+    """A write waiting for its commit; ``wake`` is set when it is done or is to lead."""
 
-    __slots__ = ("operation", "one_statement", "queued", "done", "result", "error")
+    __slots__ = ("operation", "one_statement", "queued", "lead", "done", "wake", "result", "error")
 
     def __init__(
         self, operation: Callable[[sqlite3.Connection, int], object], one_statement: bool
@@ -115,7 +115,9 @@ class _PendingWrite:
         self.operation = operation
         self.one_statement = one_statement
         self.queued = True
+        self.lead = False
         self.done = False
+        self.wake = threading.Event()
         self.result: object = None
         self.error: BaseException | None = None
 
@@ -138,7 +140,7 @@ class SqliteStore:
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._pending: deque[_PendingWrite] = deque()
-        self._write_state = threading.Condition()
+        self._write_lock = threading.Lock()
         self._leader_active = False
         self._writer_connection = self._connect()
         self._writer_connection.execute("PRAGMA journal_mode=WAL")
@@ -179,10 +181,12 @@ class SqliteStore:
     def close(self) -> None:
         self._closing.set()
         self._housekeeper.join(timeout=WRITE_WAIT_SECONDS_MAX)
-        with self._write_state:
-            while self._leader_active:
-                self._write_state.wait()
-            self._writer_connection.close()
+        for _ in range(int(WRITE_WAIT_SECONDS_MAX * 100)):
+            with self._write_lock:
+                if not self._leader_active:
+                    self._writer_connection.close()
+                    break
+            time.sleep(0.01)
         with self._readers_lock:
             for connection in self._readers:
                 connection.close()
@@ -195,27 +199,30 @@ class SqliteStore:
     ) -> T:
         """Queue a write and return once it is committed (group commit, leader/followers).
 
-        The first waiting thread becomes the leader: it commits queued writes in batches until
-        its own is done, then hands over. A write still queued after ``WRITE_WAIT_SECONDS_MAX``
-        is withdrawn, unwritten, and refused as unavailable.
+        The thread that finds no leader leads: it commits queued writes in batches until its
+        own is done, then passes the lead to the oldest queued write's thread. Each waiting
+        thread is woken alone, when its write is done or it is to lead. A write still queued
+        after ``WRITE_WAIT_SECONDS_MAX`` is withdrawn, unwritten, and refused as unavailable.
         """
         pending = _PendingWrite(operation, one_statement)
-        deadline = time.monotonic() + WRITE_WAIT_SECONDS_MAX
-        with self._write_state:
+        with self._write_lock:
             if len(self._pending) >= WRITE_QUEUE_MAX:
                 raise Unavailable("write queue is full; retry shortly")
             self._pending.append(pending)
-            while not pending.done and self._leader_active:
-                wait_seconds = deadline - time.monotonic() if pending.queued else None
-                if wait_seconds is not None and wait_seconds <= 0:
+            if not self._leader_active:
+                self._leader_active = True
+                pending.lead = True
+                pending.wake.set()
+        if not pending.wake.wait(WRITE_WAIT_SECONDS_MAX):
+            with self._write_lock:
+                if pending.queued and not pending.lead:
                     self._pending.remove(pending)
                     raise Unavailable("database is busy; nothing was written, retry shortly")
-                self._write_state.wait(wait_seconds)
-            leading = not pending.done
-            if leading:
-                self._leader_active = True
-        if leading:
+            pending.wake.wait()  # its batch is running, or it was just made leader
+        if not pending.done:
+            assert pending.lead
             self._lead(pending)
+        assert pending.done
         if pending.error is not None:
             raise pending.error
         return pending.result  # type: ignore[return-value]
@@ -225,18 +232,21 @@ class SqliteStore:
             for _ in range(WRITE_QUEUE_MAX):
                 if own.done:
                     break
-                with self._write_state:
+                with self._write_lock:
                     taken = min(len(self._pending), WRITE_BATCH_MAX)
                     batch = [self._pending.popleft() for _ in range(taken)]
                     for pending in batch:
                         pending.queued = False
                 assert batch, "the leader's own write is queued until it is done"
                 self._run_batch(batch)
-            assert own.done
         finally:
-            with self._write_state:
-                self._leader_active = False
-                self._write_state.notify_all()
+            with self._write_lock:
+                if self._pending:
+                    successor = self._pending[0]
+                    successor.lead = True
+                    successor.wake.set()
+                else:
+                    self._leader_active = False
 
     def _run_batch(self, batch: list[_PendingWrite]) -> None:
         """One transaction for the whole batch; each write acknowledged only after COMMIT."""
@@ -246,32 +256,24 @@ class SqliteStore:
             connection.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as error:
             log.warning("sqlite writer could not begin a transaction: %s", error)
-            self._finish(batch, Unavailable("database is busy; nothing was written"))
+            _finish(batch, Unavailable("database is busy; nothing was written"))
             return
         try:
             if now_ms - self._last_sweep_ms >= SWEEP_INTERVAL_MS:
                 _sweep_expired(connection, now_ms)
                 self._last_sweep_ms = now_ms
             for pending in batch:
-                self._run_one(connection, pending, now_ms)
+                _run_one(connection, pending, now_ms)
             connection.execute("COMMIT")
         except BaseException as error:
             log.exception("sqlite write batch failed; rolled back")
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
-            self._finish(batch, Unavailable("database write failed; nothing was written"))
+            _finish(batch, Unavailable("database write failed; nothing was written"))
             if not isinstance(error, Exception):
                 raise
             return
-        self._finish(batch, None)
-
-    def _finish(self, batch: list[_PendingWrite], error: LedgerError | None) -> None:
-        with self._write_state:
-            for pending in batch:
-                if error is not None:
-                    pending.result, pending.error = None, error
-                pending.done = True
-            self._write_state.notify_all()
+        _finish(batch, None)
 
     def _housekeeping_loop(self) -> None:
         """Sweep expired holds when no write comes to do it, and checkpoint the WAL."""
@@ -290,71 +292,6 @@ class SqliteStore:
                     log.warning("sqlite housekeeping skipped a round: %s", error)
         finally:
             connection.close()
-
-    @staticmethod
-    def _run_one(connection: sqlite3.Connection, pending: _PendingWrite, now_ms: int) -> None:
-        """Run one write in the batch; a refused write leaves no trace.
-
-        A write of at most one modifying statement needs no savepoint: SQLite undoes a failed
-        statement, triggers included. Any other write runs in a savepoint of its own.
-        """
-        savepoint = not pending.one_statement
-        if savepoint:
-            connection.execute("SAVEPOINT write")
-        changes_before = connection.total_changes
-        try:
-            pending.result = pending.operation(connection, now_ms)
-        except (LedgerError, sqlite3.IntegrityError) as error:
-            if savepoint:
-                connection.execute("ROLLBACK TO write")
-            elif connection.total_changes != changes_before:
-                raise  # a one-statement write that wrote and then failed: roll the batch back
-            if isinstance(error, sqlite3.IntegrityError):
-                log.error("integrity check refused a write: %s", error)
-                error = Unavailable("write refused by a database constraint")
-            pending.error = error
-        if savepoint:
-            connection.execute("RELEASE write")
-
-    def _finish(self, batch: list[_PendingWrite], error: LedgerError | None) -> None:
-        with self._write_state:
-            for pending in batch:
-                if error is not None:
-                    pending.result, pending.error = None, error
-                pending.done = True
-            self._write_state.notify_all()
-
-    def _housekeeping_loop(self) -> None:
-        """Sweep expired holds when no write comes to do it, and checkpoint the WAL."""
-        connection = self._connect()
-        last_checkpoint_ms = 0
-        try:
-            while not self._closing.wait(SWEEP_INTERVAL_MS / 1000):
-                now_ms = self._clock_ms()
-                try:
-                    if _any_hold_expired(connection, now_ms):
-                        self._write(_sweep_expired)
-                    if now_ms - last_checkpoint_ms >= CHECKPOINT_INTERVAL_MS:
-                        connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                        last_checkpoint_ms = now_ms
-                except (sqlite3.Error, LedgerError) as error:
-                    log.warning("sqlite housekeeping skipped a round: %s", error)
-        finally:
-            connection.close()
-
-    @staticmethod
-    def _run_one(connection: sqlite3.Connection, pending: _PendingWrite, now_ms: int) -> None:
-        connection.execute("SAVEPOINT write")
-        try:
-            pending.result = pending.operation(connection, now_ms)
-        except LedgerError as error:
-            connection.execute("ROLLBACK TO write")
-            pending.error = error
-        except sqlite3.IntegrityError as error:
-            connection.execute("ROLLBACK TO write")
-            log.error("integrity check refused a write: %s", error)
-            pending.error = Unavailable("write refused by a database constraint")
-        connection.execute("RELEASE write")
 
     # -- schema ------------------------------------------------------------------------------
 
@@ -697,6 +634,40 @@ def _read_request(
         else UsageRecord(request_id, u_user, model, tokens_in, tokens_out, Money(cost))
     )
     return reservation, usage
+
+
+def _run_one(connection: sqlite3.Connection, pending: _PendingWrite, now_ms: int) -> None:
+    """Run one write in the batch; a refused write leaves no trace.
+
+    A write of at most one modifying statement needs no savepoint: SQLite undoes a failed
+    statement, triggers included. Any other write runs in a savepoint of its own.
+    """
+    savepoint = not pending.one_statement
+    if savepoint:
+        connection.execute("SAVEPOINT write")
+    changes_before = connection.total_changes
+    try:
+        pending.result = pending.operation(connection, now_ms)
+    except (LedgerError, sqlite3.IntegrityError) as error:
+        if savepoint:
+            connection.execute("ROLLBACK TO write")
+        elif connection.total_changes != changes_before:
+            raise  # a one-statement write that wrote and then failed: roll the batch back
+        if isinstance(error, sqlite3.IntegrityError):
+            log.error("integrity check refused a write: %s", error)
+            error = Unavailable("write refused by a database constraint")
+        pending.error = error
+    if savepoint:
+        connection.execute("RELEASE write")
+
+
+def _finish(batch: list[_PendingWrite], error: LedgerError | None) -> None:
+    """Settle each write of a batch and wake its thread; ``error`` fails them all."""
+    for pending in batch:
+        if error is not None:
+            pending.result, pending.error = None, error
+        pending.done = True
+        pending.wake.set()
 
 
 def _sweep_expired(connection: sqlite3.Connection, now_ms: int) -> None:
