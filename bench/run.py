@@ -85,22 +85,9 @@ P99_TARGETS_MS = {"check_budget": 1.0, "log_usage": 2.0}
 LARGE_OVER_SMALL_MIN = 0.9
 BUSY_FRACTION_MAX = 0.05
 
-# Variables the server reads; scrubbed from the inherited environment so only ours count.
-_SERVER_VARIABLES = (
-    "PORT",
-    "HOST",
-    "BILLING_API_KEY",
-    "ADMIN_SECRET_KEY",
-    "DATA_DIR",
-    "DATABASE_URL",
-    "CORS_ORIGINS",
-    "BUDGET_TIMEZONE",
-    "RESERVATION_TTL_SECONDS",
-    "BODY_BYTES_MAX",
-    "THREADS",
-    "MODEL_PRICES_PATH",
-    "SQLITE_SYNCHRONOUS",
-)
+# Variables the server reads (every Settings field); scrubbed from the inherited environment so
+# only ours count.
+_SERVER_VARIABLES = tuple(name.upper() for name in Settings.model_fields)
 
 
 class BenchFailure(RuntimeError):

@@ -16,6 +16,8 @@ from pathlib import Path
 import httpx
 import simplejson
 
+from core.settings import Settings
+
 API_KEY = "integration-api-key-0123456789"
 ADMIN_KEY = "integration-admin-key-0123456789"
 PASSWORD = "correct horse battery"
@@ -23,22 +25,9 @@ READY_WAIT_SECONDS = 20.0
 STOP_WAIT_SECONDS = 10.0
 NANOS_PER_DOLLAR = 10**9
 
-# Variables the server reads; scrubbed from the inherited environment so only ours count.
-_SERVER_VARIABLES = (
-    "PORT",
-    "HOST",
-    "BILLING_API_KEY",
-    "ADMIN_SECRET_KEY",
-    "DATA_DIR",
-    "DATABASE_URL",
-    "CORS_ORIGINS",
-    "BUDGET_TIMEZONE",
-    "RESERVATION_TTL_SECONDS",
-    "BODY_BYTES_MAX",
-    "THREADS",
-    "MODEL_PRICES_PATH",
-    "SQLITE_SYNCHRONOUS",
-)
+# Variables the server reads (every Settings field); scrubbed from the inherited environment so
+# only ours count.
+_SERVER_VARIABLES = tuple(name.upper() for name in Settings.model_fields)
 
 
 def billing_command(*arguments: str) -> list[str]:
