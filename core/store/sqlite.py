@@ -162,8 +162,8 @@ class SqliteStore:
         connection.execute(f"PRAGMA synchronous={self._synchronous}")
         connection.execute(f"PRAGMA journal_size_limit={WAL_BYTES_KEPT_MAX}")
         connection.execute(f"PRAGMA cache_size=-{CACHE_KIB_PER_CONNECTION}")
-        # Reads through a shared memory map, not a pread per page: a database larger than the
-        # per-connection cache (a million users) is then read at memory speed.
+        # Pages are read through one memory map shared by every connection, rather than copied
+        # into each connection's own cache by a read() per page.
         connection.execute(f"PRAGMA mmap_size={MMAP_BYTES_MAX}")
         return connection
 

@@ -7,7 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from api_helpers import ADMIN, API, assert_rejected, call, snapshot
+from api_helpers import ADMIN, API, assert_rejected, call, provision, put_product, snapshot
 
 from api.openapi import OPERATIONS
 
@@ -112,16 +112,7 @@ def test_a_body_over_body_bytes_max_is_413(make_env, op):
 
 def test_a_body_at_body_bytes_max_is_read(make_env):
     client = make_env(body_bytes_max=1024).client
-    assert (
-        call(
-            client,
-            "POST",
-            "/api/admin/products",
-            headers=ADMIN,
-            json_body={"id": "basic", "name": "Basic", "monthly_budget": 10},
-        ).status
-        == 201
-    )
+    assert put_product(client).status == 201
     head = '{"user_id":"nobody","cost_estimate":1'
     body = head + " " * (1024 - len(head) - 1) + "}"
     assert len(body.encode()) == 1024
@@ -134,31 +125,8 @@ def test_a_body_at_body_bytes_max_is_read(make_env):
 def test_an_oversized_body_changes_nothing(make_env, clock):
     env = make_env(body_bytes_max=1024)
     client = env.client
-    assert (
-        call(
-            client,
-            "POST",
-            "/api/admin/products",
-            headers=ADMIN,
-            json_body={"id": "basic", "name": "Basic", "monthly_budget": 10},
-        ).status
-        == 201
-    )
-    assert (
-        call(
-            client,
-            "POST",
-            "/api/admin/provision-user",
-            headers=ADMIN,
-            json_body={
-                "email": "alice@example.com",
-                "password": "long enough",
-                "product_id": "basic",
-                "user_id": "alice",
-            },
-        ).status
-        == 201
-    )
+    assert put_product(client).status == 201
+    assert provision(client, "alice").status == 201
     before = snapshot(client, "alice")
     body = (
         '{"user_id":"alice","model":"gpt-4o","request_id":"r","cost_total":5,"pad":"'

@@ -3,7 +3,17 @@
 from decimal import Decimal
 
 import pytest
-from api_helpers import ADMIN, API, START_ISO, assert_rejected, call, check, log_usage
+from api_helpers import (
+    ADMIN,
+    API,
+    START_ISO,
+    assert_rejected,
+    call,
+    check,
+    log_usage,
+    provision,
+    put_product,
+)
 
 D = Decimal
 DAY_SECONDS = 24 * 3600
@@ -167,31 +177,8 @@ def test_periods_and_days_follow_budget_timezone(make_env, clock):
     env = make_env(budget_timezone="America/New_York")
     client = env.client
     clock.now_ms = 1775008800000  # 2026-04-01T02:00:00Z = 2026-03-31 22:00 in New York
-    assert (
-        call(
-            client,
-            "POST",
-            "/api/admin/products",
-            headers=ADMIN,
-            json_body={"id": "basic", "name": "Basic", "monthly_budget": 10},
-        ).status
-        == 201
-    )
-    assert (
-        call(
-            client,
-            "POST",
-            "/api/admin/provision-user",
-            headers=ADMIN,
-            json_body={
-                "email": "ny@example.com",
-                "password": "long enough",
-                "product_id": "basic",
-                "user_id": "ny",
-            },
-        ).status
-        == 201
-    )
+    assert put_product(client).status == 201
+    assert provision(client, "ny").status == 201
     view = call(client, "GET", "/api/users/ny/budget", headers=API).body
     assert view["period"] == {
         "label": "2026-03",
