@@ -131,8 +131,16 @@ class SqliteStore:
         path: Path,
         clock_ms: Callable[[], int],
         synchronous: str = "FULL",
+        *,
+        busy_timeout_ms: int = BUSY_TIMEOUT_MS,
+        write_wait_seconds_max: float = WRITE_WAIT_SECONDS_MAX,
+        write_queue_max: int = WRITE_QUEUE_MAX,
     ) -> None:
         assert synchronous in ("FULL", "NORMAL"), synchronous
+        assert busy_timeout_ms > 0 and write_wait_seconds_max > 0 and write_queue_max > 0
+        self._busy_timeout_ms = busy_timeout_ms
+        self._write_wait_seconds_max = write_wait_seconds_max
+        self._write_queue_max = write_queue_max
         self._path = path
         self._clock_ms = clock_ms
         self._synchronous = synchronous
@@ -158,7 +166,7 @@ class SqliteStore:
 
     def _connect(self) -> sqlite3.Connection:
         connection = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-        connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        connection.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
         connection.execute(f"PRAGMA synchronous={self._synchronous}")
         connection.execute(f"PRAGMA journal_size_limit={WAL_BYTES_KEPT_MAX}")
         connection.execute(f"PRAGMA cache_size=-{CACHE_KIB_PER_CONNECTION}")
@@ -179,8 +187,8 @@ class SqliteStore:
 
     def close(self) -> None:
         self._closing.set()
-        self._housekeeper.join(timeout=WRITE_WAIT_SECONDS_MAX)
-        for _ in range(int(WRITE_WAIT_SECONDS_MAX * 100)):
+        self._housekeeper.join(timeout=self._write_wait_seconds_max)
+        for _ in range(int(self._write_wait_seconds_max * 100)):
             with self._write_lock:
                 if not self._leader_active:
                     self._writer_connection.close()
@@ -201,18 +209,18 @@ class SqliteStore:
         The thread that finds no leader leads: it commits queued writes in batches until its
         own is done, then passes the lead to the oldest queued write's thread. Each waiting
         thread is woken alone, when its write is done or it is to lead. A write still queued
-        after ``WRITE_WAIT_SECONDS_MAX`` is withdrawn, unwritten, and refused as unavailable.
+        after ``write_wait_seconds_max`` is withdrawn, unwritten, and refused as unavailable.
         """
         pending = _PendingWrite(operation, one_statement)
         with self._write_lock:
-            if len(self._pending) >= WRITE_QUEUE_MAX:
+            if len(self._pending) >= self._write_queue_max:
                 raise Unavailable("write queue is full; retry shortly")
             self._pending.append(pending)
             if not self._leader_active:
                 self._leader_active = True
                 pending.lead = True
                 pending.wake.set()
-        if not pending.wake.wait(WRITE_WAIT_SECONDS_MAX):
+        if not pending.wake.wait(self._write_wait_seconds_max):
             with self._write_lock:
                 if pending.queued and not pending.lead:
                     self._pending.remove(pending)
@@ -228,7 +236,7 @@ class SqliteStore:
 
     def _lead(self, own: _PendingWrite) -> None:
         try:
-            for _ in range(WRITE_QUEUE_MAX):
+            for _ in range(self._write_queue_max):
                 if own.done:
                     break
                 with self._write_lock:

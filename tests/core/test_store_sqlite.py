@@ -3,6 +3,7 @@
 import random
 import sqlite3
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -380,3 +381,55 @@ def test_concurrent_replays_of_one_usage_record_it_once(ledger, alice, raw):
 def test_store_runs_in_wal_mode(store, raw):
     assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     store.check_health()
+
+
+# -- the write path's limits ----------------------------------------------------------------
+
+
+def test_writes_that_cannot_get_the_lock_are_refused_and_change_nothing(tmp_path, clock):
+    """Another process holds the write lock: the leader gives up after the busy timeout, a
+    follower is withdrawn at its deadline, a write past the queue limit is refused at once, and
+    none of them leaves a trace once the lock is free again."""
+    store = SqliteStore(
+        tmp_path / "l.db",
+        clock,
+        "FULL",
+        busy_timeout_ms=1_500,
+        write_wait_seconds_max=0.3,
+        write_queue_max=1,
+    )
+    ledger = Ledger(store, load_price_table(), ZoneInfo("UTC"), TTL_SECONDS, clock_ms=clock)
+    try:
+        ledger.put_product(Product("basic", "Basic", usd(10)))
+        other_process = sqlite3.connect(tmp_path / "l.db", isolation_level=None)
+        other_process.execute("BEGIN IMMEDIATE")
+        outcomes: dict[str, BaseException | None] = {}
+
+        def put(name: str) -> None:
+            try:
+                ledger.put_product(Product(name, name, usd(1)))
+                outcomes[name] = None
+            except Unavailable as error:
+                outcomes[name] = error
+
+        leader = threading.Thread(target=put, args=("leader",))
+        leader.start()
+        time.sleep(0.2)  # ordering only: the leader is waiting for the lock
+        follower = threading.Thread(target=put, args=("follower",))
+        follower.start()
+        time.sleep(0.1)  # ordering only: the follower is queued
+        put("overflow")
+        follower.join(timeout=30)
+        leader.join(timeout=30)
+        other_process.execute("ROLLBACK")
+        other_process.close()
+        assert set(outcomes) == {"leader", "follower", "overflow"}
+        assert all(isinstance(error, Unavailable) for error in outcomes.values()), outcomes
+        assert "busy" in str(outcomes["leader"])
+        assert "retry shortly" in str(outcomes["follower"])  # withdrawn, not run after the leader
+        assert "queue is full" in str(outcomes["overflow"])
+        assert [product.id for product in ledger.list_products()] == ["basic"]
+        ledger.put_product(Product("after", "After", usd(1)))
+        assert [product.id for product in ledger.list_products()] == ["after", "basic"]
+    finally:
+        store.close()
