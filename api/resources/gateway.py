@@ -14,6 +14,8 @@ from core.money import Money
 from core.periods import iso_from_ms
 
 _NOT_FOUND_BUDGET = {"total": 0, "used": 0, "remaining": 0}
+_LOGGED = "Usage logged and budget updated successfully"
+_ALREADY_LOGGED = "Usage already logged; nothing changed"
 
 
 class CheckBudgetResource:
@@ -78,14 +80,12 @@ class LogUsageResource:
             None if body.cost_total is None else Money(body.cost_total),
             None if body.response_time is None else _whole_ms(body.response_time),
         )
-        answer = {
-            "message": "Usage logged and budget updated successfully",
-            "result": "created" if outcome.created else "exists",
-            "budget": budget_json(outcome.budget),
-        }
-        if not outcome.created:
-            answer["message"] = "Usage already logged; nothing changed"
-        respond(resp, answer, falcon.HTTP_201 if outcome.created else falcon.HTTP_200)
+        if outcome.created:
+            message, result, status = _LOGGED, "created", falcon.HTTP_201
+        else:
+            message, result, status = _ALREADY_LOGGED, "exists", falcon.HTTP_200
+        answer = {"message": message, "result": result, "budget": budget_json(outcome.budget)}
+        respond(resp, answer, status)
 
 
 class ReleaseReservationResource:
