@@ -3,12 +3,7 @@
 local dir = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
 local common = dofile(dir .. "common.lua")
 
-setup = common.setup
-init = common.init
-done = common.done
-
-function request()
-   local body = '{"user_id":"' .. common.user() .. '","model":"gpt-4o",' ..
-      '"tokens_input":100,"tokens_output":100,"cost_estimate":0.001}'
-   return wrk.format("POST", "/bare", nil, body)
-end
+common.install("/bare", function()
+   return '{"user_id":"' .. common.user() .. '","model":"gpt-4o",' ..
+         '"tokens_input":100,"tokens_output":100,"cost_estimate":0.001}'
+end)

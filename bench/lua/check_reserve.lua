@@ -3,13 +3,8 @@
 local dir = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
 local common = dofile(dir .. "common.lua")
 
-setup = common.setup
-init = common.init
-done = common.done
-
-function request()
-   local body = '{"user_id":"' .. common.user() .. '","model":"gpt-4o",' ..
-      '"tokens_input":100,"tokens_output":100,"cost_estimate":0.001,' ..
-      '"request_id":"' .. common.request_id() .. '"}'
-   return wrk.format("POST", "/api/check-budget", nil, body)
-end
+common.install("/api/check-budget", function()
+   return '{"user_id":"' .. common.user() .. '","model":"gpt-4o",' ..
+         '"tokens_input":100,"tokens_output":100,"cost_estimate":0.001,' ..
+         '"request_id":"' .. common.request_id() .. '"}'
+end)

@@ -32,7 +32,17 @@ end
 
 function common.request_id()
    common.counter = common.counter + 1
-   return common.prefix .. tostring(common.counter)
+   -- Install wrk's hooks for a scenario: POST to `path` with the body `body()` builds.
+function common.install(path, body)
+   setup = common.setup
+   init = common.init
+   done = common.done
+   request = function()
+      return wrk.format("POST", path, nil, body())
+   end
+end
+
+return common.prefix .. tostring(common.counter)
 end
 
 -- One JSON line the runner parses; wrk's own summary is printed before it.
@@ -45,6 +55,16 @@ function common.done(summary, latency, requests)
       summary.requests, summary.duration, summary.requests / (summary.duration / 1e6),
       latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, latency.mean,
       e.connect, e.read, e.write, e.status, e.timeout))
+end
+
+-- Install wrk's hooks for a scenario: POST to `path` with the body `body()` builds.
+function common.install(path, body)
+   setup = common.setup
+   init = common.init
+   done = common.done
+   request = function()
+      return wrk.format("POST", path, nil, body())
+   end
 end
 
 return common

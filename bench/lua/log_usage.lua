@@ -3,13 +3,8 @@
 local dir = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
 local common = dofile(dir .. "common.lua")
 
-setup = common.setup
-init = common.init
-done = common.done
-
-function request()
-   local body = '{"user_id":"' .. common.user() .. '","model":"gpt-4o",' ..
-      '"request_id":"' .. common.request_id() .. '",' ..
-      '"tokens_input":100,"tokens_output":100,"cost_total":0.001,"response_time":850}'
-   return wrk.format("POST", "/api/log-usage", nil, body)
-end
+common.install("/api/log-usage", function()
+   return '{"user_id":"' .. common.user() .. '","model":"gpt-4o",' ..
+         '"request_id":"' .. common.request_id() .. '",' ..
+         '"tokens_input":100,"tokens_output":100,"cost_total":0.001,"response_time":850}'
+end)
