@@ -32,17 +32,7 @@ end
 
 function common.request_id()
    common.counter = common.counter + 1
-   -- Install wrk's hooks for a scenario: POST to `path` with the body `body()` builds.
-function common.install(path, body)
-   setup = common.setup
-   init = common.init
-   done = common.done
-   request = function()
-      return wrk.format("POST", path, nil, body())
-   end
-end
-
-return common.prefix .. tostring(common.counter)
+   return common.prefix .. tostring(common.counter)
 end
 
 -- One JSON line the runner parses; wrk's own summary is printed before it.
