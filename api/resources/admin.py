@@ -2,7 +2,7 @@
 
 import falcon
 
-from api.http import ApiError, read_model, respond
+from api.http import read_model, respond
 from api.render import money_json, user_json
 from api.schemas import (
     CreditRequest,
@@ -13,6 +13,7 @@ from api.schemas import (
     UserPatchRequest,
 )
 from core.budget import UserStatus
+from core.errors import Invalid
 from core.ledger import Ledger
 from core.money import Money
 from core.store.base import Product, Tenant
@@ -96,9 +97,7 @@ class UserResource(_AdminResource):
     def on_patch(self, req: falcon.Request, resp: falcon.Response, user_id: str) -> None:
         body = read_model(req, UserPatchRequest, self._body_bytes_max)
         if body.status is None and body.product_id is None:
-            raise ApiError(
-                falcon.HTTP_422, "validation_error", "give status or product_id", field="status"
-            )
+            raise Invalid("give status or product_id", field="status")
         status = None if body.status is None else UserStatus(body.status)
         respond(resp, user_json(self._ledger.update_user(user_id, status, body.product_id)))
 
@@ -107,12 +106,7 @@ class CreditsResource(_AdminResource):
     def on_post(self, req: falcon.Request, resp: falcon.Response, user_id: str) -> None:
         body = read_model(req, CreditRequest, self._body_bytes_max)
         if body.amount == 0:
-            raise ApiError(
-                falcon.HTTP_422,
-                "validation_error",
-                "amount: must be greater than 0",
-                field="amount",
-            )
+            raise Invalid("amount: must be greater than 0", field="amount")
         created, user, grant_id = self._ledger.grant_credit(
             user_id, Money(body.amount), body.reason, body.grant_id
         )

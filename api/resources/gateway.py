@@ -7,7 +7,6 @@ import falcon
 from api.http import read_model, respond
 from api.render import budget_json, money_json
 from api.schemas import CheckBudgetRequest, LogUsageRequest, ReleaseReservationRequest
-from core.budget import MESSAGES
 from core.errors import NotFound
 from core.ledger import Ledger
 from core.money import Money
@@ -49,7 +48,7 @@ class CheckBudgetResource:
             "allowed": result.allowed,
             "budget": budget_json(result.budget),
             "status": result.status.value,
-            "message": MESSAGES[result.status],
+            "message": result.message,
         }
         if result.reservation is not None:
             answer["reservation"] = {

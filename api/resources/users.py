@@ -5,8 +5,9 @@ from zoneinfo import ZoneInfo
 
 import falcon
 
-from api.http import ApiError, respond
+from api.http import respond
 from api.render import budget_json, money_json
+from core.errors import Invalid
 from core.ledger import Ledger
 from core.money import Money
 from core.periods import iso_from_ms, to_ms
@@ -44,18 +45,11 @@ class UserUsageResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response, user_id: str) -> None:
         group_by = req.get_param("group_by") or "model"
         if group_by not in GROUP_BY_VALUES:
-            raise ApiError(
-                falcon.HTTP_422,
-                "validation_error",
-                "group_by: must be model or day",
-                field="group_by",
-            )
+            raise Invalid("group_by: must be model or day", field="group_by")
         zone = self._ledger.zone
         from_ms = _parse_time(req.get_param("from"), "from", zone)
         to_ms_ = _parse_time(req.get_param("to"), "to", zone)
-        summary = self._ledger.usage_summary(
-            user_id, from_ms, to_ms_, "model" if group_by == "model" else "day"
-        )
+        summary = self._ledger.usage_summary(user_id, from_ms, to_ms_, group_by)
         groups = [
             {
                 "key": str(group.key),
@@ -95,12 +89,7 @@ def _parse_time(value: str | None, field: str, zone: ZoneInfo) -> int | None:
             return to_ms(datetime.combine(date.fromisoformat(value), time(), tzinfo=zone))
         moment = datetime.fromisoformat(value)
     except ValueError:
-        raise ApiError(
-            falcon.HTTP_422,
-            "validation_error",
-            f"{field}: must be a date or ISO 8601 time",
-            field=field,
-        ) from None
+        raise Invalid(f"{field}: must be a date or ISO 8601 time", field=field) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=zone)
     return to_ms(moment)
