@@ -1,9 +1,11 @@
-"""The ``billing`` command: ``serve`` runs the API under waitress, ``migrate`` the schema."""
+"""The ``billing`` command: ``serve`` runs the API under waitress, ``migrate`` the schema,
+``healthcheck`` asks the local API whether it is healthy (the container's health check)."""
 
 import argparse
 import logging
 import sys
 
+import httpx
 from pydantic import ValidationError
 
 from api.app import create_app
@@ -69,17 +71,37 @@ def migrate(settings: Settings) -> None:
         store.close()
 
 
+HEALTHCHECK_TIMEOUT_SECONDS = 3.0
+
+
+def healthcheck(settings: Settings) -> None:
+    """Exit 0 when the API on this host's PORT answers ``GET /`` with status ok, else 1."""
+    url = f"http://127.0.0.1:{settings.port}/"
+    try:
+        response = httpx.get(url, timeout=HEALTHCHECK_TIMEOUT_SECONDS)
+        healthy = response.status_code == 200 and response.json().get("status") == "ok"
+    except (httpx.HTTPError, ValueError) as error:
+        print(f"billing: {url}: {type(error).__name__}", file=sys.stderr)
+        raise SystemExit(1) from None
+    if not healthy:
+        print(f"billing: {url}: HTTP {response.status_code}", file=sys.stderr)
+        raise SystemExit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="billing", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the API under waitress (PORT, THREADS, …)")
     commands.add_parser("migrate", help="apply pending schema migrations and exit")
+    commands.add_parser("healthcheck", help="exit 0 when the local API (PORT) is healthy")
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = load_settings()
     try:
         if arguments.command == "serve":
             serve(settings)
+        elif arguments.command == "healthcheck":
+            healthcheck(settings)
         else:
             migrate(settings)
     except ConfigurationError as error:

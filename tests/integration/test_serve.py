@@ -67,6 +67,17 @@ def test_health_answers_ok(client: httpx.Client) -> None:
     assert body["database"] == "ok"
 
 
+def test_healthcheck_exits_zero_for_a_healthy_server(server: BillingServer, workdir: Path) -> None:
+    result = run_billing("healthcheck", server_env(PORT=str(server.port)), workdir)
+    assert result.returncode == 0, result.stderr
+
+
+def test_healthcheck_exits_one_when_nothing_answers(workdir: Path) -> None:
+    result = run_billing("healthcheck", server_env(PORT=str(free_port())), workdir)
+    assert result.returncode == 1
+    assert "ConnectError" in result.stderr
+
+
 def test_gateway_flow_with_exact_figures(client: httpx.Client) -> None:
     product = create_product(client, "starter", Decimal("10"))
     assert product == {"id": "starter", "name": "Starter", "monthly_budget": 10}
