@@ -13,7 +13,7 @@ from core_helpers import PASSWORD
 
 from core.errors import Duplicate, IdentityUnavailable, Invalid, Unavailable
 from core.ledger import Ledger
-from core.provisioning import Identity, ProvisionRequest, Provisioner
+from core.provisioning import Identity, Provisioner, ProvisionRequest
 from core.store.base import Product
 
 
@@ -148,9 +148,7 @@ def test_an_unknown_product_is_refused_before_the_identity_step(provisioner, ide
     assert "create" not in identities.calls
 
 
-def test_the_api_mode_refuses_an_existing_user_before_the_identity_store(
-    provisioner, identities
-):
+def test_the_api_mode_refuses_an_existing_user_before_the_identity_store(provisioner, identities):
     provisioner.provision(ADA, PASSWORD, repeat_is_done=False)
     identities.calls.clear()
     for request, field in (
@@ -163,9 +161,7 @@ def test_the_api_mode_refuses_an_existing_user_before_the_identity_store(
     assert identities.calls == []
 
 
-def test_the_api_mode_refuses_an_email_taken_in_the_identity_store(
-    provisioner, identities, ledger
-):
+def test_the_api_mode_refuses_an_email_taken_in_the_identity_store(provisioner, identities, ledger):
     identities.records["x"] = Identity("x", "Ada@Example.com", "", "", "")
     with pytest.raises(Duplicate) as raised:
         provisioner.provision(ADA, PASSWORD, repeat_is_done=False)
