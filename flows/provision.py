@@ -16,12 +16,12 @@ from pydantic import Field, SecretStr
 
 from adapters.pocketbase import open_identity_store
 from api.cli import open_ledger
+from api.schemas import ID_LENGTH_MAX
 from core.passwords import one_time_password
 from core.provisioning import EMAIL_PATTERN, Provisioner, ProvisionOutcome, ProvisionRequest
 from core.settings import Settings
 from flows.mail import mail_credentials, send_mail
 
-ID_LENGTH_MAX = 256
 MAIL_RETRIES = 3
 MAIL_RETRY_DELAYS_SECONDS = [5, 30, 120]
 INVITE_SUBJECT = "Your CloudFreedom account"
@@ -81,7 +81,14 @@ def provision_user(
     )
     invited = send_invite and password_set
     if invited:
-        mail_invite(email, outcome.user.id, password)
+        try:
+            mail_invite(email, outcome.user.id, password)
+        except Exception:
+            logger.error(
+                "user %s is provisioned but the invite was not sent: reset their password",
+                outcome.user.id,
+            )
+            raise
     elif password_set:
         logger.info(
             "user %s created without an invite: they set a password by a reset", outcome.user.id
