@@ -18,6 +18,7 @@ from api.resources.health import HealthResource
 from api.resources.users import UserBudgetResource, UserUsageResource
 from core.errors import LedgerError
 from core.ledger import Ledger
+from core.provisioning import IdentityStore, Provisioner
 from core.settings import Keys, Settings
 
 
@@ -29,7 +30,10 @@ class OpenApiResource:
         respond(resp, self._document)
 
 
-def create_app(settings: Settings, keys: Keys, ledger: Ledger) -> falcon.App:
+def create_app(
+    settings: Settings, keys: Keys, ledger: Ledger, identities: IdentityStore | None = None
+) -> falcon.App:
+    """The app; ``identities`` (PocketBase, when configured) joins provisioning."""
     middleware: list[object] = [KeyAuth(keys)]
     if settings.cors_origin_list:
         origins = settings.cors_origin_list
@@ -55,7 +59,9 @@ def create_app(settings: Settings, keys: Keys, ledger: Ledger) -> falcon.App:
     app.add_route("/api/users/{user_id}/budget", UserBudgetResource(ledger))
     app.add_route("/api/users/{user_id}/usage", UserUsageResource(ledger))
     app.add_route("/api/admin/reset-budgets", ResetBudgetsResource(ledger, limit))
-    app.add_route("/api/admin/provision-user", ProvisionUserResource(ledger, limit))
+    app.add_route(
+        "/api/admin/provision-user", ProvisionUserResource(Provisioner(ledger, identities), limit)
+    )
     app.add_route("/api/admin/products", ProductsResource(ledger, limit))
     app.add_route("/api/admin/tenants", TenantsResource(ledger, limit))
     app.add_route("/api/admin/users/{user_id}", UserResource(ledger, limit))

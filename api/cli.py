@@ -1,5 +1,6 @@
 """The ``billing`` command: ``serve`` runs the API under waitress, ``migrate`` the schema,
-``healthcheck`` asks the local API whether it is healthy (the container's health check)."""
+``healthcheck`` asks the local API whether it is healthy (the container's health check),
+``pocketbase init`` gives the identity store its fields."""
 
 import argparse
 import logging
@@ -8,9 +9,10 @@ import sys
 import httpx
 from pydantic import ValidationError
 
+from adapters.pocketbase import open_identity_store
 from api.app import create_app
 from api.server import run_waitress
-from core.errors import ConfigurationError
+from core.errors import ConfigurationError, IdentityUnavailable
 from core.ledger import Ledger, wall_clock_ms
 from core.prices import load_price_table
 from core.settings import Keys, Settings, resolve_keys
@@ -43,15 +45,18 @@ def open_ledger(settings: Settings) -> tuple[LedgerStore, Ledger]:
 def serve(settings: Settings) -> None:
     keys = resolve_keys(settings)
     _announce_keys(keys)
+    identities = open_identity_store(settings)
     store, ledger = open_ledger(settings)
     for name in store.applied_migrations:
         log.info("applied migration %s", name)
-    app = create_app(settings, keys, ledger)
+    app = create_app(settings, keys, ledger, identities)
     log.info("CloudFreedom Billing listening on %s:%d", settings.host, settings.port)
     try:
         run_waitress(app, settings)
     finally:
         store.close()
+        if identities is not None:
+            identities.close()
 
 
 def _announce_keys(keys: Keys) -> None:
@@ -88,12 +93,36 @@ def healthcheck(settings: Settings) -> None:
         raise SystemExit(1)
 
 
+def pocketbase_init(settings: Settings) -> None:
+    """Give the auth collection the fields provisioning writes; a second run changes nothing."""
+    identities = open_identity_store(settings)
+    if identities is None:
+        raise ConfigurationError("POCKETBASE_URL is not set")
+    try:
+        added = identities.ensure_fields()
+    except IdentityUnavailable as error:
+        print(f"billing: {error.message}", file=sys.stderr)
+        raise SystemExit(1) from None
+    finally:
+        identities.close()
+    collection = settings.pocketbase_collection
+    if added:
+        print(f"{collection}: added fields " + ", ".join(added))
+    else:
+        print(f"{collection}: fields are up to date")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="billing", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the API under waitress (PORT, THREADS, …)")
     commands.add_parser("migrate", help="apply pending schema migrations and exit")
     commands.add_parser("healthcheck", help="exit 0 when the local API (PORT) is healthy")
+    pocketbase = commands.add_parser("pocketbase", help="the PocketBase identity store")
+    pocketbase_commands = pocketbase.add_subparsers(dest="pocketbase_command", required=True)
+    pocketbase_commands.add_parser(
+        "init", help="add the fields provisioning writes to POCKETBASE_COLLECTION (idempotent)"
+    )
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = load_settings()
@@ -102,6 +131,8 @@ def main(argv: list[str] | None = None) -> None:
             serve(settings)
         elif arguments.command == "healthcheck":
             healthcheck(settings)
+        elif arguments.command == "pocketbase":
+            pocketbase_init(settings)
         else:
             migrate(settings)
     except ConfigurationError as error:

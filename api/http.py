@@ -20,6 +20,7 @@ _LEDGER_STATUS = {
     "conflict": falcon.HTTP_409,
     "validation_error": falcon.HTTP_422,
     "unavailable": falcon.HTTP_503,
+    "identity_store_error": falcon.HTTP_502,
 }
 
 _FALCON_CODES = {

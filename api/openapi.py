@@ -88,10 +88,10 @@ OPERATIONS = (
     Operation(
         "post",
         "/api/admin/provision-user",
-        "Create a user on a plan",
+        "Create a user on a plan (and its PocketBase record when POCKETBASE_URL is set)",
         "admin_key",
         s.ProvisionUserRequest,
-        {201: s.ProvisionUserResponse, 409: s.Error, **_COMMON},
+        {201: s.ProvisionUserResponse, 409: s.Error, 502: s.Error, **_COMMON},
     ),
     Operation(
         "get",

@@ -11,6 +11,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSche
 from pydantic_core import PydanticCustomError
 
 from core.money import AMOUNT_MAX, Money, MoneyError, money_from_input
+from core.provisioning import EMAIL_PATTERN
 
 TOKENS_MAX = 1_000_000_000
 ID_LENGTH_MAX = 256
@@ -93,7 +94,7 @@ class ResetBudgetsRequest(Request):
 
 
 class ProvisionUserRequest(Request):
-    email: Annotated[str, Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")]
+    email: Annotated[str, Field(min_length=3, max_length=320, pattern=EMAIL_PATTERN)]
     password: Annotated[str, Field(min_length=8, max_length=1024)]
     product_id: Identifier
     tenant_id: Identifier = "default"

@@ -52,3 +52,9 @@ class Unavailable(LedgerError):
     """The store cannot take the operation now (busy, overloaded); nothing was done."""
 
     code = "unavailable"
+
+
+class IdentityUnavailable(LedgerError):
+    """The identity store (PocketBase) failed or refused in a way the caller cannot fix."""
+
+    code = "identity_store_error"

@@ -38,6 +38,11 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def new_user_id() -> str:
+    """A user id for a provisioning that did not name one."""
+    return f"usr_{secrets.token_hex(8)}"
+
+
 @dataclass(frozen=True, slots=True)
 class CheckResult:
     status: BudgetStatus
@@ -128,6 +133,11 @@ class Ledger:
     def user(self, user_id: str) -> UserView:
         return self._require_user(user_id, self.clock_ms())
 
+    def user_by_email(self, email: str) -> UserView | None:
+        """The user with this email (case-insensitive), or None."""
+        user_id = self.store.user_id_by_email(email)
+        return None if user_id is None else self.store.read_user(user_id, self.clock_ms())
+
     def period_end_ms(self, view: UserView) -> int:
         """When the open period is due to close: the start of the month after its label."""
         return label_bounds_ms(view.period_label, self.zone)[1]
@@ -197,7 +207,7 @@ class Ledger:
     ) -> UserView:
         now_ms = self.clock_ms()
         new_user = NewUser(
-            id=user_id if user_id is not None else f"usr_{secrets.token_hex(8)}",
+            id=user_id if user_id is not None else new_user_id(),
             email=email,
             password_hash=hash_password(password),
             product_id=product_id,

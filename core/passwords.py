@@ -36,3 +36,11 @@ def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
 
 def _b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode("ascii")
+
+
+ONE_TIME_PASSWORD_BYTES = 18
+
+
+def one_time_password() -> str:
+    """A random password to mail with an invite: 24 URL-safe characters (144 bits)."""
+    return secrets.token_urlsafe(ONE_TIME_PASSWORD_BYTES)

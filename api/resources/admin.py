@@ -16,6 +16,7 @@ from core.budget import UserStatus
 from core.errors import Invalid
 from core.ledger import Ledger
 from core.money import Money
+from core.provisioning import Provisioner, ProvisionRequest
 from core.store.base import Product, Tenant
 
 
@@ -45,15 +46,20 @@ class ResetBudgetsResource(_AdminResource):
         )
 
 
-class ProvisionUserResource(_AdminResource):
+class ProvisionUserResource:
+    """Ledger user and, with an identity store, its PocketBase record: both or neither."""
+
+    def __init__(self, provisioner: Provisioner, body_bytes_max: int) -> None:
+        self._provisioner = provisioner
+        self._body_bytes_max = body_bytes_max
+
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = read_model(req, ProvisionUserRequest, self._body_bytes_max)
-        user = self._ledger.provision_user(
-            body.email, body.password, body.product_id, body.tenant_id, body.user_id
-        )
+        request = ProvisionRequest(body.email, body.product_id, body.tenant_id, body.user_id)
+        outcome = self._provisioner.provision(request, body.password, repeat_is_done=False)
         respond(
             resp,
-            {"message": "User provisioned successfully", "user": user_json(user)},
+            {"message": "User provisioned successfully", "user": user_json(outcome.user)},
             falcon.HTTP_201,
         )
 

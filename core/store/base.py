@@ -110,6 +110,9 @@ class LedgerStore(Protocol):
 
     def read_user(self, user_id: str, now_ms: int) -> UserView | None: ...
 
+    def user_id_by_email(self, email: str) -> str | None:
+        """The id of the user with this email, compared case-insensitively (``casefold``)."""
+
     def reserve(
         self, user_id: str, request_id: str, amount: Money, expires_at_ms: int, now_ms: int
     ) -> CheckOutcome:

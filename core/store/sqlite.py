@@ -327,6 +327,11 @@ class SqliteStore:
     def read_user(self, user_id: str, now_ms: int) -> UserView | None:
         return _read_user(self._reader(), user_id, now_ms)
 
+    def user_id_by_email(self, email: str) -> str | None:
+        query = "SELECT id FROM users WHERE email_key = ?"
+        row = self._reader().execute(query, (email.casefold(),)).fetchone()
+        return None if row is None else row[0]
+
     def list_products(self) -> list[Product]:
         rows = self._reader().execute("SELECT id, name, monthly_budget FROM products ORDER BY id")
         return [Product(id_, name, Money(budget)) for id_, name, budget in rows]

@@ -20,6 +20,7 @@ from api.openapi import OPERATIONS, Operation
 from api.schemas import Error
 from core.ledger import Ledger
 from core.prices import load_price_table
+from core.provisioning import IdentityStore
 from core.settings import Keys, Settings
 from core.store.sqlite import SqliteStore, sqlite_path_from_url
 
@@ -70,10 +71,16 @@ class Env:
     db_path: Path
 
 
-def build_env(folder: Path, clock: FakeClock, name: str = "api", **overrides: object) -> Env:
+def build_env(
+    folder: Path,
+    clock: FakeClock,
+    name: str = "api",
+    identities: IdentityStore | None = None,
+    **overrides: object,
+) -> Env:
     """Settings, keys, a real SQLite store and a ledger on ``clock``, and the app over them.
 
-    The caller closes ``env.store``.
+    ``identities`` (a PocketBase adapter) joins provisioning. The caller closes ``env.store``.
     """
     values: dict[str, object] = {
         "data_dir": folder,
@@ -94,7 +101,7 @@ def build_env(folder: Path, clock: FakeClock, name: str = "api", **overrides: ob
     ledger = Ledger(
         store, load_price_table(), settings.zone, settings.reservation_ttl_seconds, clock_ms=clock
     )
-    app = create_app(settings, keys, ledger)
+    app = create_app(settings, keys, ledger, identities)
     return Env(falcon.testing.TestClient(app), app, store, ledger, clock, settings, db_path)
 
 

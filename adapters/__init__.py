@@ -1,0 +1,1 @@
+"""Adapters to outside systems over HTTP (httpx), behind interfaces defined in ``core``."""

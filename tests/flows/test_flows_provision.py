@@ -1,0 +1,217 @@
+"""The provision-user flow in the Prefect harness, against a real PocketBase and SMTP server.
+
+Settings reach the flow through the environment, as they do in a deployment.
+"""
+
+import logging
+import re
+import sqlite3
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from uuid import UUID
+
+import pytest
+from conftest import Inbox
+from pocketbase_server import PocketBaseServer
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
+from prefect.logging.handlers import APILogHandler
+
+from api.cli import open_ledger
+from core.errors import Duplicate, IdentityUnavailable, Unavailable
+from core.money import money_from_input
+from core.settings import Settings
+from core.store.base import Product
+from flows.provision import INVITE_SUBJECT, provision_user
+
+EMAIL = "Ada@Example.com"
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "flow.db"
+
+
+@pytest.fixture
+def environment(
+    monkeypatch: pytest.MonkeyPatch,
+    db_path: Path,
+    pocketbase: PocketBaseServer,
+    smtp_inbox: Inbox,
+) -> Iterator[None]:
+    """A ledger with the ``basic`` plan, the module's PocketBase (emptied) and SMTP server."""
+    pocketbase.clear()
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{db_path}")
+    for name, value in pocketbase.environment().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("SMTP_HOST", "127.0.0.1")
+    monkeypatch.setenv("SMTP_PORT", str(smtp_inbox.port))
+    monkeypatch.setenv("SMTP_SECURITY", "INSECURE")
+    monkeypatch.setenv("MAIL_FROM", "billing@example.com")
+    store, ledger = open_ledger(Settings())
+    try:
+        ledger.put_product(Product("basic", "Basic", money_from_input(Decimal("10"))))
+    finally:
+        store.close()
+    yield
+
+
+def ledger_user_id(email: str) -> str | None:
+    store, ledger = open_ledger(Settings())
+    try:
+        user = ledger.user_by_email(email)
+        return None if user is None else user.id
+    finally:
+        store.close()
+
+
+def one_time_password(inbox: Inbox) -> str:
+    [message] = inbox.messages
+    assert message["To"] == EMAIL
+    assert message["Subject"] == INVITE_SUBJECT
+    found = re.search(r"One-time password: (\S+)", message.get_payload())
+    assert found is not None
+    return found.group(1)
+
+
+def stored_text_of_run(flow_run_id: UUID) -> str:
+    """Everything Prefect keeps about a run: the run, its task runs and its logs, as JSON."""
+    APILogHandler().flush()
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run_id)
+        tasks = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+        logs = client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+        )
+    parts = [run.model_dump_json()] + [t.model_dump_json() for t in tasks]
+    return "\n".join(parts + [log.model_dump_json() for log in logs])
+
+
+def logged_by_the_service(caplog: pytest.LogCaptureFixture) -> str:
+    """Every captured log line but the test SMTP server's (aiosmtpd logs what it receives)."""
+    return "\n".join(
+        record.getMessage() for record in caplog.records if not record.name.startswith("mail.")
+    )
+
+
+@pytest.mark.usefixtures("environment")
+def test_the_flow_creates_both_halves_mails_the_password_and_a_rerun_creates_nothing(
+    pocketbase, smtp_inbox, caplog
+):
+    caplog.set_level(logging.DEBUG)
+    state = provision_user(
+        email=EMAIL, product_id="basic", tenant_id="acme", user_id="ada", return_state=True
+    )
+    result = state.result()
+    assert result == {
+        "user_id": "ada",
+        "email": EMAIL,
+        "product_id": "basic",
+        "tenant_id": "acme",
+        "user_created": True,
+        "identity_created": True,
+        "invited": True,
+    }
+    [record] = pocketbase.records()
+    assert (record["email"], record["user_id"], record["product_id"], record["tenant_id"]) == (
+        EMAIL,
+        "ada",
+        "basic",
+        "acme",
+    )
+    password = one_time_password(smtp_inbox)
+    assert pocketbase.can_log_in(EMAIL, password)
+    assert ledger_user_id(EMAIL) == "ada"
+
+    run = stored_text_of_run(state.state_details.flow_run_id)
+    assert EMAIL in run  # the parameters and logs are there ...
+    assert password not in run  # ... the password is not
+    assert password not in str(result)
+    assert password not in logged_by_the_service(caplog)
+
+    smtp_inbox.messages.clear()
+    again = provision_user(email=EMAIL.lower(), product_id="basic", tenant_id="acme")
+    assert again["user_id"] == "ada"
+    assert (again["user_created"], again["identity_created"], again["invited"]) == (
+        False,
+        False,
+        False,
+    )
+    assert [r["id"] for r in pocketbase.records()] == [record["id"]]
+    assert smtp_inbox.messages == []
+    assert pocketbase.can_log_in(EMAIL, password)  # the password was not changed
+
+
+@pytest.mark.usefixtures("environment")
+def test_a_different_user_on_the_same_email_is_a_conflict_that_changes_nothing(pocketbase):
+    provision_user(email=EMAIL, product_id="basic", user_id="ada", send_invite=False)
+    state = provision_user(email=EMAIL, product_id="basic", user_id="bob", return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Duplicate):
+        state.result()
+    assert ledger_user_id(EMAIL) == "ada"
+    assert len(pocketbase.records()) == 1
+
+
+@pytest.mark.usefixtures("environment")
+def test_pocketbase_down_leaves_no_ledger_user_and_a_rerun_finishes(pocketbase, smtp_inbox):
+    pocketbase.stop()
+    try:
+        state = provision_user(email=EMAIL, product_id="basic", return_state=True)
+    finally:
+        pocketbase.start()
+    assert state.is_failed()
+    with pytest.raises(IdentityUnavailable):
+        state.result()
+    assert ledger_user_id(EMAIL) is None
+    assert pocketbase.records() == []
+    assert smtp_inbox.messages == []
+
+    finished = provision_user(email=EMAIL, product_id="basic")
+    assert finished["user_created"] and finished["identity_created"] and finished["invited"]
+    assert pocketbase.can_log_in(EMAIL, one_time_password(smtp_inbox))
+
+
+@pytest.mark.usefixtures("environment")
+def test_a_ledger_failure_after_the_record_leaves_no_record(pocketbase, smtp_inbox, db_path):
+    with sqlite3.connect(db_path) as raw:
+        raw.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON users BEGIN SELECT RAISE(ABORT, 'no'); END"
+        )
+    state = provision_user(email=EMAIL, product_id="basic", return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Unavailable):
+        state.result()
+    assert pocketbase.records() == []
+    assert ledger_user_id(EMAIL) is None
+    assert smtp_inbox.messages == []
+
+
+@pytest.mark.usefixtures("environment")
+def test_without_pocketbase_the_ledger_user_gets_the_invite(monkeypatch, pocketbase, smtp_inbox):
+    monkeypatch.delenv("POCKETBASE_URL")
+    result = provision_user(email=EMAIL, product_id="basic")
+    assert (result["user_created"], result["identity_created"], result["invited"]) == (
+        True,
+        False,
+        True,
+    )
+    assert one_time_password(smtp_inbox)
+    assert pocketbase.records() == []
+
+
+@pytest.mark.usefixtures("environment")
+def test_an_invite_without_smtp_is_refused_before_anything_is_created(monkeypatch, pocketbase):
+    monkeypatch.delenv("SMTP_HOST")
+    state = provision_user(email=EMAIL, product_id="basic", return_state=True)
+    assert state.is_failed()
+    assert ledger_user_id(EMAIL) is None
+    assert pocketbase.records() == []
