@@ -80,6 +80,12 @@ class ScratchDatabase:
                     )
         return schema_url(self.url, schema)
 
+    def new_schema(self) -> str:
+        """A URL on a schema never used before (nothing migrated yet)."""
+        schema = f"s_{secrets.token_hex(6)}"
+        self._connection.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        return schema_url(self.url, schema)
+
     def drop(self) -> None:
         self._connection.close()
         with psycopg.connect(self.admin_url, autocommit=True) as admin:

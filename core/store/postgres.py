@@ -114,12 +114,16 @@ class PostgresStore:
             open=False,
         )
         try:
+            # One direct attempt first, so a wrong URL fails at once with libpq's reason (the
+            # pool would retry until its timeout). libpq's messages never carry the password.
+            psycopg.connect(database_url, connect_timeout=CONNECT_TIMEOUT_SECONDS).close()
             self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_SECONDS)
-        except (psycopg_pool.PoolTimeout, psycopg.Error):
+        except (psycopg_pool.PoolTimeout, psycopg.Error) as error:
             self._pool.close()
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else "no answer"
             raise ConfigurationError(
-                f"DATABASE_URL: no connection to PostgreSQL {_describe(database_url)}"
-                f" within {CONNECT_TIMEOUT_SECONDS} s"
+                f"DATABASE_URL: cannot connect to PostgreSQL {_describe(database_url)}"
+                f" within {CONNECT_TIMEOUT_SECONDS} s: {reason}"
             ) from None
         try:
             self.applied_migrations = self._migrate()

@@ -96,3 +96,15 @@ def basic(ledger: Ledger) -> Product:
 def alice(ledger: Ledger, basic: Product) -> UserView:
     """A user on the $10 plan in tenant t1."""
     return provision(ledger, "alice")
+
+
+@pytest.fixture
+def populated(ledger, alice, clock):
+    """A user with usage, an open hold, a credit and one closed period in history."""
+    ledger.log_usage("alice", "gpt-4o", "r1", 10, 20, usd(1), 50)
+    clock.advance(1000)
+    ledger.reset_budgets("2026-04")
+    ledger.log_usage("alice", "gpt-4o", "r2", 10, 20, usd(2), 50)
+    ledger.check_budget("alice", None, 0, 0, usd(1), "r3")
+    ledger.grant_credit("alice", usd(1), "promo", "g1")
+    return ledger
