@@ -278,3 +278,54 @@ def test_concurrent_replays_of_one_usage_record_it_once(ledger, alice, raw):
     assert created.count(True) == 1 and len(created) == 80
     assert raw.execute("SELECT COUNT(*), SUM(cost) FROM usage").fetchone() == (1, 225_000)
     assert ledger.user("alice").budget.used == 225_000
+
+
+def test_writes_racing_resets_land_wholly_in_one_period(ledger, basic, clock, raw):
+    """Threads hold, log and release while another thread resets periods: each write lands
+    wholly before or after a reset, so counters equal the facts and every cent of usage is in
+    an open period or in history."""
+    ledger.put_tenant(Tenant("capped", "Capped", usd(40)))
+    users = ["u0", "u1", "u2", "u3"]
+    for number, user_id in enumerate(users):
+        provision(ledger, user_id, tenant_id="capped" if number < 2 else "free")
+    start = threading.Barrier(len(users) + 1)
+    errors: list[BaseException] = []
+
+    def writer(user_id: str) -> None:
+        try:
+            start.wait()
+            for call in range(30):
+                request_id = f"{user_id}-{call}"
+                if not ledger.check_budget(user_id, None, 0, 0, usd("0.5"), request_id).allowed:
+                    continue
+                if call % 3 == 0:
+                    ledger.release_reservation(request_id)
+                else:
+                    ledger.log_usage(user_id, "m", request_id, 1, 1, usd("0.4"), None)
+        except BaseException as error:  # noqa: BLE001 - handed to the main thread
+            errors.append(error)
+
+    def resetter() -> None:
+        try:
+            start.wait()
+            for _ in range(6):
+                clock.advance(1000)
+                ledger.reset_budgets(None)
+        except BaseException as error:  # noqa: BLE001 - handed to the main thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=writer, args=(user_id,)) for user_id in users]
+    threads.append(threading.Thread(target=resetter))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads)
+    assert errors == []
+    assert_counters_match_facts(raw)
+    (usage_total,) = raw.execute("SELECT COALESCE(SUM(cost), 0) FROM usage").fetchone()
+    (history_total,) = raw.execute("SELECT COALESCE(SUM(used), 0) FROM period_history").fetchone()
+    (open_total,) = raw.execute("SELECT COALESCE(SUM(used), 0) FROM users").fetchone()
+    assert usage_total > 0
+    assert history_total + open_total == usage_total
+    assert raw.execute("SELECT COUNT(*) FROM reservations WHERE state = 'open'").fetchone() == (0,)

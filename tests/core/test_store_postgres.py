@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 import psycopg
 import pytest
 from core_helpers import TTL_SECONDS, provision, usd
-from pg_testing import PgRaw
+from pg_testing import PgRaw, unavailable
 
 from core.errors import ConfigurationError, Unavailable
 from core.ledger import Ledger
@@ -33,6 +33,15 @@ def new_url(postgres) -> str:
 
 def open_pg(url: str, clock, pool_size: int = 2) -> PostgresStore:
     return PostgresStore(url, clock, pool_size=pool_size, pool_timeout_seconds=10.0)
+
+
+@pytest.mark.parametrize(
+    ("ci", "outcome"), [("true", pytest.fail.Exception), ("", pytest.skip.Exception)]
+)
+def test_without_a_server_postgresql_tests_fail_in_ci_and_skip_elsewhere(monkeypatch, ci, outcome):
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises(outcome):
+        unavailable("connection refused")
 
 
 # -- migrations and opening -----------------------------------------------------------------
