@@ -179,6 +179,9 @@ class PostgresStore:
         names = sorted(entry.name for entry in folder.iterdir() if entry.name.endswith(".sql"))
         done: list[str] = []
         with self._pool.connection() as connection:
+            # A migration (or the wait for another process's) may take longer than a request's
+            # statement_timeout; it is lifted for this session while migrating.
+            connection.execute("SET statement_timeout = 0")
             connection.execute("SELECT pg_advisory_lock(%s, %s)", (LOCK_NAMESPACE, LOCK_MIGRATIONS))
             try:
                 connection.execute(
@@ -205,6 +208,7 @@ class PostgresStore:
                 connection.execute(
                     "SELECT pg_advisory_unlock(%s, %s)", (LOCK_NAMESPACE, LOCK_MIGRATIONS)
                 )
+                _configure(connection)
         return done
 
     # -- expired holds -----------------------------------------------------------------------
