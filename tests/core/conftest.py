@@ -13,6 +13,7 @@ from pg_testing import POOL_SIZE, POOL_TIMEOUT_SECONDS, PgRaw
 from core.ledger import Ledger
 from core.prices import load_price_table
 from core.store.base import LedgerStore, Product, UserView
+from core.store.postgres import PostgresStore
 from core.store.sqlite import SqliteStore
 
 
@@ -37,8 +38,6 @@ def database_url(backend: str, db_path: Path, request: pytest.FixtureRequest) ->
 def open_test_store(database_url: str, clock: FakeClock) -> LedgerStore:
     if database_url.startswith("sqlite:"):
         return SqliteStore(Path(database_url.removeprefix("sqlite:///")), clock, "FULL")
-    from core.store.postgres import PostgresStore
-
     return PostgresStore(
         database_url, clock, pool_size=POOL_SIZE, pool_timeout_seconds=POOL_TIMEOUT_SECONDS
     )
