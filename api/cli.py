@@ -38,7 +38,13 @@ def open_ledger(settings: Settings) -> tuple[LedgerStore, Ledger]:
         prices = load_price_table(settings.model_prices_path)
     except (OSError, ValueError) as error:
         raise ConfigurationError(f"MODEL_PRICES_PATH: {error}") from None
-    store = open_store(settings.database_url, wall_clock_ms, settings.sqlite_synchronous)
+    store = open_store(
+        settings.database_url,
+        wall_clock_ms,
+        settings.sqlite_synchronous,
+        database_pool_size=settings.database_pool_size,
+        database_pool_timeout_seconds=settings.database_pool_timeout_seconds,
+    )
     return store, Ledger(store, prices, settings.zone, settings.reservation_ttl_seconds)
 
 

@@ -15,6 +15,10 @@ from core.errors import ConfigurationError
 
 KEY_LENGTH_MIN = 16
 KEYS_FILE_NAME = "keys.json"
+# PostgreSQL: connections per process (one per busy request thread), and how long a request
+# waits for one before it is refused with 503.
+DATABASE_POOL_SIZE_DEFAULT = 16
+DATABASE_POOL_TIMEOUT_SECONDS_DEFAULT = 5.0
 
 
 class Settings(BaseSettings):
@@ -35,6 +39,10 @@ class Settings(BaseSettings):
     threads: int = Field(16, ge=1, le=256)
     model_prices_path: Path | None = None
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    database_pool_size: int = Field(DATABASE_POOL_SIZE_DEFAULT, ge=1, le=1000)
+    database_pool_timeout_seconds: float = Field(
+        DATABASE_POOL_TIMEOUT_SECONDS_DEFAULT, gt=0, le=300
+    )
     # Identity store (PocketBase), used by provisioning when the URL is set.
     pocketbase_url: str | None = None
     pocketbase_admin_email: str | None = None

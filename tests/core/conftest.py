@@ -1,4 +1,5 @@
-"""Shared fixtures for the core tests: a fake clock, a real SQLite store, a ledger, a raw reader."""
+"""Shared fixtures for the core tests: a fake clock, a real store (SQLite file or PostgreSQL
+schema, see ``backend``), a ledger, and a raw connection to the same database."""
 
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -7,10 +8,12 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from core_helpers import START, TTL_SECONDS, FakeClock, ms, provision, usd
+from pg_testing import POOL_SIZE, POOL_TIMEOUT_SECONDS, PgRaw
 
 from core.ledger import Ledger
 from core.prices import load_price_table
-from core.store.base import Product, UserView
+from core.store.base import LedgerStore, Product, UserView
+from core.store.postgres import PostgresStore
 from core.store.sqlite import SqliteStore
 
 
@@ -25,8 +28,24 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def store(db_path: Path, clock: FakeClock) -> Iterator[SqliteStore]:
-    opened = SqliteStore(db_path, clock, "FULL")
+def database_url(backend: str, db_path: Path, request: pytest.FixtureRequest) -> str:
+    """The test's own empty database: a SQLite file, or an emptied PostgreSQL schema."""
+    if backend == "sqlite":
+        return f"sqlite:///{db_path}"
+    return request.getfixturevalue("postgres").fresh_schema("core_store")
+
+
+def open_test_store(database_url: str, clock: FakeClock) -> LedgerStore:
+    if database_url.startswith("sqlite:"):
+        return SqliteStore(Path(database_url.removeprefix("sqlite:///")), clock, "FULL")
+    return PostgresStore(
+        database_url, clock, pool_size=POOL_SIZE, pool_timeout_seconds=POOL_TIMEOUT_SECONDS
+    )
+
+
+@pytest.fixture
+def store(database_url: str, clock: FakeClock) -> Iterator[LedgerStore]:
+    opened = open_test_store(database_url, clock)
     try:
         yield opened
     finally:
@@ -34,12 +53,12 @@ def store(db_path: Path, clock: FakeClock) -> Iterator[SqliteStore]:
 
 
 @pytest.fixture
-def ledger(store: SqliteStore, clock: FakeClock) -> Ledger:
+def ledger(store: LedgerStore, clock: FakeClock) -> Ledger:
     return Ledger(store, load_price_table(), ZoneInfo("UTC"), TTL_SECONDS, clock_ms=clock)
 
 
 @pytest.fixture
-def make_ledger(store: SqliteStore, clock: FakeClock) -> Callable[[str], Ledger]:
+def make_ledger(store: LedgerStore, clock: FakeClock) -> Callable[[str], Ledger]:
     """A ledger over the same store in another budget time zone."""
 
     def build(zone_name: str) -> Ledger:
@@ -49,9 +68,15 @@ def make_ledger(store: SqliteStore, clock: FakeClock) -> Callable[[str], Ledger]
 
 
 @pytest.fixture
-def raw(db_path: Path, store: SqliteStore) -> Iterator[sqlite3.Connection]:
-    """A separate connection to the store's file, to read (or tamper with) the tables directly."""
-    connection = sqlite3.connect(db_path, isolation_level=None, timeout=10)
+def raw(database_url: str, store: LedgerStore) -> Iterator[sqlite3.Connection | PgRaw]:
+    """A separate connection to the store's database, to read (or tamper with) the tables
+    directly; on PostgreSQL it takes ``?`` parameters too."""
+    if database_url.startswith("sqlite:"):
+        connection: sqlite3.Connection | PgRaw = sqlite3.connect(
+            database_url.removeprefix("sqlite:///"), isolation_level=None, timeout=10
+        )
+    else:
+        connection = PgRaw(database_url)
     try:
         yield connection
     finally:
@@ -70,3 +95,15 @@ def basic(ledger: Ledger) -> Product:
 def alice(ledger: Ledger, basic: Product) -> UserView:
     """A user on the $10 plan in tenant t1."""
     return provision(ledger, "alice")
+
+
+@pytest.fixture
+def populated(ledger, alice, clock):
+    """A user with usage, an open hold, a credit and one closed period in history."""
+    ledger.log_usage("alice", "gpt-4o", "r1", 10, 20, usd(1), 50)
+    clock.advance(1000)
+    ledger.reset_budgets("2026-04")
+    ledger.log_usage("alice", "gpt-4o", "r2", 10, 20, usd(2), 50)
+    ledger.check_budget("alice", None, 0, 0, usd(1), "r3")
+    ledger.grant_credit("alice", usd(1), "promo", "g1")
+    return ledger

@@ -4,7 +4,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from integration_support import BillingServer
+from integration_support import BillingServer, Database
 
 
 class Launcher:
@@ -14,13 +14,13 @@ class Launcher:
         self.workdir = workdir
         self.started: list[BillingServer] = []
 
-    def __call__(self, db_path: Path, name: str, **options) -> BillingServer:
+    def __call__(self, database: Database, name: str, **options) -> BillingServer:
         """One server, returned once GET / answers 200."""
-        return self.together(db_path, [name], **options)[0]
+        return self.together(database, [name], **options)[0]
 
-    def together(self, db_path: Path, names: list[str], **options) -> list[BillingServer]:
+    def together(self, database: Database, names: list[str], **options) -> list[BillingServer]:
         """Several servers spawned at the same instant (racing their first start), then awaited."""
-        servers = [BillingServer(self.workdir, db_path, name, **options) for name in names]
+        servers = [BillingServer(self.workdir, database, name, **options) for name in names]
         self.started.extend(servers)
         for server in servers:
             server.wait_ready()
@@ -29,6 +29,14 @@ class Launcher:
     def stop_all(self) -> None:
         for server in reversed(self.started):
             server.stop()
+
+
+@pytest.fixture(scope="module")
+def database(backend: str, request: pytest.FixtureRequest, workdir: Path) -> Database:
+    """The module's database, new: a SQLite file in its work folder, or a PostgreSQL schema."""
+    if backend == "sqlite":
+        return workdir / f"{request.module.__name__.rsplit('.', 1)[-1]}.db"
+    return request.getfixturevalue("postgres").new_schema()
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,7 @@
-"""Integration helpers: real `billing serve` processes, JSON with exact money, raw DB reads."""
+"""Integration helpers: real `billing serve` processes, JSON with exact money, raw DB reads.
+
+A server's database is a SQLite file (a ``Path``) or a PostgreSQL URL (a ``str``).
+"""
 
 import json
 import os
@@ -15,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import simplejson
+from pg_testing import PgRaw
 
 from core.settings import Settings
 
@@ -24,6 +28,9 @@ PASSWORD = "correct horse battery"
 READY_WAIT_SECONDS = 20.0
 STOP_WAIT_SECONDS = 10.0
 NANOS_PER_DOLLAR = 10**9
+# Connections per PostgreSQL server process: enough for its threads, few enough that several
+# servers fit in the shared server's max_connections.
+POSTGRES_POOL_SIZE = 8
 
 # Variables the server reads (every Settings field); scrubbed from the inherited environment so
 # only ours count.
@@ -45,10 +52,15 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def database_url(path: Path) -> str:
-    """SQLAlchemy's absolute form: sqlite:////abs/path.db."""
-    assert path.is_absolute()
-    return f"sqlite:///{path}"
+Database = Path | str
+
+
+def database_url(database: Database) -> str:
+    """A PostgreSQL URL as it is; a SQLite path in SQLAlchemy's absolute form sqlite:////abs.db."""
+    if isinstance(database, str):
+        return database
+    assert database.is_absolute()
+    return f"sqlite:///{database}"
 
 
 def server_env(**overrides: str | None) -> dict[str, str]:
@@ -83,7 +95,7 @@ class BillingServer:
     def __init__(
         self,
         workdir: Path,
-        db_path: Path,
+        database: Database,
         name: str = "server",
         *,
         keys: bool = True,
@@ -92,7 +104,7 @@ class BillingServer:
         extra_env: dict[str, str] | None = None,
     ) -> None:
         self.workdir = workdir
-        self.db_path = db_path
+        self.database = database
         self.name = name
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -104,7 +116,8 @@ class BillingServer:
             PORT=str(self.port),
             HOST="127.0.0.1",
             DATA_DIR=str(self.data_dir),
-            DATABASE_URL=database_url(db_path),
+            DATABASE_URL=database_url(database),
+            DATABASE_POOL_SIZE=None if isinstance(database, Path) else str(POSTGRES_POOL_SIZE),
             BILLING_API_KEY=API_KEY if keys else None,
             ADMIN_SECRET_KEY=ADMIN_KEY if keys else None,
             THREADS=None if threads is None else str(threads),
@@ -228,9 +241,13 @@ def user_budget(client: httpx.Client, user_id: str) -> dict:
 
 
 @contextmanager
-def read_only(db_path: Path) -> Iterator[sqlite3.Connection]:
-    """A read-only connection to the server's file (WAL: sees every committed write)."""
-    connection = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)
+def read_only(database: Database) -> Iterator[sqlite3.Connection | PgRaw]:
+    """A connection to the server's database that sees every committed write: read-only on a
+    SQLite file (WAL); on PostgreSQL it takes ``?`` parameters like sqlite3."""
+    if isinstance(database, str):
+        connection: sqlite3.Connection | PgRaw = PgRaw(database)
+    else:
+        connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10)
     try:
         yield connection
     finally:

@@ -180,6 +180,36 @@ def test_migrate_applies_once_then_reports_up_to_date(workdir: Path) -> None:
     assert "0001" not in second.stdout
 
 
+def test_migrate_on_postgresql_applies_once_then_reports_up_to_date(
+    postgres, workdir: Path
+) -> None:
+    env = server_env(
+        DATABASE_URL=postgres.new_schema(),
+        DATA_DIR=str(workdir / "migrate-pg"),
+        BILLING_API_KEY=API_KEY,
+        ADMIN_SECRET_KEY=ADMIN_KEY,
+    )
+    first = run_billing("migrate", env, workdir)
+    assert first.returncode == 0, first.stderr
+    assert "applied: 0001_ledger.sql" in first.stdout
+    second = run_billing("migrate", env, workdir)
+    assert second.returncode == 0, second.stderr
+    assert "up to date" in second.stdout
+
+
+def test_a_database_url_that_cannot_connect_stops_start_up_naming_it(workdir: Path) -> None:
+    env = server_env(
+        DATABASE_URL="postgresql://billing:s3cret-pw@127.0.0.1:1/billing",
+        DATA_DIR=str(workdir / "unreachable"),
+        BILLING_API_KEY=API_KEY,
+        ADMIN_SECRET_KEY=ADMIN_KEY,
+    )
+    refused = run_billing("migrate", env, workdir)
+    assert refused.returncode == 2
+    assert "DATABASE_URL" in refused.stderr and "Traceback" not in refused.stderr
+    assert "s3cret-pw" not in refused.stderr + refused.stdout
+
+
 def test_first_run_without_keys_generates_a_private_key_file(launch, workdir: Path) -> None:
     server = launch(workdir / "keyless.db", "keyless", keys=False)
     keys_path = server.data_dir / "keys.json"

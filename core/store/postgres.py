@@ -1,0 +1,560 @@
+"""The production store: PostgreSQL through psycopg 3 and a bounded connection pool.
+
+Every connection is in autocommit. A hot write (a hold, a log, a release) is one call of a
+plpgsql function from ``postgres_migrations`` — one round trip and one transaction that locks
+the user's row (``SELECT … FOR UPDATE``) before it reads the figures it decides on, so processes
+on many machines cannot overspend or double-charge. The functions only write what
+``core.budget``, ``core.reservations`` and ``core.usage`` allow: they return what they found
+and did, this module asks the rules in ``core`` with it, raises their errors, and asserts that
+the database's decision agreed. Administrative writes run as short transactions here. A check
+without a hold is one read. Counters, CHECKs and append-only history are kept by the schema's
+triggers, as in SQLite.
+"""
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from importlib import resources
+from typing import Any
+
+import psycopg
+import psycopg.conninfo
+import psycopg_pool
+
+from core.budget import BudgetSnapshot, BudgetStatus, UserStatus, decide
+from core.errors import (
+    ConfigurationError,
+    Duplicate,
+    IdempotencyConflict,
+    Invalid,
+    LedgerError,
+    NotFound,
+    ReservationClosed,
+    Unavailable,
+)
+from core.money import Money
+from core.reservations import (
+    Reservation,
+    ReservationState,
+    check_release,
+    check_retry,
+    check_settle,
+    counting_amount,
+)
+from core.store.base import (
+    CheckOutcome,
+    CreditGrant,
+    GroupBy,
+    LogOutcome,
+    NewUser,
+    Product,
+    ResetOutcome,
+    Tenant,
+    UsageGroup,
+    UserView,
+)
+from core.usage import UsageRecord, check_replay
+
+log = logging.getLogger(__name__)
+
+POOL_WAITING_MAX = 4_096
+CONNECT_TIMEOUT_SECONDS = 10
+STATEMENT_TIMEOUT_MS = 30_000
+SWEEP_INTERVAL_MS = 250
+SWEEP_BATCH_MAX = 1_000
+USAGE_BUCKET_MS = 15 * 60 * 1000
+# Advisory lock keys (two-int form): 'bill' and a number; the schema uses 2 (resets), 3 (sweeps).
+LOCK_NAMESPACE = 1651076204
+LOCK_MIGRATIONS = 1
+LOCK_RESETS = 2
+
+_FIGURES = (
+    "id, email, product_id, tenant_id, status, period_label, period_start, created_at,"
+    " plan_budget, credits, used, held, held_expired, tenant_cap, tenant_used, tenant_held,"
+    " tenant_held_expired"
+)
+_FIGURES_COUNT = 17
+_READ_USER_SQL = f"SELECT {_FIGURES} FROM ledger_user_view(%s, %s)"
+_RESERVE_SQL = (
+    "SELECT (f.figures).*, f.r_user_id, f.r_amount, f.r_state, f.r_expires_at, f.logged,"
+    " f.placed FROM ledger_reserve(%s, %s, %s, %s, %s) f"
+)
+_LOG_USAGE_SQL = (
+    "SELECT (f.figures).*, f.r_user_id, f.r_amount, f.r_state, f.r_expires_at, f.u_user_id,"
+    " f.u_model, f.u_tokens_input, f.u_tokens_output, f.u_cost, f.inserted"
+    " FROM ledger_log_usage(%s, %s, %s, %s, %s, %s, %s, %s) f"
+)
+_RELEASE_SQL = "SELECT user_id, amount, state, expires_at, released FROM ledger_release(%s, %s)"
+
+
+class PostgresStore:
+    """``LedgerStore`` on PostgreSQL; opening it applies pending migrations first."""
+
+    def __init__(
+        self,
+        database_url: str,
+        clock_ms: Callable[[], int],
+        *,
+        pool_size: int,
+        pool_timeout_seconds: float,
+    ) -> None:
+        assert database_url.startswith(("postgresql://", "postgres://"))
+        assert pool_size > 0 and pool_timeout_seconds > 0
+        self._clock_ms = clock_ms
+        self._pool = psycopg_pool.ConnectionPool(
+            database_url,
+            min_size=pool_size,
+            max_size=pool_size,
+            timeout=pool_timeout_seconds,
+            max_waiting=POOL_WAITING_MAX,
+            kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_SECONDS},
+            configure=_configure,
+            name="billing",
+            open=False,
+        )
+        try:
+            # One direct attempt first, so a wrong URL fails at once with libpq's reason (the
+            # pool would retry until its timeout). libpq's messages never carry the password.
+            psycopg.connect(database_url, connect_timeout=CONNECT_TIMEOUT_SECONDS).close()
+            self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_SECONDS)
+        except (psycopg_pool.PoolTimeout, psycopg.Error) as error:
+            self._pool.close()
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else "no answer"
+            raise ConfigurationError(
+                f"DATABASE_URL: cannot connect to PostgreSQL {_describe(database_url)}"
+                f" within {CONNECT_TIMEOUT_SECONDS} s: {reason}"
+            ) from None
+        try:
+            self.applied_migrations = self._migrate()
+        except BaseException:
+            self._pool.close()
+            raise
+        self._last_sweep_ms = 0
+        self._sweep_lock = threading.Lock()
+        self._closing = threading.Event()
+        self._housekeeper = threading.Thread(
+            target=self._housekeeping_loop, name="postgres-housekeeper", daemon=True
+        )
+        self._housekeeper.start()
+
+    # -- connections -------------------------------------------------------------------------
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection; failures of the database become ``Unavailable`` (a 503)."""
+        try:
+            with self._pool.connection() as connection:
+                yield connection
+        except psycopg_pool.TooManyRequests:
+            raise Unavailable("too many requests wait for the database; retry shortly") from None
+        except psycopg_pool.PoolTimeout:
+            raise Unavailable("no database connection free in time; retry shortly") from None
+        except psycopg.IntegrityError as error:
+            log.error("integrity check refused a write: %s", error)
+            raise Unavailable("write refused by a database constraint") from None
+        except psycopg.Error as error:
+            log.warning("postgres operation failed: %s", error)
+            raise Unavailable("database operation failed; retry shortly") from None
+
+    def _one(self, sql: str, params: tuple[object, ...]) -> tuple[Any, ...] | None:
+        with self._connection() as connection:
+            return connection.execute(sql, params).fetchone()
+
+    def close(self) -> None:
+        self._closing.set()
+        self._housekeeper.join(timeout=CONNECT_TIMEOUT_SECONDS)
+        self._pool.close()
+
+    def check_health(self) -> None:
+        with self._pool.connection() as connection:
+            connection.execute("SELECT 1").fetchone()
+
+    # -- schema ------------------------------------------------------------------------------
+
+    def _migrate(self) -> list[str]:
+        """Apply pending migrations, each in its own transaction, under an advisory lock, so
+        of two processes starting at once one migrates and the other then finds it done."""
+        folder = resources.files("core.store").joinpath("postgres_migrations")
+        names = sorted(entry.name for entry in folder.iterdir() if entry.name.endswith(".sql"))
+        done: list[str] = []
+        with self._pool.connection() as connection:
+            # A migration (or the wait for another process's) may take longer than a request's
+            # statement_timeout; it is lifted for this session while migrating.
+            connection.execute("SET statement_timeout = 0")
+            connection.execute("SELECT pg_advisory_lock(%s, %s)", (LOCK_NAMESPACE, LOCK_MIGRATIONS))
+            try:
+                connection.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
+                    " name TEXT NOT NULL, applied_at BIGINT NOT NULL)"
+                )
+                applied = {
+                    row[0] for row in connection.execute("SELECT version FROM schema_migrations")
+                }
+                for name in names:
+                    version = int(name.split("_", 1)[0])
+                    if version in applied:
+                        continue
+                    script = folder.joinpath(name).read_text("utf-8")
+                    with connection.transaction():
+                        connection.execute(script.encode())
+                        connection.execute(
+                            "INSERT INTO schema_migrations (version, name, applied_at)"
+                            " VALUES (%s, %s, %s)",
+                            (version, name, self._clock_ms()),
+                        )
+                    done.append(name)
+            finally:
+                connection.execute(
+                    "SELECT pg_advisory_unlock(%s, %s)", (LOCK_NAMESPACE, LOCK_MIGRATIONS)
+                )
+                _configure(connection)
+        return done
+
+    # -- expired holds -----------------------------------------------------------------------
+
+    def _sweep_if_due(self, now_ms: int) -> None:
+        """Mark holds past expiry ``expired`` at most every ``SWEEP_INTERVAL_MS``, one sweeper
+        per process (and, by an advisory lock in the function, one across processes)."""
+        if now_ms - self._last_sweep_ms < SWEEP_INTERVAL_MS:
+            return
+        if not self._sweep_lock.acquire(blocking=False):
+            return
+        try:
+            self._last_sweep_ms = now_ms
+            self._one("SELECT ledger_sweep_expired(%s, %s)", (now_ms, SWEEP_BATCH_MAX))
+        except LedgerError as error:
+            log.warning("postgres sweep of expired holds skipped a round: %s", error)
+        finally:
+            self._sweep_lock.release()
+
+    def _housekeeping_loop(self) -> None:
+        """Sweep expired holds when no write comes along to do it."""
+        while not self._closing.wait(SWEEP_INTERVAL_MS / 1000):
+            self._sweep_if_due(self._clock_ms())
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def read_user(self, user_id: str, now_ms: int) -> UserView | None:
+        row = self._one(_READ_USER_SQL, (user_id, now_ms))
+        return None if row is None else _user_view(row)
+
+    def list_products(self) -> list[Product]:
+        with self._connection() as connection:
+            rows = connection.execute(
+                "SELECT id, name, monthly_budget FROM products ORDER BY id"
+            ).fetchall()
+        return [Product(id_, name, Money(budget)) for id_, name, budget in rows]
+
+    def usage_groups(
+        self, user_id: str, from_ms: int, to_ms: int, group_by: GroupBy
+    ) -> list[UsageGroup]:
+        key = "model" if group_by == "model" else f"created_at / {USAGE_BUCKET_MS}"
+        with self._connection() as connection:
+            rows = connection.execute(
+                f"SELECT {key}, COUNT(*), SUM(tokens_input), SUM(tokens_output), SUM(cost)"
+                " FROM usage WHERE user_id = %s AND created_at >= %s AND created_at < %s"
+                f" GROUP BY {key} ORDER BY {key}",
+                (user_id, from_ms, to_ms),
+            ).fetchall()
+        return [
+            UsageGroup(
+                key if group_by == "model" else key * USAGE_BUCKET_MS,
+                requests,
+                int(tokens_input),
+                int(tokens_output),
+                Money(int(cost)),
+            )
+            for key, requests, tokens_input, tokens_output, cost in rows
+        ]
+
+    # -- the gateway's writes: one function call each ---------------------------------------
+
+    def reserve(
+        self, user_id: str, request_id: str, amount: Money, expires_at_ms: int, now_ms: int
+    ) -> CheckOutcome:
+        self._sweep_if_due(now_ms)
+        row = self._one(_RESERVE_SQL, (user_id, request_id, amount, expires_at_ms, now_ms))
+        if row is None:
+            raise NotFound("unknown user", user_id=user_id)
+        view = _user_view(row[:_FIGURES_COUNT])
+        r_user, r_amount, r_state, r_expires, logged, placed = row[_FIGURES_COUNT:]
+        if r_user is not None:
+            existing = Reservation(
+                request_id, r_user, Money(r_amount), ReservationState(r_state), r_expires
+            )
+            held = check_retry(existing, user_id, amount, now_ms)
+            return CheckOutcome(BudgetStatus.ACTIVE, view.budget, held)
+        if logged:
+            raise ReservationClosed("request_id was already logged", request_id=request_id)
+        status = decide(view.budget, amount)
+        assert placed == (status is BudgetStatus.ACTIVE), (status, placed)
+        if not placed:
+            return CheckOutcome(status, view.budget, None)
+        hold = Reservation(request_id, user_id, amount, ReservationState.OPEN, expires_at_ms)
+        return CheckOutcome(status, view.budget.moved(held=amount), hold)
+
+    def log_usage(
+        self, record: UsageRecord, response_time_ms: int | None, now_ms: int
+    ) -> LogOutcome:
+        self._sweep_if_due(now_ms)
+        row = self._one(
+            _LOG_USAGE_SQL,
+            (
+                record.request_id,
+                record.user_id,
+                record.model,
+                record.tokens_input,
+                record.tokens_output,
+                record.cost,
+                response_time_ms,
+                now_ms,
+            ),
+        )
+        if row is None:
+            raise NotFound("unknown user", user_id=record.user_id)
+        view = _user_view(row[:_FIGURES_COUNT])
+        (
+            r_user,
+            r_amount,
+            r_state,
+            r_expires,
+            u_user,
+            model,
+            tokens_in,
+            tokens_out,
+            cost,
+            inserted,
+        ) = row[_FIGURES_COUNT:]
+        if u_user is not None:
+            logged = UsageRecord(
+                record.request_id, u_user, model, tokens_in, tokens_out, Money(cost)
+            )
+            check_replay(logged, record)
+            return LogOutcome(False, view.budget)
+        reservation = (
+            None
+            if r_user is None
+            else Reservation(
+                record.request_id, r_user, Money(r_amount), ReservationState(r_state), r_expires
+            )
+        )
+        check_settle(reservation, record.user_id)
+        assert inserted, record.request_id
+        released = counting_amount(reservation, now_ms)
+        return LogOutcome(True, view.budget.moved(used=record.cost, held=-released))
+
+    def release(self, request_id: str, now_ms: int) -> Reservation:
+        self._sweep_if_due(now_ms)
+        row = self._one(_RELEASE_SQL, (request_id, now_ms))
+        if row is None:
+            raise NotFound("no reservation with this request_id", request_id=request_id)
+        r_user, r_amount, r_state, r_expires, released = row
+        reservation = Reservation(
+            request_id, r_user, Money(r_amount), ReservationState(r_state), r_expires
+        )
+        assert check_release(reservation) == released, (reservation, released)
+        return reservation
+
+    # -- administration: short transactions --------------------------------------------------
+
+    def reset_periods(self, label: str, apply_once: bool, now_ms: int) -> ResetOutcome:
+        row = self._one(
+            "SELECT users_reset, already_done FROM ledger_reset(%s, %s, %s)",
+            (label, apply_once, now_ms),
+        )
+        assert row is not None
+        return ResetOutcome(int(row[0]), bool(row[1]))
+
+    def provision_user(self, user: NewUser, now_ms: int) -> UserView:
+        email_key = user.email.casefold()
+        with self._connection() as connection, connection.transaction():
+            # Shared with other provisionings, exclusive with a reset (ledger_reset).
+            connection.execute(
+                "SELECT pg_advisory_xact_lock_shared(%s, %s)", (LOCK_NAMESPACE, LOCK_RESETS)
+            )
+            id_taken, email_taken, product_known = connection.execute(
+                "SELECT EXISTS (SELECT 1 FROM users WHERE id = %s),"
+                " EXISTS (SELECT 1 FROM users WHERE email_key = %s),"
+                " EXISTS (SELECT 1 FROM products WHERE id = %s)",
+                (user.id, email_key, user.product_id),
+            ).fetchone()
+            if id_taken:
+                raise Duplicate("a user with this id exists", field="user_id")
+            if email_taken:
+                raise Duplicate("a user with this email exists", field="email")
+            if not product_known:
+                raise Invalid("unknown product", field="product_id")
+            connection.execute(
+                "INSERT INTO tenants (id, name, monthly_budget, created_at, updated_at)"
+                " VALUES (%s, %s, NULL, %s, %s) ON CONFLICT (id) DO NOTHING",
+                (user.tenant_id, user.tenant_id, now_ms, now_ms),
+            )
+            try:
+                with connection.transaction():
+                    connection.execute(
+                        "INSERT INTO users (id, email, email_key, password_hash, product_id,"
+                        " tenant_id, status, period_label, period_start, created_at, updated_at)"
+                        " VALUES (%s, %s, %s, %s, %s, %s, 'active', %s, %s, %s, %s)",
+                        (
+                            user.id,
+                            user.email,
+                            email_key,
+                            user.password_hash,
+                            user.product_id,
+                            user.tenant_id,
+                            user.period_label,
+                            now_ms,
+                            now_ms,
+                            now_ms,
+                        ),
+                    )
+            except psycopg.errors.UniqueViolation as error:
+                # A concurrent provisioning took the id or the email first.
+                field = "user_id" if error.diag.constraint_name == "users_pkey" else "email"
+                raise Duplicate(
+                    f"a user with this {field.removeprefix('user_')} exists", field=field
+                ) from None
+            return _require_user(connection, user.id, now_ms)
+
+    def put_product(self, product: Product, now_ms: int) -> bool:
+        row = self._one(
+            "INSERT INTO products (id, name, monthly_budget, created_at, updated_at)"
+            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET name = excluded.name,"
+            " monthly_budget = excluded.monthly_budget, updated_at = excluded.updated_at"
+            " RETURNING xmax = 0",
+            (product.id, product.name, product.monthly_budget, now_ms, now_ms),
+        )
+        assert row is not None
+        return bool(row[0])
+
+    def put_tenant(self, tenant: Tenant, now_ms: int) -> bool:
+        row = self._one(
+            "INSERT INTO tenants (id, name, monthly_budget, created_at, updated_at)"
+            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET name = excluded.name,"
+            " monthly_budget = excluded.monthly_budget, updated_at = excluded.updated_at"
+            " RETURNING xmax = 0",
+            (tenant.id, tenant.name, tenant.monthly_budget, now_ms, now_ms),
+        )
+        assert row is not None
+        return bool(row[0])
+
+    def update_user(
+        self, user_id: str, status: UserStatus | None, product_id: str | None, now_ms: int
+    ) -> UserView:
+        with self._connection() as connection, connection.transaction():
+            _lock_user(connection, user_id)
+            if product_id is not None:
+                known = connection.execute(
+                    "SELECT 1 FROM products WHERE id = %s", (product_id,)
+                ).fetchone()
+                if known is None:
+                    raise Invalid("unknown product", field="product_id")
+                connection.execute(
+                    "UPDATE users SET product_id = %s, updated_at = %s WHERE id = %s",
+                    (product_id, now_ms, user_id),
+                )
+            if status is not None:
+                connection.execute(
+                    "UPDATE users SET status = %s, updated_at = %s WHERE id = %s",
+                    (status.value, now_ms, user_id),
+                )
+            return _require_user(connection, user_id, now_ms)
+
+    def grant_credit(self, grant: CreditGrant, now_ms: int) -> tuple[bool, UserView]:
+        with self._connection() as connection, connection.transaction():
+            # The grant_id's lock makes a concurrent replay for another user wait and conflict.
+            connection.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (grant.grant_id,)
+            )
+            _lock_user(connection, grant.user_id)
+            view = _require_user(connection, grant.user_id, now_ms)
+            existing = connection.execute(
+                "SELECT grant_id, user_id, amount, reason FROM credit_grants WHERE grant_id = %s",
+                (grant.grant_id,),
+            ).fetchone()
+            if existing is not None:
+                if CreditGrant(*existing) != grant:
+                    raise IdempotencyConflict(
+                        "grant_id was already used with different content", grant_id=grant.grant_id
+                    )
+                return False, view
+            connection.execute(
+                "INSERT INTO credit_grants (grant_id, user_id, amount, reason, period_start,"
+                " created_at) VALUES (%s, %s, %s, %s, %s, %s)",
+                (
+                    grant.grant_id,
+                    grant.user_id,
+                    grant.amount,
+                    grant.reason,
+                    view.period_start_ms,
+                    now_ms,
+                ),
+            )
+            connection.execute(
+                "UPDATE users SET credits = credits + %s, updated_at = %s WHERE id = %s",
+                (grant.amount, now_ms, grant.user_id),
+            )
+            return True, _require_user(connection, grant.user_id, now_ms)
+
+
+def _configure(connection: psycopg.Connection[Any]) -> None:
+    """Every pooled connection: a bound on each statement (lock waits included)."""
+    connection.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
+
+
+def _describe(database_url: str) -> str:
+    """Host, port and database of a URL, never its password."""
+    try:
+        parts = psycopg.conninfo.conninfo_to_dict(database_url)
+    except psycopg.ProgrammingError:
+        return "(unparseable DATABASE_URL)"
+    host = parts.get("host", "localhost")
+    return f"{host}:{parts.get('port', 5432)}/{parts.get('dbname', '')}"
+
+
+def _lock_user(connection: psycopg.Connection[Any], user_id: str) -> None:
+    found = connection.execute("SELECT 1 FROM users WHERE id = %s FOR UPDATE", (user_id,))
+    if found.fetchone() is None:
+        raise NotFound("unknown user", user_id=user_id)
+
+
+def _require_user(connection: psycopg.Connection[Any], user_id: str, now_ms: int) -> UserView:
+    row = connection.execute(_READ_USER_SQL, (user_id, now_ms)).fetchone()
+    if row is None:
+        raise NotFound("unknown user", user_id=user_id)
+    return _user_view(row)
+
+
+def _user_view(row: tuple[Any, ...]) -> UserView:
+    (
+        id_,
+        email,
+        product_id,
+        tenant_id,
+        status,
+        label,
+        start,
+        created,
+        plan_budget,
+        credits,
+        used,
+        held,
+        held_expired,
+        tenant_cap,
+        tenant_used,
+        tenant_held,
+        tenant_held_expired,
+    ) = row
+    user_status = UserStatus(status)
+    snapshot = BudgetSnapshot(
+        user_status=user_status,
+        plan_budget=Money(plan_budget),
+        credits=Money(credits),
+        used=Money(used),
+        held=Money(held - held_expired),
+        tenant_cap=None if tenant_cap is None else Money(tenant_cap),
+        tenant_used=Money(tenant_used),
+        tenant_held=Money(tenant_held - tenant_held_expired),
+    )
+    return UserView(id_, email, product_id, tenant_id, user_status, label, start, created, snapshot)

@@ -1,0 +1,194 @@
+"""The PostgreSQL store's own behaviour: migrations once (racing opens too), URLs and pool
+limits, and the guards SQLite has no statement for (TRUNCATE, deleting a hold)."""
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from zoneinfo import ZoneInfo
+
+import psycopg
+import pytest
+from core_helpers import TTL_SECONDS, provision, usd
+from pg_testing import PgRaw, unavailable
+
+from core.errors import ConfigurationError, Unavailable
+from core.ledger import Ledger
+from core.prices import load_price_table
+from core.store import open_store
+from core.store.base import Product
+from core.store.postgres import PostgresStore
+
+POOL_TIMEOUT_SECONDS = 0.5
+
+
+@pytest.fixture(scope="module")
+def backend(postgres) -> str:
+    """Only PostgreSQL here."""
+    return "postgres"
+
+
+@pytest.fixture
+def new_url(postgres) -> str:
+    return postgres.new_schema()
+
+
+def open_pg(url: str, clock, pool_size: int = 2) -> PostgresStore:
+    return PostgresStore(url, clock, pool_size=pool_size, pool_timeout_seconds=10.0)
+
+
+@pytest.mark.parametrize(
+    ("ci", "outcome"), [("true", pytest.fail.Exception), ("", pytest.skip.Exception)]
+)
+def test_without_a_server_postgresql_tests_fail_in_ci_and_skip_elsewhere(monkeypatch, ci, outcome):
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises(outcome):
+        unavailable("connection refused")
+
+
+# -- migrations and opening -----------------------------------------------------------------
+
+
+def test_opening_twice_applies_0001_once(new_url, clock):
+    first = open_pg(new_url, clock)
+    try:
+        assert first.applied_migrations == ["0001_ledger.sql"]
+        first.put_product(Product("basic", "Basic", usd(10)), clock())
+    finally:
+        first.close()
+    second = open_pg(new_url, clock)
+    try:
+        assert second.applied_migrations == []
+        assert second.list_products() == [Product("basic", "Basic", usd(10))]
+    finally:
+        second.close()
+    raw = PgRaw(new_url)
+    try:
+        rows = raw.execute("SELECT version, name FROM schema_migrations").fetchall()
+    finally:
+        raw.close()
+    assert rows == [(1, "0001_ledger.sql")]
+
+
+def test_stores_opening_at_once_migrate_once(new_url, clock):
+    """Four processes' worth of stores race their first open: the advisory lock lets one
+    migrate; the others wait and find the schema done."""
+    start = threading.Barrier(4)
+
+    def open_one(_: int) -> PostgresStore:
+        start.wait()
+        return open_pg(new_url, clock, pool_size=1)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        stores = list(pool.map(open_one, range(4)))
+    try:
+        applied = sorted(store.applied_migrations for store in stores)
+        assert applied == [[], [], [], ["0001_ledger.sql"]]
+        for store in stores:
+            store.check_health()
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_store_data_survives_a_reopen(new_url, clock):
+    store = open_pg(new_url, clock)
+    ledger = Ledger(store, load_price_table(), ZoneInfo("UTC"), TTL_SECONDS, clock_ms=clock)
+    try:
+        ledger.put_product(Product("basic", "Basic", usd(10)))
+        provision(ledger, "alice")
+        ledger.check_budget("alice", None, 0, 0, usd(2), "r1")
+        ledger.log_usage("alice", "m", "r2", 1, 1, usd(3), None)
+        before = ledger.user("alice")
+    finally:
+        store.close()
+    reopened = open_pg(new_url, clock)
+    try:
+        assert reopened.read_user("alice", clock()) == before
+    finally:
+        reopened.close()
+
+
+def test_open_store_takes_both_url_schemes(new_url, clock):
+    for url in (new_url, new_url.replace("postgresql://", "postgres://", 1)):
+        store = open_store(url, clock, "FULL", database_pool_size=1)
+        try:
+            assert isinstance(store, PostgresStore)
+            store.check_health()
+        finally:
+            store.close()
+
+
+def test_an_unreachable_server_is_a_configuration_error_without_the_password(clock):
+    with pytest.raises(ConfigurationError, match="DATABASE_URL") as refused:
+        open_store("postgresql://billing:s3cret-pw@127.0.0.1:1/billing", clock, "FULL")
+    assert "s3cret-pw" not in str(refused.value)
+    assert "127.0.0.1:1/billing" in str(refused.value)
+
+
+# -- limits -----------------------------------------------------------------------------------
+
+
+def test_a_request_that_finds_no_free_connection_is_refused_and_changes_nothing(new_url, clock):
+    """One connection in the pool, held by a hold waiting on a row another session locked: the
+    next write waits POOL_TIMEOUT_SECONDS for a connection, then is refused as unavailable."""
+    store = PostgresStore(new_url, clock, pool_size=1, pool_timeout_seconds=POOL_TIMEOUT_SECONDS)
+    ledger = Ledger(store, load_price_table(), ZoneInfo("UTC"), TTL_SECONDS, clock_ms=clock)
+    locker = psycopg.connect(new_url)
+    try:
+        ledger.put_product(Product("basic", "Basic", usd(10)))
+        provision(ledger, "alice")
+        locker.execute("SELECT 1 FROM users WHERE id = 'alice' FOR UPDATE")
+        waiting = threading.Thread(
+            target=ledger.check_budget, args=("alice", None, 0, 0, usd(1), "held-up")
+        )
+        waiting.start()
+        for _ in range(100):  # until the hold waits on the lock (it holds the one connection)
+            blocked = locker.execute(
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND datname = current_database()"
+            ).fetchone()[0]
+            if blocked:
+                break
+            time.sleep(0.05)  # polling for an order of events, not timing anything
+        with pytest.raises(Unavailable, match="no database connection free"):
+            ledger.log_usage("alice", "m", "refused", 1, 1, usd(1), None)
+        locker.rollback()
+        waiting.join(timeout=30)
+        assert not waiting.is_alive()
+        raw = PgRaw(new_url)
+        try:
+            assert raw.execute("SELECT request_id FROM usage").fetchall() == []
+            assert raw.execute("SELECT request_id FROM reservations").fetchall() == [("held-up",)]
+        finally:
+            raw.close()
+    finally:
+        locker.close()
+        store.close()
+
+
+# -- guards SQLite has no statement for -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "TRUNCATE usage",
+        "TRUNCATE period_history",
+        "DELETE FROM reservations WHERE request_id = 'r3'",
+    ],
+)
+def test_history_cannot_be_truncated_nor_holds_deleted(populated, raw, statement):
+    before = (
+        raw.execute("SELECT COUNT(*) FROM usage").fetchone(),
+        raw.execute("SELECT COUNT(*) FROM period_history").fetchone(),
+        raw.execute("SELECT COUNT(*) FROM reservations").fetchone(),
+    )
+    assert before[0][0] and before[1][0] and before[2][0]
+    with pytest.raises(psycopg.IntegrityError, match="append-only|only moves"):
+        raw.execute(statement)
+    after = (
+        raw.execute("SELECT COUNT(*) FROM usage").fetchone(),
+        raw.execute("SELECT COUNT(*) FROM period_history").fetchone(),
+        raw.execute("SELECT COUNT(*) FROM reservations").fetchone(),
+    )
+    assert after == before
