@@ -239,6 +239,10 @@ class PostgresStore:
         row = self._one(_READ_USER_SQL, (user_id, now_ms))
         return None if row is None else _user_view(row)
 
+    def user_id_by_email(self, email: str) -> str | None:
+        row = self._one("SELECT id FROM users WHERE email_key = %s", (email.casefold(),))
+        return None if row is None else row[0]
+
     def list_products(self) -> list[Product]:
         with self._connection() as connection:
             rows = connection.execute(

@@ -5,7 +5,7 @@ interface kept in a dict with switches to fail; the ledger is the real SQLite on
 PocketBase adapter itself is tested against a real PocketBase in tests/pocketbase.
 """
 
-import sqlite3
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import pytest
@@ -70,11 +70,42 @@ def provisioner(ledger: Ledger, basic: Product, identities: MemoryIdentities) ->
     return Provisioner(ledger, identities)
 
 
-def refuse_new_users(raw: sqlite3.Connection) -> None:
-    """Make the database refuse the ledger step (a failure after the identity step)."""
-    raw.execute(
-        "CREATE TRIGGER refuse_users BEFORE INSERT ON users BEGIN SELECT RAISE(ABORT, 'no'); END"
+REFUSE_USERS_SQLITE = (
+    "CREATE TRIGGER refuse_users BEFORE INSERT ON users BEGIN SELECT RAISE(ABORT, 'no'); END",
+)
+REFUSE_USERS_POSTGRES = (
+    "CREATE FUNCTION refuse_users() RETURNS trigger LANGUAGE plpgsql"
+    " AS $$ BEGIN RAISE EXCEPTION 'no'; END $$",
+    "CREATE TRIGGER refuse_users BEFORE INSERT ON users"
+    " FOR EACH ROW EXECUTE FUNCTION refuse_users()",
+)
+
+
+@pytest.fixture
+def refuse_new_users(raw, backend: str) -> Iterator[Callable[[], None]]:
+    """Make the database refuse the ledger step (a failure after the identity step) until
+    the returned function is called; the refusal never outlives the test (PostgreSQL schemas
+    are reused)."""
+    statements = REFUSE_USERS_SQLITE if backend == "sqlite" else REFUSE_USERS_POSTGRES
+    drops = (
+        ("DROP TRIGGER IF EXISTS refuse_users",)
+        if backend == "sqlite"
+        else (
+            "DROP TRIGGER IF EXISTS refuse_users ON users",
+            "DROP FUNCTION IF EXISTS refuse_users",
+        )
     )
+
+    def allow() -> None:
+        for statement in drops:
+            raw.execute(statement)
+
+    for statement in statements:
+        raw.execute(statement)
+    try:
+        yield allow
+    finally:
+        allow()
 
 
 def test_the_record_comes_first_then_the_ledger_user(provisioner, identities, ledger):
@@ -99,8 +130,9 @@ def test_a_generated_user_id_links_the_record_and_the_user(provisioner, identiti
     assert ledger.user(outcome.user.id).email == "ada@example.com"
 
 
-def test_when_the_ledger_refuses_the_record_is_removed(provisioner, identities, ledger, raw):
-    refuse_new_users(raw)
+def test_when_the_ledger_refuses_the_record_is_removed(
+    provisioner, identities, ledger, refuse_new_users
+):
     with pytest.raises(Unavailable):
         provisioner.provision(ADA, PASSWORD, repeat_is_done=False)
     assert identities.calls == ["find", "create", "delete"]
@@ -109,15 +141,14 @@ def test_when_the_ledger_refuses_the_record_is_removed(provisioner, identities, 
 
 
 def test_a_record_left_by_a_failed_compensation_is_reported_then_adopted(
-    provisioner, identities, ledger, raw
+    provisioner, identities, ledger, refuse_new_users
 ):
-    refuse_new_users(raw)
     identities.fail_delete = True
     with pytest.raises(IdentityUnavailable) as raised:
         provisioner.provision(ADA, PASSWORD, repeat_is_done=False)
     [left] = identities.records.values()
     assert raised.value.details["record_id"] == left.record_id
-    raw.execute("DROP TRIGGER refuse_users")
+    refuse_new_users()
     identities.fail_delete = False
     outcome = provisioner.provision(replace(ADA, user_id=None), PASSWORD, repeat_is_done=True)
     assert (outcome.user.id, outcome.user_created, outcome.identity_created) == ("ada", True, False)
