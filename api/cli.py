@@ -9,11 +9,8 @@ from pydantic import ValidationError
 from api.app import create_app
 from api.server import run_waitress
 from core.errors import ConfigurationError
-from core.ledger import Ledger, wall_clock_ms
-from core.prices import load_price_table
+from core.service import open_ledger
 from core.settings import Keys, Settings, resolve_keys
-from core.store import open_store
-from core.store.base import LedgerStore
 
 log = logging.getLogger("billing")
 
@@ -27,15 +24,6 @@ def load_settings() -> Settings:
             name = str(problem["loc"][0]).upper() if problem["loc"] else "configuration"
             print(f"billing: {name}: {problem['msg']}", file=sys.stderr)
         raise SystemExit(2) from None
-
-
-def open_ledger(settings: Settings) -> tuple[LedgerStore, Ledger]:
-    try:
-        prices = load_price_table(settings.model_prices_path)
-    except (OSError, ValueError) as error:
-        raise ConfigurationError(f"MODEL_PRICES_PATH: {error}") from None
-    store = open_store(settings.database_url, wall_clock_ms, settings.sqlite_synchronous)
-    return store, Ledger(store, prices, settings.zone, settings.reservation_ttl_seconds)
 
 
 def serve(settings: Settings) -> None:
