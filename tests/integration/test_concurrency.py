@@ -42,7 +42,9 @@ def servers(launch, db_path: Path) -> tuple[BillingServer, BillingServer]:
 
 def test_racing_first_starts_apply_the_schema_once(servers, db_path: Path) -> None:
     with read_only(db_path) as connection:
-        versions = connection.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()
+        versions = connection.execute(
+            "SELECT version FROM schema_migrations ORDER BY version"
+        ).fetchall()
         journal_mode = connection.execute("PRAGMA journal_mode").fetchone()[0]
     assert versions == [(1,), (2,)]
     assert journal_mode == "wal"
