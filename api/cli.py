@@ -11,6 +11,9 @@ from api.server import run_waitress
 from core.errors import ConfigurationError
 from core.service import open_ledger
 from core.settings import Keys, Settings, resolve_keys
+from flows.cli import FLOW_COMMANDS
+from flows.cli import add_commands as add_flow_commands
+from flows.cli import run_command as run_flow_command
 
 log = logging.getLogger("billing")
 
@@ -62,12 +65,15 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the API under waitress (PORT, THREADS, …)")
     commands.add_parser("migrate", help="apply pending schema migrations and exit")
+    add_flow_commands(commands)
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = load_settings()
     try:
         if arguments.command == "serve":
             serve(settings)
+        elif arguments.command in FLOW_COMMANDS:
+            run_flow_command(arguments, settings)
         else:
             migrate(settings)
     except ConfigurationError as error:

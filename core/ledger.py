@@ -246,8 +246,8 @@ class Ledger:
 
     # -- alerts and reconciliation (the flows) ----------------------------------------------
 
-    def pending_alerts(self, limit: int) -> list[Alert]:
-        return self.store.pending_alerts(limit)
+    def pending_alerts(self, after_id: int, limit: int) -> list[Alert]:
+        return self.store.pending_alerts(after_id, limit)
 
     def record_alert_attempt(
         self, alert_id: int, channels_done: frozenset[AlertChannel], error: str | None

@@ -175,8 +175,8 @@ class LedgerStore(Protocol):
     def backfill_usage(self, record: UsageRecord, source: str, now_ms: int) -> bool:
         """``log_usage`` for usage found elsewhere, with an audit row when created; True if new."""
 
-    def pending_alerts(self, limit: int) -> list[Alert]:
-        """Undelivered alerts, oldest first, at most ``limit``."""
+    def pending_alerts(self, after_id: int, limit: int) -> list[Alert]:
+        """Undelivered alerts with an id above ``after_id``, oldest first, at most ``limit``."""
 
     def record_alert_attempt(
         self, alert_id: int, channels_done: frozenset[AlertChannel], error: str | None, now_ms: int

@@ -361,8 +361,8 @@ class SqliteStore:
     def closed_period_summary(self, label: str, top_n: int) -> PeriodSummary:
         return sqlite_outbox.closed_period_summary(self._reader(), label, top_n)
 
-    def pending_alerts(self, limit: int) -> list[Alert]:
-        return sqlite_outbox.pending_alerts(self._reader(), limit)
+    def pending_alerts(self, after_id: int, limit: int) -> list[Alert]:
+        return sqlite_outbox.pending_alerts(self._reader(), after_id, limit)
 
     def find_drift(self, now_ms: int, expired_grace_ms: int, limit: int) -> list[Drift]:
         return sqlite_checks.find_drift(self._reader(), now_ms, expired_grace_ms, limit)

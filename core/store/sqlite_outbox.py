@@ -30,14 +30,14 @@ def insert_alerts(
         )
 
 
-def pending_alerts(connection: sqlite3.Connection, limit: int) -> list[Alert]:
+def pending_alerts(connection: sqlite3.Connection, after_id: int, limit: int) -> list[Alert]:
     assert limit > 0
     rows = connection.execute(
         "SELECT a.id, a.subject, a.subject_id, a.period_label, a.threshold_percent, a.used,"
         " a.limit_amount, a.created_at, a.attempts, a.mailed_at, a.posted_at, u.email"
         " FROM alerts a LEFT JOIN users u ON a.subject = 'user' AND u.id = a.subject_id"
-        " WHERE a.state = 'pending' ORDER BY a.id LIMIT ?",
-        (limit,),
+        " WHERE a.state = 'pending' AND a.id > ? ORDER BY a.id LIMIT ?",
+        (after_id, limit),
     )
     alerts = []
     for (

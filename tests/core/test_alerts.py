@@ -91,7 +91,7 @@ def test_a_refused_usage_leaves_no_alert(ledger, alice, raw):
 
 def test_pending_alerts_carry_the_users_email_and_delivery_is_recorded(ledger, alice):
     log(ledger, "alice", "r1", "9")
-    [alert] = ledger.pending_alerts(10)
+    [alert] = ledger.pending_alerts(0, 10)
     assert (alert.subject, alert.subject_id, alert.email) == (
         AlertSubject.USER,
         "alice",
@@ -99,17 +99,25 @@ def test_pending_alerts_carry_the_users_email_and_delivery_is_recorded(ledger, a
     )
     assert alert.dedup_key == f"cloudfreedom-alert-{alert.id}"
     ledger.record_alert_attempt(alert.id, frozenset({AlertChannel.EMAIL}), "ConnectError: refused")
-    [again] = ledger.pending_alerts(10)
+    [again] = ledger.pending_alerts(0, 10)
     assert (again.attempts, again.channels_done) == (1, frozenset({AlertChannel.EMAIL}))
     ledger.record_alert_attempt(alert.id, frozenset({AlertChannel.WEBHOOK}), None)
-    assert ledger.pending_alerts(10) == []
+    assert ledger.pending_alerts(0, 10) == []
 
 
 def test_alert_message_names_subject_figures_and_period(ledger, alice):
     log(ledger, "alice", "r1", "10")
-    subjects = [alert_message(alert)[0] for alert in ledger.pending_alerts(10)]
+    subjects = [alert_message(alert)[0] for alert in ledger.pending_alerts(0, 10)]
     assert subjects == [
         "User alice: budget 80% used (2026-03)",
         "User alice: budget used up (2026-03)",
     ]
-    assert "$10 of $10" in alert_message(ledger.pending_alerts(10)[1])[1]
+    assert "$10 of $10" in alert_message(ledger.pending_alerts(0, 10)[1])[1]
+
+
+def test_pending_alerts_page_by_id(ledger, alice):
+    log(ledger, "alice", "r1", "10")
+    first, second = ledger.pending_alerts(0, 10)
+    assert ledger.pending_alerts(0, 1) == [first]
+    assert ledger.pending_alerts(first.id, 10) == [second]
+    assert ledger.pending_alerts(second.id, 10) == []

@@ -10,6 +10,8 @@ from aiosmtpd.handlers import Message as MessageHandler
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from prefect.testing.utilities import prefect_test_harness
 
+from core.settings import Settings
+
 # The harness's server takes ~20 s to start on a busy 2-core machine; its own default is 30 s.
 HARNESS_STARTUP_SECONDS_MAX = 120
 
@@ -59,3 +61,22 @@ def smtp_inbox(smtp_server: Inbox) -> Inbox:
     """The module's SMTP server, emptied for this test."""
     smtp_server.messages.clear()
     return smtp_server
+
+
+@pytest.fixture
+def flow_settings(tmp_path, monkeypatch, smtp_inbox: Inbox) -> Settings:
+    """The environment a flow reads: a fresh SQLite file, the real SMTP server, an admin address."""
+    environment = {
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'billing.db'}",
+        "SMTP_HOST": "127.0.0.1",
+        "SMTP_PORT": str(smtp_inbox.port),
+        "SMTP_SECURITY": "INSECURE",
+        "MAIL_FROM": "billing@example.com",
+        "ADMIN_EMAIL": "admin@example.com",
+        "BUDGET_TIMEZONE": "UTC",
+    }
+    for name in ("ALERT_WEBHOOK_URL", "LITELLM_URL", "LITELLM_ADMIN_KEY", "SMTP_USERNAME"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    return Settings()
