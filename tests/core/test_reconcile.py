@@ -171,3 +171,26 @@ def test_backfill_records_missing_usage_once_and_reports_conflicts(busy, raw):
     assert audit_rows(raw) == [("backfill", "lost-1", 0, usd("0.75"))]
     again = busy.backfill_usage(entries)
     assert again.created == [] and busy.user("ann").budget.used == usd("2")
+
+
+def test_a_reset_summary_reads_exactly_the_rows_that_reset_closed(ledger, basic, clock):
+    for user_id, spent in (("ann", "3"), ("bob", "5"), ("cy", "0"), ("dee", "5")):
+        provision(ledger, user_id)
+        if spent != "0":
+            log(ledger, user_id, f"{user_id}-1", spent)
+    clock.advance(1)
+    ledger.reset_budgets("2026-04")
+    log(ledger, "ann", "ann-2", "1")
+    clock.advance(1)
+    ledger.reset_budgets("2026-05")
+    april = ledger.closed_period_summary("2026-04", 2)
+    assert (april.users, april.spend_total) == (4, usd(13))
+    assert [(s.user_id, s.email, s.used) for s in april.top_spenders] == [
+        ("bob", "bob@example.com", usd(5)),
+        ("dee", "dee@example.com", usd(5)),
+    ]
+    may = ledger.closed_period_summary("2026-05", 10)
+    assert (may.users, may.spend_total) == (4, usd(1))
+    assert [s.user_id for s in may.top_spenders] == ["ann"]
+    nothing = ledger.closed_period_summary("2026-06", 10)
+    assert (nothing.users, nothing.spend_total, nothing.top_spenders) == (0, 0, [])

@@ -12,6 +12,8 @@ from prefect.flow_engine import run_flow
 from prefect.states import Scheduled
 
 from api.cli import main as billing
+from core.errors import Unavailable
+from core.ledger import Ledger
 from core.service import open_ledger
 from flows.reset import monthly_budget_reset
 
@@ -112,3 +114,21 @@ def test_billing_reset_runs_the_flow_once(flow_settings, smtp_inbox: Inbox, caps
     with pytest.raises(SystemExit) as exit_info:
         billing(["reset", "--period", "12-2026"])
     assert exit_info.value.code == 1
+
+
+def test_a_busy_store_is_retried_and_the_reset_applies_once(flow_settings, monkeypatch):
+    with seeding(flow_settings) as ledger:
+        seed_users(ledger, {"ann": "2"})
+    calls = []
+    reset = Ledger.reset_budgets
+
+    def busy_once(self, label):
+        calls.append(label)
+        if len(calls) == 1:
+            raise Unavailable("database is busy; nothing was written")
+        return reset(self, label)
+
+    monkeypatch.setattr(Ledger, "reset_budgets", busy_once)
+    result = monthly_budget_reset(period="2026-12")
+    assert calls == ["2026-12", "2026-12"]
+    assert (result["users_reset"], result["failures"]) == (1, [])
