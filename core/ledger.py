@@ -25,7 +25,7 @@ from core.reconcile import (
     ReconcileReport,
     backfill,
 )
-from core.reservations import Reservation
+from core.reservations import Reservation, retention_cutoff_ms
 from core.store.base import (
     CreditGrant,
     LedgerStore,
@@ -41,6 +41,8 @@ from core.store.base import (
 from core.usage import UsageRecord
 
 USAGE_RANGE_DAYS_MAX = 366
+PRUNE_BATCH_MAX = 10_000
+PRUNE_BATCHES_MAX = 100
 DAY_MS = 24 * 3600 * 1000
 
 
@@ -266,6 +268,18 @@ class Ledger:
                 if done is not None:
                     repaired.append(done)
         return ReconcileReport(drifts, repaired, len(found) > DRIFT_FINDINGS_MAX)
+
+    def prune_closed_reservations(self, retention_seconds: int) -> int:
+        """Delete holds closed more than ``retention_seconds`` ago, in bounded batches."""
+        ttl_seconds = self.reservation_ttl_ms // 1000
+        cutoff_ms = retention_cutoff_ms(self.clock_ms(), retention_seconds, ttl_seconds)
+        deleted = 0
+        for _ in range(PRUNE_BATCHES_MAX):
+            batch = self.store.delete_closed_reservations(cutoff_ms, PRUNE_BATCH_MAX)
+            deleted += batch
+            if batch < PRUNE_BATCH_MAX:
+                break
+        return deleted
 
     def backfill_usage(self, entries: Iterable[Mapping[str, object]]) -> BackfillReport:
         """Usage from LiteLLM's spend logs that never reached log-usage, recorded by request id."""

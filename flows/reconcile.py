@@ -5,7 +5,9 @@ difference is fixed with an audit row. When ``LITELLM_URL`` and ``LITELLM_ADMIN_
 LiteLLM's spend logs of the last ``litellm_days`` UTC days are read and usage that never reached
 log-usage is recorded (always, whatever ``repair`` says: it is a missing fact, written once per
 request id and audited, never a change to a recorded one). Backfilled usage counts in the
-period open when it is recorded. The admin gets a mail when anything was found.
+period open when it is recorded. The admin gets a mail when anything was found. The run also
+deletes holds closed longer ago than the retention (housekeeping, not a repair: a closed hold no
+longer counts anywhere; nothing else ever deletes them).
 """
 
 import dataclasses
@@ -22,6 +24,8 @@ from flows.common import ADMIN_NOTICE_HOOKS, flow_settings, mail_admin, opened_l
 from flows.litellm_spend import LITELLM_DAYS_MAX, SpendLogs, read_spend_logs
 
 SPEND_LOG_RETRIES = 3
+RETENTION_DAYS_MAX = 3650
+DAY_SECONDS = 24 * 3600
 
 
 @task(name="check-ledger", cache_policy=NO_CACHE)
@@ -48,10 +52,17 @@ def fetch_spend_logs(days: int) -> SpendLogs:
 
 
 @flow(name="reconcile-usage", **ADMIN_NOTICE_HOOKS)
-def reconcile_usage(repair: bool = False, litellm_days: int = 2) -> dict:
-    """Report every drift (repairing it when ``repair``), backfill from LiteLLM, mail findings."""
+def reconcile_usage(
+    repair: bool = False, litellm_days: int = 2, reservations_retention_days: int = 30
+) -> dict:
+    """Report every drift (repairing it when ``repair``), backfill from LiteLLM, mail findings.
+
+    Holds closed more than ``reservations_retention_days`` ago are deleted (0 keeps them all).
+    """
     if not 1 <= litellm_days <= LITELLM_DAYS_MAX:
         raise ValueError(f"litellm_days must be between 1 and {LITELLM_DAYS_MAX}")
+    if not 0 <= reservations_retention_days <= RETENTION_DAYS_MAX:
+        raise ValueError(f"reservations_retention_days must be between 0 and {RETENTION_DAYS_MAX}")
     logger = get_run_logger()
     settings = flow_settings()
     with opened_ledger(settings) as ledger:
@@ -62,9 +73,15 @@ def reconcile_usage(repair: bool = False, litellm_days: int = 2) -> dict:
             report.backfill.truncated = report.backfill.truncated or bool(
                 logs.days_possibly_incomplete
             )
+        deleted = 0
+        if reservations_retention_days > 0:
+            deleted = ledger.prune_closed_reservations(reservations_retention_days * DAY_SECONDS)
     logger.info(
-        "reconciliation: %d differences, %d repaired", len(report.drifts), len(report.repaired)
+        "reconciliation: %d differences, %d repaired, %d closed holds deleted",
+        len(report.drifts),
+        len(report.repaired),
+        deleted,
     )
     if report.anything_found:
         mail_admin("Usage reconciliation found differences", report.text())
-    return dataclasses.asdict(report)
+    return dataclasses.asdict(report) | {"reservations_deleted": deleted}

@@ -183,6 +183,9 @@ class LedgerStore(Protocol):
     ) -> None:
         """Count a delivery attempt: channels that succeeded, and the error (None: delivered)."""
 
+    def delete_closed_reservations(self, closed_before_ms: int, limit: int) -> int:
+        """Delete at most ``limit`` holds settled, released or expired before that instant."""
+
     def find_drift(self, now_ms: int, expired_grace_ms: int, limit: int) -> list[Drift]:
         """Every difference between counters and facts (``core.reconcile``), at most ``limit``.
 

@@ -377,6 +377,19 @@ class SqliteStore:
 
         self._write(operation, one_statement=True)
 
+    def delete_closed_reservations(self, closed_before_ms: int, limit: int) -> int:
+        """Oldest first: rowids follow insertion, so the scan finds old closed holds first."""
+        assert limit > 0
+
+        def operation(connection: sqlite3.Connection, _: int) -> int:
+            return connection.execute(
+                "DELETE FROM reservations WHERE rowid IN (SELECT rowid FROM reservations"
+                " WHERE state <> 'open' AND closed_at < ? ORDER BY rowid LIMIT ?)",
+                (closed_before_ms, limit),
+            ).rowcount
+
+        return self._write(operation, one_statement=True)
+
     def repair_drift(self, drift: Drift, now_ms: int) -> Drift | None:
         def operation(connection: sqlite3.Connection, _: int) -> Drift | None:
             return sqlite_checks.repair_drift(connection, drift, now_ms, EXPIRED_HOLD_GRACE_MS)

@@ -72,6 +72,7 @@ def test_a_consistent_ledger_reports_nothing_and_mails_nobody(flow_settings, smt
         seed_users(ledger, {"ann": "1", "bob": "2"})
     result = reconcile_usage()
     assert (result["drifts"], result["repaired"], result["backfill"]) == ([], [], None)
+    assert result["reservations_deleted"] == 0
     assert smtp_inbox.messages == []
 
 
