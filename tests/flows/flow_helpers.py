@@ -1,12 +1,7 @@
-"""Helpers shared by the flow tests: seeding a ledger in the file the flows open."""
-
-from collections.abc import Iterator
-from contextlib import contextmanager
+"""Helpers shared by the flow tests: money and users seeded in the file the flows open."""
 
 from core.ledger import Ledger
 from core.money import Money, money_from_input
-from core.service import open_ledger
-from core.settings import Settings
 from core.store.base import Product
 
 PASSWORD = "correct horse battery"
@@ -14,16 +9,6 @@ PASSWORD = "correct horse battery"
 
 def usd(amount: str | int) -> Money:
     return money_from_input(str(amount))
-
-
-@contextmanager
-def seeding(settings: Settings) -> Iterator[Ledger]:
-    """A ledger on the flows' database, closed after seeding (the flow opens its own)."""
-    store, ledger = open_ledger(settings)
-    try:
-        yield ledger
-    finally:
-        store.close()
 
 
 def seed_users(ledger: Ledger, spend: dict[str, str], budget: str = "10") -> None:

@@ -10,10 +10,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from conftest import Inbox, free_port
-from flow_helpers import PASSWORD, seeding, usd
+from flow_helpers import PASSWORD, usd
 
 from core.store.base import Product, Tenant
 from flows.alerts import DEDUP_HEADER, deliver_alerts
+from flows.common import opened_ledger
 
 
 class Receiver:
@@ -72,13 +73,13 @@ def alert_states(settings) -> list[tuple]:
 
 def ledger_label(settings) -> str:
     """The label of ann's open period (the month the test runs in)."""
-    with seeding(settings) as ledger:
+    with opened_ledger(settings) as ledger:
         return ledger.user("ann").period_label
 
 
 def seed_alerts(settings) -> None:
     """ann crosses 80 % of her $10; her tenant crosses 100 % of its $8 cap."""
-    with seeding(settings) as ledger:
+    with opened_ledger(settings) as ledger:
         ledger.put_product(Product("basic", "Basic", usd(10)))
         ledger.put_tenant(Tenant("acme", "Acme", usd(8)))
         ledger.provision_user("ann@example.com", PASSWORD, "basic", "acme", "ann")

@@ -13,9 +13,10 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 from conftest import Inbox, free_port
-from flow_helpers import seed_users, seeding, usd
+from flow_helpers import seed_users, usd
 
 from api.cli import main as billing
+from flows.common import opened_ledger
 from flows.reconcile import reconcile_usage
 
 LITELLM_KEY = "sk-litellm-admin-key-for-tests"
@@ -68,7 +69,7 @@ def database(settings) -> sqlite3.Connection:
 
 
 def test_a_consistent_ledger_reports_nothing_and_mails_nobody(flow_settings, smtp_inbox: Inbox):
-    with seeding(flow_settings) as ledger:
+    with opened_ledger(flow_settings) as ledger:
         seed_users(ledger, {"ann": "1", "bob": "2"})
     result = reconcile_usage()
     assert (result["drifts"], result["repaired"], result["backfill"]) == ([], [], None)
@@ -77,7 +78,7 @@ def test_a_consistent_ledger_reports_nothing_and_mails_nobody(flow_settings, smt
 
 
 def test_drift_is_reported_then_repaired_with_audit(flow_settings, smtp_inbox: Inbox, capsys):
-    with seeding(flow_settings) as ledger:
+    with opened_ledger(flow_settings) as ledger:
         seed_users(ledger, {"ann": "1.5", "bob": "2"})
     connection = database(flow_settings)
     try:
@@ -112,7 +113,7 @@ def test_usage_missing_from_the_ledger_is_backfilled_from_litellm_once(
 ):
     monkeypatch.setenv("LITELLM_URL", litellm.url)
     monkeypatch.setenv("LITELLM_ADMIN_KEY", LITELLM_KEY)
-    with seeding(flow_settings) as ledger:
+    with opened_ledger(flow_settings) as ledger:
         seed_users(ledger, {"ann": "1"})
     now = datetime.now(UTC).isoformat()
     litellm.rows = [
@@ -145,7 +146,7 @@ def test_usage_missing_from_the_ledger_is_backfilled_from_litellm_once(
     assert [q["summarize"] for q in litellm.queries] == [["false"], ["false"]]
     second = reconcile_usage(litellm_days=2)
     assert second["backfill"]["created"] == []
-    with seeding(flow_settings) as ledger:
+    with opened_ledger(flow_settings) as ledger:
         assert ledger.user("ann").budget.used == usd("1.000225")
     [mail] = smtp_inbox.messages  # only the run that found something
     assert "Usage backfilled: 1" in mail.get_payload()

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 from conftest import Inbox
-from flow_helpers import seed_users, seeding, usd
+from flow_helpers import seed_users, usd
 from prefect import get_client
 from prefect.flow_engine import run_flow
 from prefect.states import Scheduled
@@ -14,7 +14,7 @@ from prefect.states import Scheduled
 from api.cli import main as billing
 from core.errors import Unavailable
 from core.ledger import Ledger
-from core.service import open_ledger
+from flows.common import opened_ledger
 from flows.reset import monthly_budget_reset
 
 
@@ -27,7 +27,7 @@ def history(settings):
 
 
 def test_reset_closes_every_period_and_mails_the_admin_the_totals(flow_settings, smtp_inbox: Inbox):
-    with seeding(flow_settings) as ledger:
+    with opened_ledger(flow_settings) as ledger:
         seed_users(ledger, {"ann": "7.5", "bob": "0.25", "cy": "0", "dee": "2"})
     result = monthly_budget_reset(period="2026-12", top_spenders=2)
     assert (result["users_reset"], result["already_done"]) == (4, False)
@@ -42,19 +42,16 @@ def test_reset_closes_every_period_and_mails_the_admin_the_totals(flow_settings,
     assert "1. ann <ann@example.com>: $7.5" in body
     assert "2. dee <dee@example.com>: $2" in body
     assert "Failures: none" in body
-    store, ledger = open_ledger(flow_settings)
-    try:
+    with opened_ledger(flow_settings) as ledger:
         ann = ledger.user("ann")
-        assert (ann.period_label, ann.budget.used) == ("2026-12", 0)
-    finally:
-        store.close()
+    assert (ann.period_label, ann.budget.used) == ("2026-12", 0)
 
 
 def test_a_second_run_for_the_same_period_resets_nothing(flow_settings, smtp_inbox: Inbox):
-    with seeding(flow_settings) as ledger:
+    with opened_ledger(flow_settings) as ledger:
         seed_users(ledger, {"ann": "3"})
     first = monthly_budget_reset(period="2027-01")
-    with seeding(flow_settings) as ledger:
+    with opened_ledger(flow_settings) as ledger:
         ledger.log_usage("ann", "gpt-4o", "ann-r2", 1, 1, usd("1"), None)
     second = monthly_budget_reset(period="2027-01")
     assert (first["users_reset"], first["already_done"]) == (1, False)
@@ -62,7 +59,7 @@ def test_a_second_run_for_the_same_period_resets_nothing(flow_settings, smtp_inb
     # The second run's summary is still that of the reset which closed the period.
     assert second["spend_total"] == first["spend_total"] == "3"
     assert len(history(flow_settings)) == 1
-    with seeding(flow_settings) as ledger:
+    with opened_ledger(flow_settings) as ledger:
         assert ledger.user("ann").budget.used == usd("1")
     subjects = [mail["Subject"] for mail in smtp_inbox.messages]
     assert subjects == ["Budget reset 2027-01: done", "Budget reset 2027-01: already done"]
@@ -89,12 +86,12 @@ def test_scheduled_reset_opens_the_month_of_its_schedule_in_the_budget_zone(
     flow_settings, monkeypatch, scheduled_at, label
 ):
     monkeypatch.setenv("BUDGET_TIMEZONE", "America/New_York")
-    with seeding(flow_settings) as ledger:
+    with opened_ledger(flow_settings) as ledger:
         seed_users(ledger, {"ann": "1"})
     result = run_as_scheduled(monthly_budget_reset, scheduled_at)
     assert result["label"] == label
     assert [row[3] for row in history(flow_settings)] == [label]
-    with seeding(flow_settings) as ledger:
+    with opened_ledger(flow_settings) as ledger:
         assert ledger.user("ann").period_label == label
 
 
@@ -107,7 +104,7 @@ def test_a_refused_label_fails_the_run_and_the_admin_hears_of_it(flow_settings, 
 
 
 def test_billing_reset_runs_the_flow_once(flow_settings, smtp_inbox: Inbox, capsys):
-    with seeding(flow_settings) as ledger:
+    with opened_ledger(flow_settings) as ledger:
         seed_users(ledger, {"ann": "4"})
     billing(["reset", "--period", "2026-12"])
     assert '"users_reset": 1' in capsys.readouterr().out
@@ -117,7 +114,7 @@ def test_billing_reset_runs_the_flow_once(flow_settings, smtp_inbox: Inbox, caps
 
 
 def test_a_busy_store_is_retried_and_the_reset_applies_once(flow_settings, monkeypatch):
-    with seeding(flow_settings) as ledger:
+    with opened_ledger(flow_settings) as ledger:
         seed_users(ledger, {"ann": "2"})
     calls = []
     reset = Ledger.reset_budgets
