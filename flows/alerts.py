@@ -11,6 +11,7 @@ a tenant's; the webhook (``ALERT_WEBHOOK_URL``) receives every alert as JSON thr
 With no channel configured, alerts stay pending.
 """
 
+import httpx
 from prefect import flow, task
 from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from prefect.cache_policies import NO_CACHE
@@ -67,13 +68,24 @@ def webhook_block(url: str, alert: Alert) -> CustomWebhookNotificationBlock:
     )
 
 
+class WebhookRefused(Exception):
+    """The webhook answered with an error status."""
+
+
 @task(name="post-alert", cache_policy=NO_CACHE)
 def post_alert(alert: Alert) -> None:
-    """The URL is read here, not passed: a webhook URL often carries a token."""
+    """The URL is read here, not passed: a webhook URL often carries a token.
+
+    A refusal is re-raised without the URL httpx puts in its message, so the token reaches
+    neither the alert's kept error nor the task's state in the Prefect UI.
+    """
     url = flow_settings().alert_webhook_url
     assert url is not None
     subject, body = alert_message(alert)
-    webhook_block(url, alert).notify(body, subject)
+    try:
+        webhook_block(url, alert).notify(body, subject)
+    except httpx.HTTPStatusError as error:
+        raise WebhookRefused(f"webhook answered HTTP {error.response.status_code}") from None
 
 
 def _recipient(settings: Settings, alert: Alert) -> str | None:

@@ -16,6 +16,8 @@ from core.store.base import Product, Tenant
 from flows.alerts import DEDUP_HEADER, deliver_alerts
 from flows.common import opened_ledger
 
+WEBHOOK_TOKEN = "t0ken-in-the-url"
+
 
 class Receiver:
     """A webhook receiver on a fixed port, started and stopped by the test."""
@@ -23,20 +25,26 @@ class Receiver:
     def __init__(self, port: int) -> None:
         self.port = port
         self.requests: list[tuple[dict[str, str], dict]] = []
+        self.refusals_left = 0
         self._server: ThreadingHTTPServer | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hooks/billing"
+        return f"http://127.0.0.1:{self.port}/hooks/{WEBHOOK_TOKEN}"
 
     def start(self) -> None:
-        received = self.requests
+        receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
                 length = int(self.headers["Content-Length"])
-                received.append((dict(self.headers), json.loads(self.rfile.read(length))))
-                self.send_response(204)
+                body = json.loads(self.rfile.read(length))
+                if receiver.refusals_left > 0:
+                    receiver.refusals_left -= 1
+                    self.send_response(503)
+                else:
+                    receiver.requests.append((dict(self.headers), body))
+                    self.send_response(204)
                 self.end_headers()
 
             def log_message(self, *args: object) -> None:
@@ -136,3 +144,20 @@ def test_without_any_channel_alerts_stay_pending(flow_settings, monkeypatch, smt
     assert deliver_alerts() == {"delivered": 0, "failed": 0}
     assert {state[3] for state in alert_states(flow_settings)} == {"pending"}
     assert smtp_inbox.messages == []
+
+
+def test_a_refusing_receiver_gets_the_alert_later_and_its_url_is_kept_nowhere(
+    flow_settings, monkeypatch, receiver: Receiver, smtp_inbox: Inbox
+):
+    monkeypatch.setenv("ALERT_WEBHOOK_URL", receiver.url)
+    monkeypatch.delenv("SMTP_HOST")
+    seed_alerts(flow_settings)
+    receiver.refusals_left = 9  # three alerts, each tried three times in the first run
+    receiver.start()
+    assert deliver_alerts(retry_delay_seconds=0) == {"delivered": 0, "failed": 3}
+    path = flow_settings.database_url.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as connection:
+        errors = [row[0] for row in connection.execute("SELECT last_error FROM alerts")]
+    assert errors == ["webhook: WebhookRefused: webhook answered HTTP 503"] * 3
+    assert deliver_alerts(retry_delay_seconds=0) == {"delivered": 3, "failed": 0}
+    assert len(receiver.requests) == 3
