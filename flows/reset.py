@@ -68,7 +68,7 @@ def summary_text(report: ResetReport) -> str:
         f"  {rank}. {spender['user_id']} <{spender['email']}>: ${spender['used']}"
         for rank, spender in enumerate(report.top_spenders, start=1)
     ]
-    lines.append("Failures: " + ("none" if not report.failures else ""))
+    lines.append("Failures: none" if not report.failures else "Failures:")
     lines += [f"  - {failure}" for failure in report.failures]
     return "\n".join(lines) + "\n"
 
