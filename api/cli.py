@@ -13,11 +13,11 @@ from adapters.pocketbase import open_identity_store
 from api.app import create_app
 from api.server import run_waitress
 from core.errors import ConfigurationError, IdentityUnavailable
-from core.ledger import Ledger, wall_clock_ms
-from core.prices import load_price_table
+from core.service import open_ledger
 from core.settings import Keys, Settings, resolve_keys
-from core.store import open_store
-from core.store.base import LedgerStore
+from flows.cli import FLOW_COMMANDS
+from flows.cli import add_commands as add_flow_commands
+from flows.cli import run_command as run_flow_command
 
 log = logging.getLogger("billing")
 
@@ -31,21 +31,6 @@ def load_settings() -> Settings:
             name = str(problem["loc"][0]).upper() if problem["loc"] else "configuration"
             print(f"billing: {name}: {problem['msg']}", file=sys.stderr)
         raise SystemExit(2) from None
-
-
-def open_ledger(settings: Settings) -> tuple[LedgerStore, Ledger]:
-    try:
-        prices = load_price_table(settings.model_prices_path)
-    except (OSError, ValueError) as error:
-        raise ConfigurationError(f"MODEL_PRICES_PATH: {error}") from None
-    store = open_store(
-        settings.database_url,
-        wall_clock_ms,
-        settings.sqlite_synchronous,
-        database_pool_size=settings.database_pool_size,
-        database_pool_timeout_seconds=settings.database_pool_timeout_seconds,
-    )
-    return store, Ledger(store, prices, settings.zone, settings.reservation_ttl_seconds)
 
 
 def serve(settings: Settings) -> None:
@@ -129,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     pocketbase_commands.add_parser(
         "init", help="add the fields provisioning writes to POCKETBASE_COLLECTION (idempotent)"
     )
+    add_flow_commands(commands)
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = load_settings()
@@ -139,6 +125,8 @@ def main(argv: list[str] | None = None) -> None:
             healthcheck(settings)
         elif arguments.command == "pocketbase":
             pocketbase_init(settings)
+        elif arguments.command in FLOW_COMMANDS:
+            run_flow_command(arguments, settings)
         else:
             migrate(settings)
     except ConfigurationError as error:

@@ -6,22 +6,32 @@ labels, password hashing) and hands the store one transaction per operation.
 
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
+from core.alerts import Alert, AlertChannel
 from core.budget import MESSAGES, BudgetSnapshot, BudgetStatus, UserStatus, decide
 from core.errors import Invalid, NotFound
 from core.money import Money
 from core.passwords import hash_password
 from core.periods import label_at, label_bounds_ms, local_day, parse_label
 from core.prices import PriceTable
-from core.reservations import Reservation
+from core.reconcile import (
+    BACKFILL_SOURCE,
+    DRIFT_FINDINGS_MAX,
+    EXPIRED_HOLD_GRACE_MS,
+    BackfillReport,
+    ReconcileReport,
+    backfill,
+)
+from core.reservations import Reservation, retention_cutoff_ms
 from core.store.base import (
     CreditGrant,
     LedgerStore,
     LogOutcome,
     NewUser,
+    PeriodSummary,
     Product,
     ResetOutcome,
     Tenant,
@@ -31,6 +41,8 @@ from core.store.base import (
 from core.usage import UsageRecord
 
 USAGE_RANGE_DAYS_MAX = 366
+PRUNE_BATCH_MAX = 10_000
+PRUNE_BATCHES_MAX = 100
 DAY_MS = 24 * 3600 * 1000
 
 
@@ -239,6 +251,52 @@ class Ledger:
         grant = CreditGrant(key, user_id, amount, reason)
         created, user = self.store.grant_credit(grant, self.clock_ms())
         return created, user, key
+
+    def closed_period_summary(self, label: str, top_n: int) -> PeriodSummary:
+        """What the reset ``label`` closed: users, total spend, the ``top_n`` largest spenders."""
+        return self.store.closed_period_summary(label, top_n)
+
+    # -- alerts and reconciliation (the flows) ----------------------------------------------
+
+    def pending_alerts(self, after_id: int, limit: int) -> list[Alert]:
+        return self.store.pending_alerts(after_id, limit)
+
+    def record_alert_attempt(
+        self, alert_id: int, channels_done: frozenset[AlertChannel], error: str | None
+    ) -> None:
+        self.store.record_alert_attempt(alert_id, channels_done, error, self.clock_ms())
+
+    def reconcile(self, repair: bool) -> ReconcileReport:
+        """Every drift between counters and facts; with ``repair``, each fixed with an audit row."""
+        now_ms = self.clock_ms()
+        found = self.store.find_drift(now_ms, EXPIRED_HOLD_GRACE_MS, DRIFT_FINDINGS_MAX + 1)
+        drifts = found[:DRIFT_FINDINGS_MAX]
+        repaired = []
+        if repair:
+            for drift in drifts:
+                done = self.store.repair_drift(drift, self.clock_ms())
+                if done is not None:
+                    repaired.append(done)
+        return ReconcileReport(drifts, repaired, len(found) > DRIFT_FINDINGS_MAX)
+
+    def prune_closed_reservations(self, retention_seconds: int) -> int:
+        """Delete holds closed more than ``retention_seconds`` ago, in bounded batches."""
+        ttl_seconds = self.reservation_ttl_ms // 1000
+        cutoff_ms = retention_cutoff_ms(self.clock_ms(), retention_seconds, ttl_seconds)
+        deleted = 0
+        for _ in range(PRUNE_BATCHES_MAX):
+            batch = self.store.delete_closed_reservations(cutoff_ms, PRUNE_BATCH_MAX)
+            deleted += batch
+            if batch < PRUNE_BATCH_MAX:
+                break
+        return deleted
+
+    def backfill_usage(self, entries: Iterable[Mapping[str, object]]) -> BackfillReport:
+        """Usage from LiteLLM's spend logs that never reached log-usage, recorded by request id."""
+        return backfill(
+            entries,
+            lambda record: self.store.backfill_usage(record, BACKFILL_SOURCE, self.clock_ms()),
+        )
 
     # -- helpers ----------------------------------------------------------------------------
 

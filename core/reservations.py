@@ -10,8 +10,10 @@ holds out of what they count.
 from dataclasses import dataclass
 from enum import StrEnum
 
-from core.errors import IdempotencyConflict, ReservationClosed
+from core.errors import IdempotencyConflict, Invalid, ReservationClosed
 from core.money import Money
+
+RESERVATION_RETENTION_MARGIN_SECONDS = 24 * 3600
 
 
 class ReservationState(StrEnum):
@@ -83,3 +85,18 @@ def check_release(reservation: Reservation) -> bool:
     if reservation.state is ReservationState.SETTLED:
         raise ReservationClosed("reservation is settled", request_id=reservation.request_id)
     return reservation.state is ReservationState.OPEN
+
+
+def retention_cutoff_ms(now_ms: int, retention_seconds: int, ttl_seconds: int) -> int:
+    """Holds closed before this instant may be deleted (they never are otherwise).
+
+    The retention must outlast the hold's TTL plus a day, so any retry of a check, a log or a
+    release still meets its hold: after that a retry of the same ``request_id`` is implausible.
+    """
+    retention_seconds_min = ttl_seconds + RESERVATION_RETENTION_MARGIN_SECONDS
+    if retention_seconds < retention_seconds_min:
+        raise Invalid(
+            f"must be at least RESERVATION_TTL_SECONDS + 1 day ({retention_seconds_min} s)",
+            field="retention_seconds",
+        )
+    return now_ms - retention_seconds * 1000

@@ -1,1 +1,1 @@
-"""Prefect flows over ``core``: the scheduled and long-running work (reset, provisioning, reconciliation)."""
+"""Prefect flows over ``core``: the scheduled and long-running work of the ledger."""

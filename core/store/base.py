@@ -9,8 +9,10 @@ and times are integer ms since the epoch throughout.
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from core.alerts import Alert, AlertChannel
 from core.budget import BudgetSnapshot, BudgetStatus, UserStatus
 from core.money import Money
+from core.reconcile import Drift
 from core.reservations import Reservation
 from core.usage import UsageRecord
 
@@ -92,6 +94,23 @@ class UsageGroup:
     cost: Money
 
 
+@dataclass(frozen=True, slots=True)
+class Spender:
+    user_id: str
+    email: str
+    used: Money
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodSummary:
+    """What the reset labelled ``label`` closed: from period history, corrections applied."""
+
+    label: str
+    users: int
+    spend_total: Money
+    top_spenders: list[Spender]
+
+
 GroupBy = Literal["model", "bucket"]
 
 
@@ -127,7 +146,13 @@ class LedgerStore(Protocol):
         """Release a hold (idempotent); returns the hold as it was found."""
 
     def reset_periods(self, label: str, apply_once: bool, now_ms: int) -> ResetOutcome:
-        """Close every user's open period and open ``label``; once per label if ``apply_once``."""
+        """Close every user's open period and open ``label``; once per label if ``apply_once``.
+
+        History rows written carry ``closed_by = label``.
+        """
+
+    def closed_period_summary(self, label: str, top_n: int) -> PeriodSummary:
+        """Users, total spend and the ``top_n`` top spenders of what reset ``label`` closed."""
 
     def provision_user(self, user: NewUser, now_ms: int) -> UserView: ...
 
@@ -149,3 +174,26 @@ class LedgerStore(Protocol):
     def usage_groups(
         self, user_id: str, from_ms: int, to_ms: int, group_by: GroupBy
     ) -> list[UsageGroup]: ...
+
+    def backfill_usage(self, record: UsageRecord, source: str, now_ms: int) -> bool:
+        """``log_usage`` for usage found elsewhere, with an audit row when created; True if new."""
+
+    def pending_alerts(self, after_id: int, limit: int) -> list[Alert]:
+        """Undelivered alerts with an id above ``after_id``, oldest first, at most ``limit``."""
+
+    def record_alert_attempt(
+        self, alert_id: int, channels_done: frozenset[AlertChannel], error: str | None, now_ms: int
+    ) -> None:
+        """Count a delivery attempt: channels that succeeded, and the error (None: delivered)."""
+
+    def delete_closed_reservations(self, closed_before_ms: int, limit: int) -> int:
+        """Delete at most ``limit`` holds settled, released or expired before that instant."""
+
+    def find_drift(self, now_ms: int, expired_grace_ms: int, limit: int) -> list[Drift]:
+        """Every difference between counters and facts (``core.reconcile``), at most ``limit``.
+
+        Expired-hold findings come first, so repairing in order leaves the held counters right.
+        """
+
+    def repair_drift(self, drift: Drift, now_ms: int) -> Drift | None:
+        """Re-check one finding in a write transaction; fix it with an audit row, or None."""

@@ -21,6 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TypeVar
 
+from core.alerts import Alert, AlertChannel, crossings
 from core.budget import BudgetSnapshot, BudgetStatus, UserStatus, decide
 from core.errors import (
     ConfigurationError,
@@ -33,6 +34,7 @@ from core.errors import (
     Unavailable,
 )
 from core.money import Money
+from core.reconcile import EXPIRED_HOLD_GRACE_MS, Check, Drift
 from core.reservations import (
     Reservation,
     ReservationState,
@@ -41,18 +43,22 @@ from core.reservations import (
     check_settle,
     counting_amount,
 )
+from core.store import sqlite_checks, sqlite_outbox
 from core.store.base import (
     CheckOutcome,
     CreditGrant,
     GroupBy,
     LogOutcome,
     NewUser,
+    PeriodSummary,
     Product,
     ResetOutcome,
     Tenant,
     UsageGroup,
     UserView,
 )
+from core.store.sqlite_checks import record_repair
+from core.store.sqlite_outbox import insert_alerts
 from core.usage import UsageRecord, check_replay
 
 log = logging.getLogger(__name__)
@@ -357,7 +363,43 @@ class SqliteStore:
             for key, requests, tokens_input, tokens_output, cost in rows
         ]
 
+    def closed_period_summary(self, label: str, top_n: int) -> PeriodSummary:
+        return sqlite_outbox.closed_period_summary(self._reader(), label, top_n)
+
+    def pending_alerts(self, after_id: int, limit: int) -> list[Alert]:
+        return sqlite_outbox.pending_alerts(self._reader(), after_id, limit)
+
+    def find_drift(self, now_ms: int, expired_grace_ms: int, limit: int) -> list[Drift]:
+        return sqlite_checks.find_drift(self._reader(), now_ms, expired_grace_ms, limit)
+
     # -- writes ------------------------------------------------------------------------------
+
+    def record_alert_attempt(
+        self, alert_id: int, channels_done: frozenset[AlertChannel], error: str | None, now_ms: int
+    ) -> None:
+        def operation(connection: sqlite3.Connection, _: int) -> None:
+            sqlite_outbox.record_alert_attempt(connection, alert_id, channels_done, error, now_ms)
+
+        self._write(operation, one_statement=True)
+
+    def delete_closed_reservations(self, closed_before_ms: int, limit: int) -> int:
+        """Oldest first: rowids follow insertion, so the scan finds old closed holds first."""
+        assert limit > 0
+
+        def operation(connection: sqlite3.Connection, _: int) -> int:
+            return connection.execute(
+                "DELETE FROM reservations WHERE rowid IN (SELECT rowid FROM reservations"
+                " WHERE state <> 'open' AND closed_at < ? ORDER BY rowid LIMIT ?)",
+                (closed_before_ms, limit),
+            ).rowcount
+
+        return self._write(operation, one_statement=True)
+
+    def repair_drift(self, drift: Drift, now_ms: int) -> Drift | None:
+        def operation(connection: sqlite3.Connection, _: int) -> Drift | None:
+            return sqlite_checks.repair_drift(connection, drift, now_ms, EXPIRED_HOLD_GRACE_MS)
+
+        return self._write(operation)
 
     def reserve(
         self, user_id: str, request_id: str, amount: Money, expires_at_ms: int, now_ms: int
@@ -386,35 +428,11 @@ class SqliteStore:
     def log_usage(
         self, record: UsageRecord, response_time_ms: int | None, now_ms: int
     ) -> LogOutcome:
-        def operation(connection: sqlite3.Connection, _: int) -> LogOutcome:
-            view = _require_user(connection, record.user_id, now_ms)
-            reservation, logged = _read_request(connection, record.request_id)
-            if logged is not None:
-                check_replay(logged, record)
-                return LogOutcome(False, view.budget)
-            check_settle(reservation, record.user_id)
-            # The schema's usage_counts trigger counts the cost and settles the hold.
-            connection.execute(
-                "INSERT INTO usage (request_id, user_id, tenant_id, model, tokens_input,"
-                " tokens_output, cost, response_time_ms, period_start, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.request_id,
-                    record.user_id,
-                    view.tenant_id,
-                    record.model,
-                    record.tokens_input,
-                    record.tokens_output,
-                    record.cost,
-                    response_time_ms,
-                    view.period_start_ms,
-                    now_ms,
-                ),
-            )
-            released = counting_amount(reservation, now_ms)
-            return LogOutcome(True, view.budget.moved(used=record.cost, held=-released))
+        return self._write(_log_usage_operation(record, response_time_ms, now_ms, None), True)
 
-        return self._write(operation, one_statement=True)
+    def backfill_usage(self, record: UsageRecord, source: str, now_ms: int) -> bool:
+        operation = _log_usage_operation(record, None, now_ms, source)
+        return self._write(operation).created
 
     def release(self, request_id: str, now_ms: int) -> Reservation:
         def operation(connection: sqlite3.Connection, _: int) -> Reservation:
@@ -443,11 +461,11 @@ class SqliteStore:
             # two resets fall in one millisecond, so usage rows never straddle two periods.
             connection.execute(
                 "INSERT INTO period_history (user_id, label, period_start, period_end, tenant_id,"
-                " product_id, plan_budget, credits, used)"
+                " product_id, plan_budget, credits, used, closed_by)"
                 " SELECT u.id, u.period_label, u.period_start, MAX(?, u.period_start + 1),"
-                " u.tenant_id, u.product_id, p.monthly_budget, u.credits, u.used"
+                " u.tenant_id, u.product_id, p.monthly_budget, u.credits, u.used, ?"
                 " FROM users u JOIN products p ON p.id = u.product_id",
-                (now_ms,),
+                (now_ms, label),
             )
             users_reset = connection.execute(
                 "UPDATE users SET used = 0, credits = 0, period_label = ?,"
@@ -588,6 +606,51 @@ class SqliteStore:
             return True, _require_user(connection, grant.user_id, now_ms)
 
         return self._write(operation)
+
+
+def _log_usage_operation(
+    record: UsageRecord, response_time_ms: int | None, now_ms: int, audit_source: str | None
+) -> Callable[[sqlite3.Connection, int], LogOutcome]:
+    """Append usage, settle its hold, record the alerts it raises; audited when backfilled."""
+
+    def operation(connection: sqlite3.Connection, _: int) -> LogOutcome:
+        view = _require_user(connection, record.user_id, now_ms)
+        reservation, logged = _read_request(connection, record.request_id)
+        if logged is not None:
+            check_replay(logged, record)
+            return LogOutcome(False, view.budget)
+        check_settle(reservation, record.user_id)
+        # The schema's usage_counts trigger counts the cost and settles the hold.
+        connection.execute(
+            "INSERT INTO usage (request_id, user_id, tenant_id, model, tokens_input,"
+            " tokens_output, cost, response_time_ms, period_start, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                record.request_id,
+                record.user_id,
+                view.tenant_id,
+                record.model,
+                record.tokens_input,
+                record.tokens_output,
+                record.cost,
+                response_time_ms,
+                view.period_start_ms,
+                now_ms,
+            ),
+        )
+        # Alerts join the usage's transaction. They are rare, so the usual write stays one
+        # statement; should an alert insert fail after the usage insert, _run_one rolls the
+        # whole batch back, so nothing half-written is ever committed.
+        found = crossings(view.budget, record.cost, record.user_id, view.tenant_id)
+        if found:
+            insert_alerts(connection, found, view.period_label, now_ms)
+        if audit_source is not None:
+            backfilled = Drift(Check.BACKFILL, record.request_id, 0, record.cost)
+            record_repair(connection, backfilled, f"usage backfilled from {audit_source}", now_ms)
+        released = counting_amount(reservation, now_ms)
+        return LogOutcome(True, view.budget.moved(used=record.cost, held=-released))
+
+    return operation
 
 
 def _read_user(connection: sqlite3.Connection, user_id: str, now_ms: int) -> UserView | None:

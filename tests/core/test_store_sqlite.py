@@ -27,11 +27,11 @@ def backend() -> str:
 # -- migrations and opening -----------------------------------------------------------------
 
 
-def test_opening_twice_applies_0001_once(tmp_path, clock):
+def test_opening_twice_applies_each_migration_once(tmp_path, clock):
     path = tmp_path / "l.db"
     first = SqliteStore(path, clock, "FULL")
     try:
-        assert first.applied_migrations == ["0001_ledger.sql"]
+        assert first.applied_migrations == ["0001_ledger.sql", "0002_flows.sql"]
         first.put_product(Product("basic", "Basic", usd(10)), clock())
     finally:
         first.close()
@@ -44,7 +44,7 @@ def test_opening_twice_applies_0001_once(tmp_path, clock):
     with sqlite3.connect(path) as connection:
         rows = connection.execute("SELECT version, name FROM schema_migrations").fetchall()
     connection.close()
-    assert rows == [(1, "0001_ledger.sql")]
+    assert rows == [(1, "0001_ledger.sql"), (2, "0002_flows.sql")]
 
 
 def test_two_stores_open_at_once_migrate_once(tmp_path, clock):
@@ -52,7 +52,7 @@ def test_two_stores_open_at_once_migrate_once(tmp_path, clock):
     first = SqliteStore(path, clock, "NORMAL")
     second = SqliteStore(path, clock, "NORMAL")
     try:
-        assert first.applied_migrations == ["0001_ledger.sql"]
+        assert first.applied_migrations == ["0001_ledger.sql", "0002_flows.sql"]
         assert second.applied_migrations == []
         first.check_health()
         second.check_health()
@@ -100,7 +100,7 @@ def test_bad_sqlite_urls_are_refused(url):
 def test_open_store_by_url(tmp_path, clock):
     store = open_store(f"sqlite:///{tmp_path}/nested/b.db", clock, "NORMAL")
     try:
-        assert store.applied_migrations == ["0001_ledger.sql"]
+        assert store.applied_migrations == ["0001_ledger.sql", "0002_flows.sql"]
         assert (tmp_path / "nested" / "b.db").exists()
     finally:
         store.close()

@@ -1,0 +1,59 @@
+"""The flow commands of ``billing``: ``reset``, ``reconcile`` and ``flows deploy``.
+
+``reset`` and ``reconcile`` run their flow once, directly, in this process (against the Prefect
+API in ``PREFECT_API_URL``, or a temporary local one when it is not set). Prefect is imported
+only when one of these commands runs, so ``billing serve`` does not need the ``flows`` extra.
+"""
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from core.settings import Settings
+
+FLOW_COMMANDS = ("reset", "reconcile", "flows")
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    reset = commands.add_parser("reset", help="run the monthly budget reset flow once")
+    reset.add_argument("--period", help="label to open, YYYY-MM (default: this month)")
+    reconcile = commands.add_parser("reconcile", help="run the usage reconciliation flow once")
+    reconcile.add_argument("--repair", action="store_true", help="fix each difference (audited)")
+    reconcile.add_argument(
+        "--litellm-days", type=int, default=2, help="UTC days of LiteLLM spend logs to read"
+    )
+    flows = commands.add_parser("flows", help="Prefect deployments of the flows")
+    flow_commands = flows.add_subparsers(dest="flows_command", required=True)
+    deploy = flow_commands.add_parser("deploy", help="create the work pool, deploy prefect.yaml")
+    deploy.add_argument(
+        "--project-dir", type=Path, default=Path.cwd(), help="folder holding prefect.yaml"
+    )
+
+
+def run_command(arguments: argparse.Namespace, settings: Settings) -> None:
+    """Run one of ``FLOW_COMMANDS``; a failed flow run exits with status 1."""
+    if arguments.command == "reset":
+        from flows.reset import monthly_budget_reset
+
+        _run_once(lambda: monthly_budget_reset(period=arguments.period))
+    elif arguments.command == "reconcile":
+        from flows.reconcile import reconcile_usage
+
+        _run_once(lambda: reconcile_usage(arguments.repair, arguments.litellm_days))
+    else:
+        from flows.deploy import deploy
+
+        created = deploy(settings, arguments.project_dir)
+        print("work pools created: " + (", ".join(created) if created else "none (all existed)"))
+
+
+def _run_once(run: Callable[[], object]) -> None:
+    """Run a flow and print its result as JSON; its failure is a message and exit status 1."""
+    try:
+        result = run()
+    except Exception as error:  # noqa: BLE001 - the flow run's state and logs hold the details
+        print(f"billing: flow run failed: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(json.dumps(result, indent=2, default=str))

@@ -1,0 +1,20 @@
+"""Helpers shared by the flow tests: money and users seeded in the file the flows open."""
+
+from core.ledger import Ledger
+from core.money import Money, money_from_input
+from core.store.base import Product
+
+PASSWORD = "correct horse battery"
+
+
+def usd(amount: str | int) -> Money:
+    return money_from_input(str(amount))
+
+
+def seed_users(ledger: Ledger, spend: dict[str, str], budget: str = "10") -> None:
+    """A plan of ``budget`` dollars and one user per entry of ``spend`` who has spent that much."""
+    ledger.put_product(Product("basic", "Basic", usd(budget)))
+    for user_id, amount in spend.items():
+        ledger.provision_user(f"{user_id}@example.com", PASSWORD, "basic", "t1", user_id)
+        if usd(amount) > 0:
+            ledger.log_usage(user_id, "gpt-4o", f"{user_id}-r1", 10, 20, usd(amount), None)

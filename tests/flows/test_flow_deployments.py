@@ -1,0 +1,86 @@
+"""prefect.yaml, the one place deployments are defined: every entrypoint names a real flow, and
+``billing flows deploy`` creates the work pool and the deployments on a real Prefect API (the
+test harness's), the reset's schedule in BUDGET_TIMEZONE."""
+
+import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from prefect import Flow, get_client
+from prefect.settings import PREFECT_API_URL
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+FLOW_NAMES = {
+    "flows/reset.py:monthly_budget_reset": "monthly-budget-reset",
+    "flows/reconcile.py:reconcile_usage": "reconcile-usage",
+    "flows/alerts.py:deliver_alerts": "deliver-alerts",
+    "flows/provision.py:provision_user": "provision-user",
+}
+# Run from the UI, with no schedule; runs for different users need not wait for each other.
+ON_DEMAND = {"flows/provision.py:provision_user"}
+
+
+def deployments() -> list[dict]:
+    return yaml.safe_load((PROJECT_DIR / "prefect.yaml").read_text("utf-8"))["deployments"]
+
+
+def test_every_entrypoint_imports_and_names_a_real_flow():
+    entries = deployments()
+    assert {entry["entrypoint"] for entry in entries} == set(FLOW_NAMES)
+    for entry in entries:
+        path, function = entry["entrypoint"].split(":")
+        module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+        flow = getattr(module, function)
+        assert isinstance(flow, Flow)
+        assert flow.name == FLOW_NAMES[entry["entrypoint"]]
+        assert entry["work_pool"]["name"] == "billing"
+        if entry["entrypoint"] in ON_DEMAND:
+            assert "schedules" not in entry
+        else:
+            assert entry["concurrency_limit"] == 1
+
+
+def test_schedules_are_the_issues():
+    schedules = {entry["entrypoint"]: entry.get("schedules") for entry in deployments()}
+    assert schedules["flows/reset.py:monthly_budget_reset"] == [
+        {"cron": "0 0 1 * *", "timezone": "{{ $BUDGET_TIMEZONE }}"}
+    ]
+    assert schedules["flows/reconcile.py:reconcile_usage"][0]["cron"] == "30 2 * * *"
+    assert schedules["flows/alerts.py:deliver_alerts"] == [{"interval": 60}]
+
+
+def test_billing_flows_deploy_creates_the_pool_and_the_deployments(tmp_path):
+    environment = os.environ | {
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "BUDGET_TIMEZONE": "Europe/Berlin",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'billing.db'}",
+    }
+    billing = Path(sys.executable).parent / "billing"
+    for _ in range(2):  # a second deploy finds the pool and updates the deployments
+        subprocess.run(
+            [str(billing), "flows", "deploy", "--project-dir", str(PROJECT_DIR)],
+            env=environment,
+            check=True,
+            timeout=300,
+            capture_output=True,
+        )
+    with get_client(sync_client=True) as client:
+        pool = client.read_work_pool("billing")
+        assert pool.type == "process"
+        found = {d.name: d for d in client.read_deployments()}
+    assert set(found) == {"monthly", "nightly", "every-minute", "provision-user"}
+    for name, deployment in found.items():
+        assert deployment.work_pool_name == "billing"
+        if name == "provision-user":
+            assert deployment.schedules == []
+        else:
+            assert deployment.global_concurrency_limit.limit == 1
+    monthly = found["monthly"]
+    [schedule] = monthly.schedules
+    assert (schedule.schedule.cron, schedule.schedule.timezone) == ("0 0 1 * *", "Europe/Berlin")
+    assert monthly.pull_steps == [
+        {"prefect.deployments.steps.set_working_directory": {"directory": str(PROJECT_DIR)}}
+    ]

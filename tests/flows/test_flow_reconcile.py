@@ -1,0 +1,153 @@
+"""reconcile-usage run for real in the Prefect harness on a real SQLite file, mailing a real SMTP
+server. LiteLLM is a paid-service proxy that needs its own database, so its ``GET /spend/logs`` is
+faked at the HTTP boundary: a local http.server answering like LiteLLM (a JSON list of spend-log
+rows for ``start_date``/``end_date``/``summarize=false``, Bearer key required)."""
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+from conftest import Inbox, free_port
+from flow_helpers import seed_users, usd
+
+from api.cli import main as billing
+from flows.common import opened_ledger
+from flows.reconcile import reconcile_usage
+
+LITELLM_KEY = "sk-litellm-admin-key-for-tests"
+
+
+class FakeLiteLLM:
+    """Answers ``GET /spend/logs`` with the rows whose day (UTC) is ``start_date``."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+        self.queries: list[dict[str, list[str]]] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                url = urlparse(self.path)
+                if self.headers.get("Authorization") != f"Bearer {LITELLM_KEY}":
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                query = parse_qs(url.query)
+                fake.queries.append(query)
+                day = query["start_date"][0]
+                body = json.dumps([r for r in fake.rows if r["startTime"].startswith(day)])
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(body.encode())
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+
+@pytest.fixture
+def litellm() -> Iterator[FakeLiteLLM]:
+    fake = FakeLiteLLM()
+    threading.Thread(target=fake.server.serve_forever, daemon=True).start()
+    try:
+        yield fake
+    finally:
+        fake.server.shutdown()
+        fake.server.server_close()
+
+
+def database(settings) -> sqlite3.Connection:
+    return sqlite3.connect(settings.database_url.removeprefix("sqlite:///"), isolation_level=None)
+
+
+def test_a_consistent_ledger_reports_nothing_and_mails_nobody(flow_settings, smtp_inbox: Inbox):
+    with opened_ledger(flow_settings) as ledger:
+        seed_users(ledger, {"ann": "1", "bob": "2"})
+    result = reconcile_usage()
+    assert (result["drifts"], result["repaired"], result["backfill"]) == ([], [], None)
+    assert result["reservations_deleted"] == 0
+    assert smtp_inbox.messages == []
+
+
+def test_drift_is_reported_then_repaired_with_audit(flow_settings, smtp_inbox: Inbox, capsys):
+    with opened_ledger(flow_settings) as ledger:
+        seed_users(ledger, {"ann": "1.5", "bob": "2"})
+    connection = database(flow_settings)
+    try:
+        connection.execute("UPDATE users SET used = used + 250000000 WHERE id = 'ann'")
+        connection.execute("UPDATE tenants SET used = 1 WHERE id = 't1'")
+        reported = reconcile_usage(repair=False)
+        assert [(d["check"], d["subject_id"]) for d in reported["drifts"]] == [
+            ("user_used", "ann"),
+            ("tenant_used", "t1"),
+        ]
+        assert reported["repaired"] == []
+        [mail] = smtp_inbox.messages
+        assert mail["Subject"] == "Usage reconciliation found differences"
+        assert "user_used: ann records $1.75, facts say $1.5" in mail.get_payload()
+
+        billing(["reconcile", "--repair"])
+        assert '"check": "user_used"' in capsys.readouterr().out
+        audit = connection.execute(
+            "SELECT check_name, subject_id, recorded, expected FROM ledger_repairs ORDER BY id"
+        ).fetchall()
+        assert audit == [
+            ("user_used", "ann", usd("1.75"), usd("1.5")),
+            ("tenant_used", "t1", 1, usd("3.5")),
+        ]
+        assert reconcile_usage()["drifts"] == []
+    finally:
+        connection.close()
+
+
+def test_usage_missing_from_the_ledger_is_backfilled_from_litellm_once(
+    flow_settings, monkeypatch, litellm: FakeLiteLLM, smtp_inbox: Inbox
+):
+    monkeypatch.setenv("LITELLM_URL", litellm.url)
+    monkeypatch.setenv("LITELLM_ADMIN_KEY", LITELLM_KEY)
+    with opened_ledger(flow_settings) as ledger:
+        seed_users(ledger, {"ann": "1"})
+    now = datetime.now(UTC).isoformat()
+    litellm.rows = [
+        {  # reached log-usage: the seeded row
+            "request_id": "chatcmpl-1",
+            "litellm_call_id": "ann-r1",
+            "end_user": "ann",
+            "model_group": "gpt-4o",
+            "prompt_tokens": 10,
+            "completion_tokens": 20,
+            "spend": 1.0,
+            "status": "success",
+            "startTime": now,
+        },
+        {  # never reached log-usage
+            "request_id": "chatcmpl-2",
+            "litellm_call_id": "ann-lost",
+            "end_user": "ann",
+            "model_group": "gpt-4o",
+            "prompt_tokens": 10,
+            "completion_tokens": 20,
+            "spend": 0.00022500000000000002,
+            "status": "success",
+            "startTime": now,
+        },
+    ]
+    first = reconcile_usage(litellm_days=2)
+    assert first["backfill"]["created"] == ["ann-lost"]
+    assert first["backfill"]["refused"] == []
+    assert [q["summarize"] for q in litellm.queries] == [["false"], ["false"]]
+    second = reconcile_usage(litellm_days=2)
+    assert second["backfill"]["created"] == []
+    with opened_ledger(flow_settings) as ledger:
+        assert ledger.user("ann").budget.used == usd("1.000225")
+    [mail] = smtp_inbox.messages  # only the run that found something
+    assert "Usage backfilled: 1" in mail.get_payload()
+    assert LITELLM_KEY not in mail.get_payload()

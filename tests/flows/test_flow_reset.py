@@ -1,0 +1,131 @@
+"""monthly-budget-reset run for real in the Prefect harness on a real SQLite file, mailing a real
+SMTP server (aiosmtpd)."""
+
+import sqlite3
+from datetime import UTC, datetime
+
+import pytest
+from conftest import Inbox
+from flow_helpers import seed_users, usd
+from prefect import get_client
+from prefect.flow_engine import run_flow
+from prefect.states import Scheduled
+
+from api.cli import main as billing
+from core.errors import Unavailable
+from core.ledger import Ledger
+from flows.common import opened_ledger
+from flows.reset import monthly_budget_reset
+
+
+def history(settings):
+    path = settings.database_url.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as connection:
+        return connection.execute(
+            "SELECT user_id, label, used, closed_by FROM period_history ORDER BY user_id"
+        ).fetchall()
+
+
+def test_reset_closes_every_period_and_mails_the_admin_the_totals(flow_settings, smtp_inbox: Inbox):
+    with opened_ledger(flow_settings) as ledger:
+        seed_users(ledger, {"ann": "7.5", "bob": "0.25", "cy": "0", "dee": "2"})
+    result = monthly_budget_reset(period="2026-12", top_spenders=2)
+    assert (result["users_reset"], result["already_done"]) == (4, False)
+    assert (result["users_closed"], result["spend_total"]) == (4, "9.75")
+    assert [s["user_id"] for s in result["top_spenders"]] == ["ann", "dee"]
+    [mail] = smtp_inbox.messages
+    assert mail["To"] == "admin@example.com"
+    assert mail["Subject"] == "Budget reset 2026-12: done"
+    body = mail.get_payload()
+    assert "Users reset: 4" in body
+    assert "total spend $9.75" in body
+    assert "1. ann <ann@example.com>: $7.5" in body
+    assert "2. dee <dee@example.com>: $2" in body
+    assert "Failures: none" in body
+    with opened_ledger(flow_settings) as ledger:
+        ann = ledger.user("ann")
+    assert (ann.period_label, ann.budget.used) == ("2026-12", 0)
+
+
+def test_a_second_run_for_the_same_period_resets_nothing(flow_settings, smtp_inbox: Inbox):
+    with opened_ledger(flow_settings) as ledger:
+        seed_users(ledger, {"ann": "3"})
+    first = monthly_budget_reset(period="2027-01")
+    with opened_ledger(flow_settings) as ledger:
+        ledger.log_usage("ann", "gpt-4o", "ann-r2", 1, 1, usd("1"), None)
+    second = monthly_budget_reset(period="2027-01")
+    assert (first["users_reset"], first["already_done"]) == (1, False)
+    assert (second["users_reset"], second["already_done"]) == (0, True)
+    # The second run's summary is still that of the reset which closed the period.
+    assert second["spend_total"] == first["spend_total"] == "3"
+    assert len(history(flow_settings)) == 1
+    with opened_ledger(flow_settings) as ledger:
+        assert ledger.user("ann").budget.used == usd("1")
+    subjects = [mail["Subject"] for mail in smtp_inbox.messages]
+    assert subjects == ["Budget reset 2027-01: done", "Budget reset 2027-01: already done"]
+
+
+def run_as_scheduled(flow, scheduled_at: datetime) -> dict:
+    """Run ``flow`` as a flow run the scheduler created for ``scheduled_at`` (as a deployment's)."""
+    with get_client(sync_client=True) as client:
+        flow_run = client.create_flow_run(
+            flow, parameters={}, state=Scheduled(scheduled_time=scheduled_at)
+        )
+    return run_flow(flow, flow_run=flow_run, parameters={})
+
+
+@pytest.mark.parametrize(
+    ("scheduled_at", "label"),
+    [
+        # 00:00 on 1 October in New York (EDT) is 04:00 UTC.
+        (datetime(2026, 10, 1, 4, 0, tzinfo=UTC), "2026-10"),
+        (datetime(2026, 10, 1, 3, 59, 59, tzinfo=UTC), "2026-09"),
+    ],
+)
+def test_scheduled_reset_opens_the_month_of_its_schedule_in_the_budget_zone(
+    flow_settings, monkeypatch, scheduled_at, label
+):
+    monkeypatch.setenv("BUDGET_TIMEZONE", "America/New_York")
+    with opened_ledger(flow_settings) as ledger:
+        seed_users(ledger, {"ann": "1"})
+    result = run_as_scheduled(monthly_budget_reset, scheduled_at)
+    assert result["label"] == label
+    assert [row[3] for row in history(flow_settings)] == [label]
+    with opened_ledger(flow_settings) as ledger:
+        assert ledger.user("ann").period_label == label
+
+
+def test_a_refused_label_fails_the_run_and_the_admin_hears_of_it(flow_settings, smtp_inbox: Inbox):
+    with pytest.raises(RuntimeError, match="period"):
+        monthly_budget_reset(period="2026-13")
+    subjects = [mail["Subject"] for mail in smtp_inbox.messages]
+    assert subjects[0] == "Budget reset 2026-13: FAILED"
+    assert any("monthly-budget-reset is Failed" in subject for subject in subjects[1:])
+
+
+def test_billing_reset_runs_the_flow_once(flow_settings, smtp_inbox: Inbox, capsys):
+    with opened_ledger(flow_settings) as ledger:
+        seed_users(ledger, {"ann": "4"})
+    billing(["reset", "--period", "2026-12"])
+    assert '"users_reset": 1' in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        billing(["reset", "--period", "12-2026"])
+    assert exit_info.value.code == 1
+
+
+def test_a_busy_store_is_retried_and_the_reset_applies_once(flow_settings, monkeypatch):
+    with opened_ledger(flow_settings) as ledger:
+        seed_users(ledger, {"ann": "2"})
+    calls = []
+    reset = Ledger.reset_budgets
+
+    def busy_once(self, label):
+        calls.append(label)
+        if len(calls) == 1:
+            raise Unavailable("database is busy; nothing was written")
+        return reset(self, label)
+
+    monkeypatch.setattr(Ledger, "reset_budgets", busy_once)
+    result = monthly_budget_reset(period="2026-12")
+    assert calls == ["2026-12", "2026-12"]
+    assert (result["users_reset"], result["failures"]) == (1, [])
