@@ -8,6 +8,7 @@ from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import simplejson
+from limits import parse as parse_rate_limit
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -15,6 +16,12 @@ from core.errors import ConfigurationError
 
 KEY_LENGTH_MIN = 16
 KEYS_FILE_NAME = "keys.json"
+WORKERS_MAX = 64
+RATE_LIMIT_TEXT_LENGTH_MAX = 64
+
+
+def _cpu_count() -> int:
+    return min(os.cpu_count() or 1, WORKERS_MAX)
 
 
 class Settings(BaseSettings):
@@ -35,13 +42,49 @@ class Settings(BaseSettings):
     threads: int = Field(16, ge=1, le=256)
     model_prices_path: Path | None = None
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    workers: int = Field(default_factory=_cpu_count, ge=1, le=WORKERS_MAX)
+    rate_limit: str | None = Field(None, max_length=RATE_LIMIT_TEXT_LENGTH_MAX)
+    rate_limit_per_user: str | None = Field(None, max_length=RATE_LIMIT_TEXT_LENGTH_MAX)
+    rate_limit_redis_failure: Literal["open", "closed"] = "open"
+    rate_limit_key_prefix: str = Field("billing", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    redis_url: SecretStr | None = None
+    redis_timeout_ms: int = Field(250, ge=10, le=10_000)
+    metrics_key: SecretStr | None = None
 
-    @field_validator("billing_api_key", "admin_secret_key")
+    @field_validator("billing_api_key", "admin_secret_key", "metrics_key")
     @classmethod
     def _key_long_enough(cls, key: SecretStr | None) -> SecretStr | None:
         if key is not None and len(key.get_secret_value()) < KEY_LENGTH_MIN:
             raise ValueError(f"must be at least {KEY_LENGTH_MIN} characters")
         return key
+
+    @field_validator("rate_limit", "rate_limit_per_user")
+    @classmethod
+    def _rate_limit_parses(cls, text: str | None) -> str | None:
+        """``limits`` notation, one limit (``1000/second``, ``20 per minute``); blank is off."""
+        if text is None or not text.strip():
+            return None
+        try:
+            parse_rate_limit(text)
+        except ValueError:
+            raise ValueError(
+                f"{text!r} is not a rate limit such as 1000/second or 20 per minute"
+            ) from None
+        return text.strip()
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _blank_redis_url_is_none(cls, url: object) -> object:
+        return None if isinstance(url, str) and not url.strip() else url
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is not None and not url.get_secret_value().startswith(
+            ("redis://", "rediss://", "redis+unix://")
+        ):
+            raise ValueError("must start with redis://, rediss:// or redis+unix://")
+        return url
 
     @field_validator("budget_timezone")
     @classmethod
