@@ -52,3 +52,14 @@ class Unavailable(LedgerError):
     """The store cannot take the operation now (busy, overloaded); nothing was done."""
 
     code = "unavailable"
+
+
+class RateLimited(LedgerError):
+    """Over a configured rate limit; the call may be retried after ``retry_after_seconds``."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, scope: str, retry_after_seconds: int) -> None:
+        assert retry_after_seconds >= 1
+        super().__init__(message, scope=scope, retry_after_seconds=retry_after_seconds)
+        self.retry_after_seconds = retry_after_seconds

@@ -110,6 +110,9 @@ class LedgerStore(Protocol):
 
     def read_user(self, user_id: str, now_ms: int) -> UserView | None: ...
 
+    def count_open_reservations(self, now_ms: int) -> int:
+        """Holds in state open that have not expired at ``now_ms`` (an index count, for metrics)."""
+
     def reserve(
         self, user_id: str, request_id: str, amount: Money, expires_at_ms: int, now_ms: int
     ) -> CheckOutcome:

@@ -327,6 +327,11 @@ class SqliteStore:
     def read_user(self, user_id: str, now_ms: int) -> UserView | None:
         return _read_user(self._reader(), user_id, now_ms)
 
+    def count_open_reservations(self, now_ms: int) -> int:
+        query = "SELECT count(*) FROM reservations WHERE state = 'open' AND expires_at > ?"
+        (count,) = self._reader().execute(query, (now_ms,)).fetchone()
+        return int(count)
+
     def list_products(self) -> list[Product]:
         rows = self._reader().execute("SELECT id, name, monthly_budget FROM products ORDER BY id")
         return [Product(id_, name, Money(budget)) for id_, name, budget in rows]
