@@ -2,12 +2,13 @@
 
 import argparse
 import logging
+import os
 import sys
 
 from pydantic import ValidationError
 
-from api.app import create_app
-from api.server import run_waitress
+from api.logs import configure_logging
+from api.supervisor import supervise
 from core.errors import ConfigurationError
 from core.ledger import Ledger, wall_clock_ms
 from core.prices import load_price_table
@@ -38,18 +39,17 @@ def open_ledger(settings: Settings) -> tuple[LedgerStore, Ledger]:
     return store, Ledger(store, prices, settings.zone, settings.reservation_ttl_seconds)
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings) -> int:
+    """Keys and migrations once, here; then the supervised workers (``api.supervisor``)."""
     keys = resolve_keys(settings)
     _announce_keys(keys)
-    store, ledger = open_ledger(settings)
-    for name in store.applied_migrations:
-        log.info("applied migration %s", name)
-    app = create_app(settings, keys, ledger)
-    log.info("CloudFreedom Billing listening on %s:%d", settings.host, settings.port)
+    store, _ = open_ledger(settings)
     try:
-        run_waitress(app, settings)
+        for name in store.applied_migrations:
+            log.info("applied migration %s", name)
     finally:
         store.close()
+    return supervise(settings)
 
 
 def _announce_keys(keys: Keys) -> None:
@@ -72,16 +72,26 @@ def migrate(settings: Settings) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="billing", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("serve", help="run the API under waitress (PORT, THREADS, …)")
+    serve_command = commands.add_parser(
+        "serve", help="run the API under waitress (PORT, THREADS, WORKERS, …)"
+    )
+    serve_command.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="waitress processes sharing the port (overrides WORKERS; default: CPU count)",
+    )
     commands.add_parser("migrate", help="apply pending schema migrations and exit")
     arguments = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging()
+    if getattr(arguments, "workers", None) is not None:
+        # Through the environment, so it is validated like WORKERS and workers read the same.
+        os.environ["WORKERS"] = str(arguments.workers)
     settings = load_settings()
     try:
         if arguments.command == "serve":
-            serve(settings)
-        else:
-            migrate(settings)
+            raise SystemExit(serve(settings))
+        migrate(settings)
     except ConfigurationError as error:
         print(f"billing: {error}", file=sys.stderr)
         raise SystemExit(2) from None
