@@ -1,0 +1,56 @@
+"""Fixtures every test directory may use: the real Redis on loopback, one key prefix per test."""
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+REDIS_WAIT_SECONDS = 2.0
+KEYS_DELETED_MAX = 10_000
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The loopback Redis; a test that needs it skips here when it is down, but fails in CI."""
+    client = redis.Redis.from_url(
+        REDIS_URL, socket_timeout=REDIS_WAIT_SECONDS, socket_connect_timeout=REDIS_WAIT_SECONDS
+    )
+    try:
+        client.ping()
+    except redis.RedisError as error:
+        if os.environ.get("CI"):
+            pytest.fail(f"Redis at {REDIS_URL} is required in CI: {error}")
+        pytest.skip(f"Redis at {REDIS_URL} is not reachable: {error}")
+    finally:
+        client.close()
+    return REDIS_URL
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix no other test uses; its keys are deleted afterwards."""
+    prefix = f"billing-test-{uuid.uuid4().hex}"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(f"{prefix}*", count=1000))[:KEYS_DELETED_MAX]
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+REDIS_PASSWORD = "hunter2-redis-password"
+
+
+@pytest.fixture
+def dead_redis_url() -> str:
+    """A Redis URL (with a password, to prove it is never logged) where nothing listens."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"redis://:{REDIS_PASSWORD}@127.0.0.1:{port}/0"
