@@ -25,6 +25,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from api.http import ApiError
+from core.budget import BudgetStatus
 from core.ledger import Ledger
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,9 @@ LATENCY_BUCKETS_SECONDS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 UNROUTED = "unrouted"
+NOT_FOUND_REASON = "not_found"
+LOG_USAGE_RESULTS = ("created", "exists", "conflict")
+RATE_LIMIT_SCOPES = ("key", "user")
 _KNOWN_METHODS = frozenset(falcon.COMBINED_METHODS)
 
 
@@ -57,19 +61,19 @@ class Metrics:
             buckets=LATENCY_BUCKETS_SECONDS,
             registry=registry,
         )
-        self._decisions = Counter(
+        decisions = Counter(
             "billing_budget_decisions",
             "check-budget answers: allowed, or denied with the reason (status)",
             ["decision", "reason"],
             registry=registry,
         )
-        self._log_usage = Counter(
+        log_usage = Counter(
             "billing_log_usage_results",
             "log-usage outcomes: created, exists (identical replay), conflict",
             ["result"],
             registry=registry,
         )
-        self._rejections = Counter(
+        rejections = Counter(
             "billing_rate_limit_rejections",
             "Calls refused with 429, by limit (key or user)",
             ["scope"],
@@ -88,6 +92,16 @@ class Metrics:
         )
         self._started.set(time.time())
         # Label children resolved once per label set: .labels() takes a lock and builds a tuple.
+        # The fixed sets are resolved here, so they also show as 0 before their first event.
+        reasons = [status.value for status in BudgetStatus] + [NOT_FOUND_REASON]
+        self._decision_children = {
+            reason: decisions.labels("allowed" if reason == "active" else "denied", reason)
+            for reason in reasons
+        }
+        self._log_usage_children = {
+            result: log_usage.labels(result) for result in LOG_USAGE_RESULTS
+        }
+        self._rejection_children = {scope: rejections.labels(scope) for scope in RATE_LIMIT_SCOPES}
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
@@ -104,14 +118,15 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
-    def budget_decision(self, status: str) -> None:
-        self._decisions.labels("allowed" if status == "active" else "denied", status).inc()
+    def budget_decision(self, reason: str) -> None:
+        """One check-budget answer: ``active`` is allowed, any other status a denial."""
+        self._decision_children[reason].inc()
 
     def log_usage_result(self, result: str) -> None:
-        self._log_usage.labels(result).inc()
+        self._log_usage_children[result].inc()
 
     def rate_limit_rejection(self, scope: str) -> None:
-        self._rejections.labels(scope).inc()
+        self._rejection_children[scope].inc()
 
     def redis_failure(self) -> None:
         self._redis_failures.inc()

@@ -5,7 +5,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 import falcon
 
 from api.http import read_model, respond
-from api.metrics import Metrics
+from api.metrics import NOT_FOUND_REASON, Metrics
 from api.render import budget_json, money_json
 from api.schemas import CheckBudgetRequest, LogUsageRequest, ReleaseReservationRequest
 from core.errors import IdempotencyConflict, NotFound
@@ -41,7 +41,7 @@ class CheckBudgetResource:
                 body.request_id,
             )
         except NotFound as error:
-            self._metrics.budget_decision("not_found")
+            self._metrics.budget_decision(NOT_FOUND_REASON)
             # The contract: a 404 that also has the shape of a check, so old clients read "no".
             not_found = {
                 "error": error.code,
