@@ -16,11 +16,20 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
 class JsonFormatter(logging.Formatter):
     """``{"time","level","logger","pid","message", …fields}``, one line per record."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        # The formatted second, reused by every record within it (a tuple swap is atomic).
+        self._second: tuple[int, str] = (-1, "")
+
     def format(self, record: logging.LogRecord) -> str:
         seconds = int(record.created)
+        second, text = self._second
+        if second != seconds:
+            text = time.strftime(_TIME_FORMAT, time.gmtime(seconds))
+            self._second = (seconds, text)
         milliseconds = int((record.created - seconds) * 1000)
         line = {
-            "time": f"{time.strftime(_TIME_FORMAT, time.gmtime(seconds))}.{milliseconds:03d}Z",
+            "time": f"{text}.{milliseconds:03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "pid": record.process,

@@ -1,9 +1,10 @@
 """Per-request observation: a request id, one JSON log line, and the request metrics."""
 
+import itertools
 import logging
 import re
+import secrets
 import time
-import uuid
 
 import falcon
 
@@ -16,12 +17,17 @@ _REQUEST_ID_PATTERN = re.compile(rf"[A-Za-z0-9._:/+=@-]{{1,{REQUEST_ID_LENGTH_MA
 
 log = logging.getLogger("billing.request")
 
+# Generated ids: a random prefix per process and a counter, unique across processes and
+# restarts without a random draw per request (itertools.count is atomic under the GIL).
+_GENERATED_PREFIX = secrets.token_hex(8)
+_GENERATED_COUNT = itertools.count(1)
+
 
 def request_id_for(incoming: str | None) -> str:
-    """The caller's ``X-Request-ID`` when acceptable, else a fresh random one."""
+    """The caller's ``X-Request-ID`` when acceptable, else a fresh one."""
     if incoming is not None and _REQUEST_ID_PATTERN.fullmatch(incoming):
         return incoming
-    return uuid.uuid4().hex
+    return f"{_GENERATED_PREFIX}-{next(_GENERATED_COUNT):x}"
 
 
 class RequestObserver:

@@ -104,7 +104,7 @@ def test_request_id_is_honoured_within_limits_else_generated(client):
         assert replaced.headers["x-request-id"] not in (refused, "")
     first = client.simulate_get("/").headers["x-request-id"]
     second = client.simulate_get("/").headers["x-request-id"]
-    assert first != second and len(first) == 32
+    assert first != second
 
 
 def test_one_json_log_line_per_request_without_keys_or_passwords(client, caplog):
