@@ -5,7 +5,7 @@ import falcon
 from api.auth import KeyAuth
 from api.http import handle_ledger_error, respond, serialize_error
 from api.metrics import Metrics, MetricsResource
-from api.observe import RequestObserver
+from api.observe import RequestObserver, handle_unexpected_error
 from api.openapi import openapi_document
 from api.resources.admin import (
     CreditsResource,
@@ -57,6 +57,7 @@ def create_app(
     app = falcon.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     app.set_error_serializer(serialize_error)
+    app.add_error_handler(Exception, handle_unexpected_error)
     app.add_error_handler(LedgerError, handle_ledger_error)
     app.add_error_handler(RateLimited, handle_rate_limited)
 

@@ -8,6 +8,7 @@ import time
 
 import falcon
 
+from api.http import ApiError
 from api.metrics import UNROUTED, Metrics
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -65,3 +66,18 @@ class RequestObserver:
                 }
             },
         )
+
+
+def handle_unexpected_error(
+    req: falcon.Request, resp: falcon.Response, error: Exception, _: dict
+) -> None:
+    """A bug: log it as one JSON record with its request id, answer ``500`` JSON.
+
+    Replaces Falcon's default, which writes a plain-text traceback to the WSGI error stream.
+    """
+    log.error(
+        "unhandled error",
+        exc_info=error,
+        extra={"fields": {"request_id": getattr(req.context, "request_id", None)}},
+    )
+    raise ApiError(falcon.HTTP_500, "internal_error", "internal error") from None

@@ -201,3 +201,22 @@ def test_redis_down_fails_closed_with_503_when_configured(make_env, dead_redis_u
     put_product(client)
     provision(client, "alice")
     assert_rejected(check(client, "alice"), 503, "unavailable")
+
+
+class Broken:
+    def on_get(self, req, resp) -> None:
+        raise RuntimeError("a bug")
+
+
+def test_an_unexpected_error_is_a_json_500_and_one_json_log_record(env, caplog):
+    env.app.add_route("/broken", Broken())
+    with caplog.at_level(logging.INFO):
+        result = env.client.simulate_get("/broken", headers={"X-Request-ID": "trace-bug"})
+    assert result.status_code == 500
+    assert result.json == {"error": "internal_error", "message": "internal error"}
+    assert result.headers["x-request-id"] == "trace-bug"
+    errors = [record for record in caplog.records if record.levelno == logging.ERROR]
+    assert len(errors) == 1
+    entry = json.loads(JsonFormatter().format(errors[0]))
+    assert entry["request_id"] == "trace-bug"
+    assert "RuntimeError: a bug" in entry["exception"]
