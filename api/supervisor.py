@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -43,6 +44,8 @@ WORKER_RESTARTS_MAX = 5
 WORKER_RESTART_WINDOW_SECONDS = 60.0
 WORKER_STOP_WAIT_SECONDS = 8.0
 SUPERVISOR_POLL_SECONDS = 0.2
+# Each worker runs this with two more arguments: the listening socket's fd, the supervisor's pid.
+WORKER_COMMAND = (sys.executable, "-m", "api.worker")
 
 
 def supervise(settings: Settings) -> int:
@@ -70,9 +73,16 @@ def bind_listener(host: str, port: int) -> socket.socket:
 class Supervisor:
     """Starts, watches, replaces and stops the worker processes."""
 
-    def __init__(self, listener: socket.socket, metrics_dir: Path, workers: int) -> None:
+    def __init__(
+        self,
+        listener: socket.socket,
+        metrics_dir: Path,
+        workers: int,
+        worker_command: Sequence[str] = WORKER_COMMAND,
+    ) -> None:
         assert workers >= 1
         self._listener = listener
+        self._worker_command = tuple(worker_command)
         self._metrics_dir = metrics_dir
         self._worker_count = workers
         self._workers: dict[int, subprocess.Popen[bytes]] = {}
@@ -104,7 +114,7 @@ class Supervisor:
     def _spawn(self) -> None:
         fd = self._listener.fileno()
         process = subprocess.Popen(
-            [sys.executable, "-m", "api.worker", str(fd), str(os.getpid())],
+            [*self._worker_command, str(fd), str(os.getpid())],
             pass_fds=(fd,),
             env={**os.environ, MULTIPROC_DIR_VARIABLE: str(self._metrics_dir)},
             stdin=subprocess.DEVNULL,
