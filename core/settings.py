@@ -21,6 +21,12 @@ RATE_LIMIT_TEXT_LENGTH_MAX = 64
 
 
 def _cpu_count() -> int:
+    """CPUs this process may run on: its affinity mask where there is one (docker --cpuset-cpus).
+
+    A CPU quota (docker --cpus) is not visible here; set WORKERS with one.
+    """
+    if hasattr(os, "sched_getaffinity"):
+        return min(len(os.sched_getaffinity(0)), WORKERS_MAX)
     return min(os.cpu_count() or 1, WORKERS_MAX)
 
 
