@@ -64,11 +64,22 @@ class Settings(BaseSettings):
             raise ValueError(f"must be at least {KEY_LENGTH_MIN} characters")
         return key
 
+    @field_validator("rate_limit", "rate_limit_per_user", "redis_url", "metrics_key", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        """An empty variable (``REDIS_URL=`` in a .env file) means "not set"."""
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _blank_workers_is_cpu_count(cls, value: object) -> object:
+        return _cpu_count() if isinstance(value, str) and not value.strip() else value
+
     @field_validator("rate_limit", "rate_limit_per_user")
     @classmethod
     def _rate_limit_parses(cls, text: str | None) -> str | None:
-        """``limits`` notation, one limit (``1000/second``, ``20 per minute``); blank is off."""
-        if text is None or not text.strip():
+        """``limits`` notation, one limit (``1000/second``, ``20 per minute``)."""
+        if text is None:
             return None
         try:
             parse_rate_limit(text)
@@ -77,11 +88,6 @@ class Settings(BaseSettings):
                 f"{text!r} is not a rate limit such as 1000/second or 20 per minute"
             ) from None
         return text.strip()
-
-    @field_validator("redis_url", mode="before")
-    @classmethod
-    def _blank_redis_url_is_none(cls, url: object) -> object:
-        return None if isinstance(url, str) and not url.strip() else url
 
     @field_validator("redis_url")
     @classmethod

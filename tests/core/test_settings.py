@@ -145,10 +145,19 @@ def test_workers_default_to_the_cpu_count_within_bounds():
 def test_redis_url_and_metrics_key_are_secret_and_checked():
     settings = Settings(redis_url="redis://:pw-secret@127.0.0.1:6379/0")
     assert "pw-secret" not in repr(settings)
-    assert Settings(redis_url="").redis_url is None
     with pytest.raises(ValidationError, match="redis_url"):
         Settings(redis_url="http://127.0.0.1:6379")
     with pytest.raises(ValidationError, match="metrics_key"):
         Settings(metrics_key="short")
     with pytest.raises(ValidationError, match="rate_limit_redis_failure"):
         Settings(rate_limit_redis_failure="maybe")
+
+
+def test_empty_serving_variables_count_as_unset(monkeypatch):
+    """A .env file with ``WORKERS=`` or ``REDIS_URL=`` left empty gets the defaults."""
+    for name in ("WORKERS", "RATE_LIMIT", "RATE_LIMIT_PER_USER", "REDIS_URL", "METRICS_KEY"):
+        monkeypatch.setenv(name, "")
+    settings = Settings()
+    assert settings.workers >= 1
+    assert settings.rate_limit is None and settings.rate_limit_per_user is None
+    assert settings.redis_url is None and settings.metrics_key is None
