@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     threads: int = Field(16, ge=1, le=256)
     model_prices_path: Path | None = None
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    # Serving: worker processes, rate limits (Redis when set), who may read /metrics.
     workers: int = Field(default_factory=_cpu_count, ge=1, le=WORKERS_MAX)
     rate_limit: str | None = Field(None, max_length=RATE_LIMIT_TEXT_LENGTH_MAX)
     rate_limit_per_user: str | None = Field(None, max_length=RATE_LIMIT_TEXT_LENGTH_MAX)
@@ -56,6 +57,25 @@ class Settings(BaseSettings):
     redis_url: SecretStr | None = None
     redis_timeout_ms: int = Field(250, ge=10, le=10_000)
     metrics_key: SecretStr | None = None
+    # Identity store (PocketBase), used by provisioning when the URL is set.
+    pocketbase_url: str | None = None
+    pocketbase_admin_email: str | None = None
+    pocketbase_admin_password: SecretStr | None = None
+    pocketbase_collection: str = Field("users", pattern=r"^[A-Za-z0-9_]{1,64}$")
+    pocketbase_timeout_seconds: float = Field(10, gt=0, le=120)
+    # Mail from the flows (reset summaries, reports, alerts, invites) through prefect-email.
+    smtp_host: str | None = None
+    smtp_port: int = Field(25, ge=1, le=65535)
+    smtp_security: Literal["INSECURE", "STARTTLS", "SSL"] = "STARTTLS"
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    mail_from: str = "billing@localhost"
+    admin_email: str | None = None
+    # Alert delivery to a webhook (JSON POST with a dedup header), besides mail.
+    alert_webhook_url: str | None = None
+    # LiteLLM's spend logs, read by reconciliation when both are set.
+    litellm_url: str | None = None
+    litellm_admin_key: SecretStr | None = None
 
     @field_validator("billing_api_key", "admin_secret_key", "metrics_key")
     @classmethod
