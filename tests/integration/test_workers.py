@@ -95,16 +95,45 @@ def workers_of(server: BillingServer, count: int, without: int | None = None) ->
     return wait_until(settled, f"{count} workers under {server.pid}", server)
 
 
-def get_root_on_fresh_connections(server: BillingServer) -> None:
+def get_on_fresh_connections(
+    server: BillingServer, path: str = "/", headers: dict[str, str] | None = None
+) -> None:
+    """GET ``path`` on several new connections at once (each may land on another worker)."""
+    statuses: list[int] = []
+
     def one() -> None:
         with httpx.Client(base_url=server.base_url, timeout=10.0) as fresh:
-            assert fresh.get("/").status_code == 200
+            statuses.append(fresh.get(path, headers=headers or {}).status_code)
 
     threads = [threading.Thread(target=one) for _ in range(CONNECTIONS_PER_ROUND)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(WAIT_SECONDS)
+    assert statuses == [200] * CONNECTIONS_PER_ROUND, statuses
+
+
+def pids_that_served(server: BillingServer, route: str) -> set[int]:
+    return {
+        entry["pid"]
+        for entry in log_entries(server)
+        if entry.get("logger") == "billing.request"
+        and entry.get("route") == route
+        and entry.get("status") == 200
+    }
+
+
+def served_by_every_worker(
+    server: BillingServer, workers: set[int], path: str, headers: dict[str, str] | None = None
+) -> set[int]:
+    """Send rounds of requests until each worker has answered one; the pids that answered."""
+    serving: set[int] = set()
+    for _ in range(ROUNDS_MAX):
+        get_on_fresh_connections(server, path, headers)
+        serving = pids_that_served(server, path)
+        if serving == workers:
+            break
+    return serving
 
 
 @pytest.fixture(scope="module")
@@ -114,17 +143,7 @@ def server(launch, workdir: Path) -> BillingServer:
 
 def test_both_workers_serve_requests_on_one_port(server: BillingServer) -> None:
     workers = workers_of(server, 2)
-    serving: set[int] = set()
-    for _ in range(ROUNDS_MAX):
-        get_root_on_fresh_connections(server)
-        serving = {
-            entry["pid"]
-            for entry in log_entries(server)
-            if entry.get("logger") == "billing.request" and entry.get("route") == "/"
-        }
-        if serving == workers:
-            break
-    assert serving == workers, (serving, workers)
+    assert served_by_every_worker(server, workers, "/") == workers
     assert wait_until(lambda: worker_pids_in_metrics(server) == workers, "both workers in /metrics")
 
 
@@ -141,6 +160,14 @@ def test_a_killed_worker_is_replaced_and_marked_dead(server: BillingServer) -> N
         if entry.get("logger") == "billing.supervisor" and str(victim) in entry["message"]
     ]
     assert any("exited" in entry["message"] for entry in reported), reported
+
+
+def test_keys_generated_at_first_start_open_every_worker(launch, workdir: Path) -> None:
+    server = launch(workdir / "keys.db", "keys", workers=2, keys=False)
+    workers = workers_of(server, 2)
+    kept = json.loads((server.data_dir / "keys.json").read_text())
+    admin = {"X-Admin-Key": kept["admin_secret_key"]}
+    assert served_by_every_worker(server, workers, "/api/admin/products", admin) == workers
 
 
 def test_sigterm_stops_the_supervisor_and_every_worker(launch, workdir: Path) -> None:
