@@ -4,6 +4,8 @@ import falcon
 
 from api.auth import KeyAuth
 from api.http import handle_ledger_error, respond, serialize_error
+from api.metrics import Metrics, MetricsResource
+from api.observe import RequestObserver, handle_unexpected_error
 from api.openapi import openapi_document
 from api.resources.admin import (
     CreditsResource,
@@ -16,9 +18,11 @@ from api.resources.admin import (
 from api.resources.gateway import CheckBudgetResource, LogUsageResource, ReleaseReservationResource
 from api.resources.health import HealthResource
 from api.resources.users import UserBudgetResource, UserUsageResource
-from core.errors import LedgerError
+from api.throttle import KeyRateLimit, handle_rate_limited
+from core.errors import LedgerError, RateLimited
 from core.ledger import Ledger
 from core.provisioning import IdentityStore, Provisioner
+from core.rate_limits import RateLimiter
 from core.settings import Keys, Settings
 
 
@@ -31,14 +35,25 @@ class OpenApiResource:
 
 
 def create_app(
-    settings: Settings, keys: Keys, ledger: Ledger, identities: IdentityStore | None = None
+    settings: Settings,
+    keys: Keys,
+    ledger: Ledger,
+    identities: IdentityStore | None = None,
+    metrics: Metrics | None = None,
 ) -> falcon.App:
-    """The app; ``identities`` (PocketBase, when configured) joins provisioning."""
-    middleware: list[object] = [KeyAuth(keys)]
+    """The app; ``identities`` (PocketBase, when configured) joins provisioning; ``metrics``
+    defaults to a private registry (one process, as in tests)."""
+    metrics = Metrics() if metrics is None else metrics
+    limiter = RateLimiter.from_settings(
+        settings, metrics.redis_failure, metrics.rate_limit_rejection
+    )
+    middleware: list[object] = [RequestObserver(metrics), KeyAuth(keys)]
+    if settings.rate_limit is not None:
+        middleware.append(KeyRateLimit(limiter))
     if settings.cors_origin_list:
         origins = settings.cors_origin_list
         middleware.insert(
-            0,
+            1,
             falcon.CORSMiddleware(
                 allow_origins="*" if origins == ["*"] else origins,
                 allow_credentials=None,
@@ -48,13 +63,17 @@ def create_app(
     app = falcon.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     app.set_error_serializer(serialize_error)
+    app.add_error_handler(Exception, handle_unexpected_error)
     app.add_error_handler(LedgerError, handle_ledger_error)
+    app.add_error_handler(RateLimited, handle_rate_limited)
 
     limit = settings.body_bytes_max
-    app.add_route("/", HealthResource(ledger.store))
+    metrics_key = settings.metrics_key.get_secret_value() if settings.metrics_key else None
+    app.add_route("/", HealthResource(ledger.store, limiter))
     app.add_route("/openapi.json", OpenApiResource())
-    app.add_route("/api/check-budget", CheckBudgetResource(ledger, limit))
-    app.add_route("/api/log-usage", LogUsageResource(ledger, limit))
+    app.add_route("/metrics", MetricsResource(metrics, ledger, metrics_key))
+    app.add_route("/api/check-budget", CheckBudgetResource(ledger, limit, limiter, metrics))
+    app.add_route("/api/log-usage", LogUsageResource(ledger, limit, limiter, metrics))
     app.add_route("/api/release-reservation", ReleaseReservationResource(ledger, limit))
     app.add_route("/api/users/{user_id}/budget", UserBudgetResource(ledger))
     app.add_route("/api/users/{user_id}/usage", UserUsageResource(ledger))

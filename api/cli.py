@@ -4,14 +4,15 @@
 
 import argparse
 import logging
+import os
 import sys
 
 import httpx
 from pydantic import ValidationError
 
 from adapters.pocketbase import open_identity_store
-from api.app import create_app
-from api.server import run_waitress
+from api.logs import configure_logging
+from api.supervisor import supervise
 from core.errors import ConfigurationError, IdentityUnavailable
 from core.service import open_ledger
 from core.settings import Keys, Settings, resolve_keys
@@ -33,21 +34,20 @@ def load_settings() -> Settings:
         raise SystemExit(2) from None
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings) -> int:
+    """Keys and migrations once, here; then the supervised workers (``api.supervisor``)."""
     keys = resolve_keys(settings)
     _announce_keys(keys)
-    identities = open_identity_store(settings)
-    store, ledger = open_ledger(settings)
-    for name in store.applied_migrations:
-        log.info("applied migration %s", name)
-    app = create_app(settings, keys, ledger, identities)
-    log.info("CloudFreedom Billing listening on %s:%d", settings.host, settings.port)
+    identities = open_identity_store(settings)  # a bad PocketBase setting stops start-up here
+    if identities is not None:
+        identities.close()
+    store, _ = open_ledger(settings)
     try:
-        run_waitress(app, settings)
+        for name in store.applied_migrations:
+            log.info("applied migration %s", name)
     finally:
         store.close()
-        if identities is not None:
-            identities.close()
+    return supervise(settings)
 
 
 def _announce_keys(keys: Keys) -> None:
@@ -106,7 +106,15 @@ def pocketbase_init(settings: Settings) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="billing", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("serve", help="run the API under waitress (PORT, THREADS, …)")
+    serve_command = commands.add_parser(
+        "serve", help="run the API under waitress (PORT, THREADS, WORKERS, …)"
+    )
+    serve_command.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="waitress processes sharing the port (overrides WORKERS; default: CPU count)",
+    )
     commands.add_parser("migrate", help="apply pending schema migrations and exit")
     commands.add_parser("healthcheck", help="exit 0 when the local API (PORT) is healthy")
     pocketbase = commands.add_parser("pocketbase", help="the PocketBase identity store")
@@ -116,11 +124,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     add_flow_commands(commands)
     arguments = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging()
+    if getattr(arguments, "workers", None) is not None:
+        # Through the environment, so it is validated like WORKERS and workers read the same.
+        os.environ["WORKERS"] = str(arguments.workers)
     settings = load_settings()
     try:
         if arguments.command == "serve":
-            serve(settings)
+            raise SystemExit(serve(settings))
         elif arguments.command == "healthcheck":
             healthcheck(settings)
         elif arguments.command == "pocketbase":

@@ -25,6 +25,9 @@ class Operation:
 
 
 _COMMON = {401: s.Error, 413: s.Error, 400: s.Error, 422: s.Error, 503: s.Error}
+# Calls with the gateway's key may meet RATE_LIMIT / RATE_LIMIT_PER_USER (429), and a failed
+# Redis under RATE_LIMIT_REDIS_FAILURE=closed (503).
+_LIMITED = {429: s.Error, 503: s.Error}
 
 OPERATIONS = (
     Operation(
@@ -37,12 +40,26 @@ OPERATIONS = (
     ),
     Operation("get", "/openapi.json", "This document", None, None, {}),
     Operation(
+        "get",
+        "/metrics",
+        "Prometheus metrics (text format); Authorization: Bearer METRICS_KEY when it is set",
+        None,
+        None,
+        {},
+    ),
+    Operation(
         "post",
         "/api/check-budget",
         "May this user spend about cost_estimate? With request_id, place a hold",
         "api_key",
         s.CheckBudgetRequest,
-        {200: s.CheckBudgetResponse, 404: s.CheckBudgetNotFound, 409: s.Error, **_COMMON},
+        {
+            200: s.CheckBudgetResponse,
+            404: s.CheckBudgetNotFound,
+            409: s.Error,
+            **_COMMON,
+            **_LIMITED,
+        },
     ),
     Operation(
         "post",
@@ -50,7 +67,14 @@ OPERATIONS = (
         "Record what a call cost; settles its hold",
         "api_key",
         s.LogUsageRequest,
-        {201: s.LogUsageResponse, 200: s.LogUsageResponse, 404: s.Error, 409: s.Error, **_COMMON},
+        {
+            201: s.LogUsageResponse,
+            200: s.LogUsageResponse,
+            404: s.Error,
+            409: s.Error,
+            **_COMMON,
+            **_LIMITED,
+        },
     ),
     Operation(
         "post",
@@ -58,7 +82,7 @@ OPERATIONS = (
         "Release a hold (failed or cancelled call)",
         "api_key",
         s.ReleaseReservationRequest,
-        {200: s.ReleaseReservationResponse, 404: s.Error, 409: s.Error, **_COMMON},
+        {200: s.ReleaseReservationResponse, 404: s.Error, 409: s.Error, **_COMMON, **_LIMITED},
     ),
     Operation(
         "get",
@@ -66,7 +90,7 @@ OPERATIONS = (
         "A user's budget and open period",
         "api_key",
         None,
-        {200: s.UserBudgetResponse, 404: s.Error, 401: s.Error},
+        {200: s.UserBudgetResponse, 404: s.Error, 401: s.Error, **_LIMITED},
     ),
     Operation(
         "get",
@@ -74,7 +98,7 @@ OPERATIONS = (
         "A user's usage added up by model or day",
         "api_key",
         None,
-        {200: s.UsageResponse, 404: s.Error, 401: s.Error, 422: s.Error},
+        {200: s.UsageResponse, 404: s.Error, 401: s.Error, 422: s.Error, **_LIMITED},
         query=("from", "to", "group_by"),
     ),
     Operation(
@@ -184,7 +208,7 @@ def openapi_document() -> dict:
                 "content": {"application/json": {"schema": keyed[(model, "serialization")]}},
             }
         if not op.responses:
-            entry["responses"]["200"] = {"description": "OpenAPI 3.1 document"}
+            entry["responses"]["200"] = {"description": op.summary}
         paths.setdefault(op.path, {})[op.method] = entry
     return {
         "openapi": "3.1.0",

@@ -240,6 +240,7 @@ class Health(BaseModel):
     status: Literal["ok", "error"]
     version: str
     database: Literal["ok", "error"]
+    redis: Literal["ok", "error"] | None = Field(None, description="only when REDIS_URL is set")
     error: str | None = Field(None, description="set when unhealthy: unavailable")
     message: str | None = None
 

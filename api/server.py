@@ -1,6 +1,7 @@
 """The one place waitress is configured, for the service and for the benchmark's reference app."""
 
 import logging
+import socket
 
 import waitress
 
@@ -13,15 +14,27 @@ WAITRESS_CONNECTION_LIMIT = 1000
 WAITRESS_CHANNEL_TIMEOUT_SECONDS = 60
 
 
-def run_waitress(app: object, settings: Settings) -> None:
-    """Serve ``app`` until interrupted, with the service's limits."""
+WAITRESS_BACKLOG = 1024
+
+
+def run_waitress(app: object, settings: Settings, listener: socket.socket | None = None) -> None:
+    """Serve ``app`` until interrupted, with the service's limits.
+
+    With ``listener`` (a socket bound by the supervisor and shared by every worker) waitress
+    accepts on it; without, it binds ``HOST``:``PORT`` itself.
+    """
     # Under saturation waitress warns once per queued request; that is load, not news.
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+    where: dict[str, object] = (
+        {"host": settings.host, "port": settings.port}
+        if listener is None
+        else {"sockets": [listener]}
+    )
     waitress.serve(
         app,
-        host=settings.host,
-        port=settings.port,
+        **where,
         threads=settings.threads,
+        backlog=WAITRESS_BACKLOG,
         connection_limit=WAITRESS_CONNECTION_LIMIT,
         channel_timeout=WAITRESS_CHANNEL_TIMEOUT_SECONDS,
         max_request_body_size=settings.body_bytes_max + WAITRESS_BODY_MARGIN_BYTES,

@@ -58,3 +58,14 @@ class IdentityUnavailable(LedgerError):
     """The identity store (PocketBase) failed or refused in a way the caller cannot fix."""
 
     code = "identity_store_error"
+
+
+class RateLimited(LedgerError):
+    """Over a configured rate limit; the call may be retried after ``retry_after_seconds``."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, scope: str, retry_after_seconds: int) -> None:
+        assert retry_after_seconds >= 1
+        super().__init__(message, scope=scope, retry_after_seconds=retry_after_seconds)
+        self.retry_after_seconds = retry_after_seconds

@@ -150,6 +150,10 @@ class Ledger:
         user_id = self.store.user_id_by_email(email)
         return None if user_id is None else self.store.read_user(user_id, self.clock_ms())
 
+    def open_reservations(self) -> int:
+        """How many holds count now (open, not expired), for the metrics gauge."""
+        return self.store.count_open_reservations(self.clock_ms())
+
     def period_end_ms(self, view: UserView) -> int:
         """When the open period is due to close: the start of the month after its label."""
         return label_bounds_ms(view.period_label, self.zone)[1]

@@ -8,6 +8,7 @@ from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import simplejson
+from limits import parse as parse_rate_limit
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -19,6 +20,18 @@ KEYS_FILE_NAME = "keys.json"
 # waits for one before it is refused with 503.
 DATABASE_POOL_SIZE_DEFAULT = 16
 DATABASE_POOL_TIMEOUT_SECONDS_DEFAULT = 5.0
+WORKERS_MAX = 64
+RATE_LIMIT_TEXT_LENGTH_MAX = 64
+
+
+def _cpu_count() -> int:
+    """CPUs this process may run on: its affinity mask where there is one (docker --cpuset-cpus).
+
+    A CPU quota (docker --cpus) is not visible here; set WORKERS with one.
+    """
+    if hasattr(os, "sched_getaffinity"):
+        return min(len(os.sched_getaffinity(0)), WORKERS_MAX)
+    return min(os.cpu_count() or 1, WORKERS_MAX)
 
 
 class Settings(BaseSettings):
@@ -43,6 +56,15 @@ class Settings(BaseSettings):
     database_pool_timeout_seconds: float = Field(
         DATABASE_POOL_TIMEOUT_SECONDS_DEFAULT, gt=0, le=300
     )
+    # Serving: worker processes, rate limits (Redis when set), who may read /metrics.
+    workers: int = Field(default_factory=_cpu_count, ge=1, le=WORKERS_MAX)
+    rate_limit: str | None = Field(None, max_length=RATE_LIMIT_TEXT_LENGTH_MAX)
+    rate_limit_per_user: str | None = Field(None, max_length=RATE_LIMIT_TEXT_LENGTH_MAX)
+    rate_limit_redis_failure: Literal["open", "closed"] = "open"
+    rate_limit_key_prefix: str = Field("billing", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    redis_url: SecretStr | None = None
+    redis_timeout_ms: int = Field(250, ge=10, le=10_000)
+    metrics_key: SecretStr | None = None
     # Identity store (PocketBase), used by provisioning when the URL is set.
     pocketbase_url: str | None = None
     pocketbase_admin_email: str | None = None
@@ -63,12 +85,46 @@ class Settings(BaseSettings):
     litellm_url: str | None = None
     litellm_admin_key: SecretStr | None = None
 
-    @field_validator("billing_api_key", "admin_secret_key")
+    @field_validator("billing_api_key", "admin_secret_key", "metrics_key")
     @classmethod
     def _key_long_enough(cls, key: SecretStr | None) -> SecretStr | None:
         if key is not None and len(key.get_secret_value()) < KEY_LENGTH_MIN:
             raise ValueError(f"must be at least {KEY_LENGTH_MIN} characters")
         return key
+
+    @field_validator("rate_limit", "rate_limit_per_user", "redis_url", "metrics_key", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        """An empty variable (``REDIS_URL=`` in a .env file) means "not set"."""
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _blank_workers_is_cpu_count(cls, value: object) -> object:
+        return _cpu_count() if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("rate_limit", "rate_limit_per_user")
+    @classmethod
+    def _rate_limit_parses(cls, text: str | None) -> str | None:
+        """``limits`` notation, one limit (``1000/second``, ``20 per minute``)."""
+        if text is None:
+            return None
+        try:
+            parse_rate_limit(text)
+        except ValueError:
+            raise ValueError(
+                f"{text!r} is not a rate limit such as 1000/second or 20 per minute"
+            ) from None
+        return text.strip()
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is not None and not url.get_secret_value().startswith(
+            ("redis://", "rediss://", "redis+unix://")
+        ):
+            raise ValueError("must start with redis://, rediss:// or redis+unix://")
+        return url
 
     @field_validator("budget_timezone")
     @classmethod

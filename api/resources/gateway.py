@@ -5,12 +5,14 @@ from decimal import ROUND_HALF_EVEN, Decimal
 import falcon
 
 from api.http import read_model, respond
+from api.metrics import NOT_FOUND_REASON, Metrics
 from api.render import budget_json, money_json
 from api.schemas import CheckBudgetRequest, LogUsageRequest, ReleaseReservationRequest
-from core.errors import NotFound
+from core.errors import IdempotencyConflict, NotFound
 from core.ledger import Ledger
 from core.money import Money
 from core.periods import iso_from_ms
+from core.rate_limits import RateLimiter
 
 _NOT_FOUND_BUDGET = {"total": 0, "used": 0, "remaining": 0}
 _LOGGED = "Usage logged and budget updated successfully"
@@ -18,12 +20,17 @@ _ALREADY_LOGGED = "Usage already logged; nothing changed"
 
 
 class CheckBudgetResource:
-    def __init__(self, ledger: Ledger, body_bytes_max: int) -> None:
+    def __init__(
+        self, ledger: Ledger, body_bytes_max: int, limiter: RateLimiter, metrics: Metrics
+    ) -> None:
         self._ledger = ledger
         self._body_bytes_max = body_bytes_max
+        self._limiter = limiter
+        self._metrics = metrics
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = read_model(req, CheckBudgetRequest, self._body_bytes_max)
+        self._limiter.admit_user(body.user_id)
         try:
             result = self._ledger.check_budget(
                 body.user_id,
@@ -34,6 +41,7 @@ class CheckBudgetResource:
                 body.request_id,
             )
         except NotFound as error:
+            self._metrics.budget_decision(NOT_FOUND_REASON)
             # The contract: a 404 that also has the shape of a check, so old clients read "no".
             not_found = {
                 "error": error.code,
@@ -44,6 +52,7 @@ class CheckBudgetResource:
             }
             respond(resp, not_found, falcon.HTTP_404)
             return
+        self._metrics.budget_decision(result.status.value)
         answer = {
             "allowed": result.allowed,
             "budget": budget_json(result.budget),
@@ -64,25 +73,35 @@ def _whole_ms(response_time: Decimal) -> int:
 
 
 class LogUsageResource:
-    def __init__(self, ledger: Ledger, body_bytes_max: int) -> None:
+    def __init__(
+        self, ledger: Ledger, body_bytes_max: int, limiter: RateLimiter, metrics: Metrics
+    ) -> None:
         self._ledger = ledger
         self._body_bytes_max = body_bytes_max
+        self._limiter = limiter
+        self._metrics = metrics
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = read_model(req, LogUsageRequest, self._body_bytes_max)
-        outcome = self._ledger.log_usage(
-            body.user_id,
-            body.model,
-            body.request_id,
-            body.tokens_input,
-            body.tokens_output,
-            None if body.cost_total is None else Money(body.cost_total),
-            None if body.response_time is None else _whole_ms(body.response_time),
-        )
+        self._limiter.admit_user(body.user_id)
+        try:
+            outcome = self._ledger.log_usage(
+                body.user_id,
+                body.model,
+                body.request_id,
+                body.tokens_input,
+                body.tokens_output,
+                None if body.cost_total is None else Money(body.cost_total),
+                None if body.response_time is None else _whole_ms(body.response_time),
+            )
+        except IdempotencyConflict:
+            self._metrics.log_usage_result("conflict")
+            raise
         if outcome.created:
             message, result, status = _LOGGED, "created", falcon.HTTP_201
         else:
             message, result, status = _ALREADY_LOGGED, "exists", falcon.HTTP_200
+        self._metrics.log_usage_result(result)
         answer = {"message": message, "result": result, "budget": budget_json(outcome.budget)}
         respond(resp, answer, status)
 

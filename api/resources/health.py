@@ -1,4 +1,9 @@
-"""``GET /``: liveness and database health."""
+"""``GET /``: liveness, database health and, when ``REDIS_URL`` is set, Redis health.
+
+Redis down leaves the service up (``200``, ``"redis": "error"``) when its failure policy is
+``open``: calls are still served. With ``closed`` every limited call is refused, so the service
+reports itself down (``503``).
+"""
 
 import logging
 
@@ -6,27 +11,40 @@ import falcon
 
 from api import __version__
 from api.http import respond
+from core.rate_limits import RateLimiter
 from core.store.base import LedgerStore
 
 log = logging.getLogger(__name__)
 
 
 class HealthResource:
-    def __init__(self, store: LedgerStore) -> None:
+    def __init__(self, store: LedgerStore, limiter: RateLimiter) -> None:
         self._store = store
+        self._limiter = limiter
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        database_ok = self._database_ok()
+        body: dict[str, object] = {
+            "status": "ok",
+            "version": __version__,
+            "database": "ok" if database_ok else "error",
+        }
+        healthy = database_ok
+        if self._limiter.uses_redis:
+            redis_ok = self._limiter.redis_healthy()
+            body["redis"] = "ok" if redis_ok else "error"
+            healthy = healthy and (redis_ok or self._limiter.fails_open)
+        if healthy:
+            respond(resp, body)
+            return
+        failed = "database" if not database_ok else "redis"
+        body.update(status="error", error="unavailable", message=f"{failed} check failed")
+        respond(resp, body, falcon.HTTP_503)
+
+    def _database_ok(self) -> bool:
         try:
             self._store.check_health()
         except Exception as error:  # any failure of the database is "not healthy", not a 500
             log.warning("health check failed: %s", error)
-            body = {
-                "status": "error",
-                "version": __version__,
-                "database": "error",
-                "error": "unavailable",
-                "message": "database check failed",
-            }
-            respond(resp, body, falcon.HTTP_503)
-            return
-        respond(resp, {"status": "ok", "version": __version__, "database": "ok"})
+            return False
+        return True

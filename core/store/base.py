@@ -132,6 +132,9 @@ class LedgerStore(Protocol):
     def user_id_by_email(self, email: str) -> str | None:
         """The id of the user with this email, compared case-insensitively (``casefold``)."""
 
+    def count_open_reservations(self, now_ms: int) -> int:
+        """Holds in state open that have not expired at ``now_ms`` (an index count, for metrics)."""
+
     def reserve(
         self, user_id: str, request_id: str, amount: Money, expires_at_ms: int, now_ms: int
     ) -> CheckOutcome:

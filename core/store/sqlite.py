@@ -338,6 +338,11 @@ class SqliteStore:
         row = self._reader().execute(query, (email.casefold(),)).fetchone()
         return None if row is None else row[0]
 
+    def count_open_reservations(self, now_ms: int) -> int:
+        query = "SELECT count(*) FROM reservations WHERE state = 'open' AND expires_at > ?"
+        (count,) = self._reader().execute(query, (now_ms,)).fetchone()
+        return int(count)
+
     def list_products(self) -> list[Product]:
         rows = self._reader().execute("SELECT id, name, monthly_budget FROM products ORDER BY id")
         return [Product(id_, name, Money(budget)) for id_, name, budget in rows]

@@ -123,3 +123,41 @@ def test_identical_api_and_admin_keys_are_refused(tmp_path):
     settings = Settings(data_dir=tmp_path, billing_api_key=same, admin_secret_key=same)
     with pytest.raises(ConfigurationError, match="must differ"):
         resolve_keys(settings)
+
+
+def test_rate_limits_are_off_unless_set_and_parse_in_limits_notation():
+    assert Settings().rate_limit is None and Settings().rate_limit_per_user is None
+    settings = Settings(rate_limit="1000/second", rate_limit_per_user=" 20 per minute ")
+    assert (settings.rate_limit, settings.rate_limit_per_user) == ("1000/second", "20 per minute")
+    assert Settings(rate_limit="  ").rate_limit is None
+    with pytest.raises(ValidationError, match="rate_limit"):
+        Settings(rate_limit="lots")
+
+
+def test_workers_default_to_the_cpu_count_within_bounds():
+    assert 1 <= Settings().workers <= 64
+    assert Settings(workers=3).workers == 3
+    for bad in (0, 65):
+        with pytest.raises(ValidationError, match="workers"):
+            Settings(workers=bad)
+
+
+def test_redis_url_and_metrics_key_are_secret_and_checked():
+    settings = Settings(redis_url="redis://:pw-secret@127.0.0.1:6379/0")
+    assert "pw-secret" not in repr(settings)
+    with pytest.raises(ValidationError, match="redis_url"):
+        Settings(redis_url="http://127.0.0.1:6379")
+    with pytest.raises(ValidationError, match="metrics_key"):
+        Settings(metrics_key="short")
+    with pytest.raises(ValidationError, match="rate_limit_redis_failure"):
+        Settings(rate_limit_redis_failure="maybe")
+
+
+def test_empty_serving_variables_count_as_unset(monkeypatch):
+    """A .env file with ``WORKERS=`` or ``REDIS_URL=`` left empty gets the defaults."""
+    for name in ("WORKERS", "RATE_LIMIT", "RATE_LIMIT_PER_USER", "REDIS_URL", "METRICS_KEY"):
+        monkeypatch.setenv(name, "")
+    settings = Settings()
+    assert settings.workers >= 1
+    assert settings.rate_limit is None and settings.rate_limit_per_user is None
+    assert settings.redis_url is None and settings.metrics_key is None

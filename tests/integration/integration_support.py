@@ -100,6 +100,7 @@ class BillingServer:
         *,
         keys: bool = True,
         threads: int | None = None,
+        workers: int = 1,
         data_dir: Path | None = None,
         extra_env: dict[str, str] | None = None,
     ) -> None:
@@ -128,7 +129,7 @@ class BillingServer:
         self._stderr = open(self.stderr_path, "wb")  # noqa: SIM115
         # No shell: the Popen pid is the server process itself, so a signal reaches it.
         self.process = subprocess.Popen(
-            billing_command("serve"),
+            billing_command("serve", "--workers", str(workers)),
             cwd=workdir,
             env=env,
             stdin=subprocess.DEVNULL,

@@ -1,0 +1,83 @@
+"""Per-request observation: a request id, one JSON log line, and the request metrics."""
+
+import itertools
+import logging
+import re
+import secrets
+import time
+
+import falcon
+
+from api.http import ApiError
+from api.metrics import UNROUTED, Metrics
+
+REQUEST_ID_HEADER = "X-Request-ID"
+# An incoming id is kept only if it is short and plain, so it cannot forge or bloat a log line.
+REQUEST_ID_LENGTH_MAX = 128
+_REQUEST_ID_PATTERN = re.compile(rf"[A-Za-z0-9._:/+=@-]{{1,{REQUEST_ID_LENGTH_MAX}}}")
+
+log = logging.getLogger("billing.request")
+
+# Generated ids: a random prefix per process and a counter, unique across processes and
+# restarts without a random draw per request (itertools.count is atomic under the GIL).
+_GENERATED_PREFIX = secrets.token_hex(8)
+_GENERATED_COUNT = itertools.count(1)
+
+
+def request_id_for(incoming: str | None) -> str:
+    """The caller's ``X-Request-ID`` when acceptable, else a fresh one."""
+    if incoming is not None and _REQUEST_ID_PATTERN.fullmatch(incoming):
+        return incoming
+    return f"{_GENERATED_PREFIX}-{next(_GENERATED_COUNT):x}"
+
+
+class RequestObserver:
+    """Falcon middleware, first in the chain, so it times and logs every request, refused ones too.
+
+    The log line names the route template (``/api/users/{user_id}/budget``), never the path,
+    query, headers or body.
+    """
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        req.context.started_ns = time.perf_counter_ns()
+        req.context.request_id = request_id_for(req.get_header(REQUEST_ID_HEADER))
+
+    def process_response(
+        self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
+    ) -> None:
+        elapsed_ns = time.perf_counter_ns() - req.context.started_ns
+        request_id = req.context.request_id
+        resp.set_header(REQUEST_ID_HEADER, request_id)
+        route = req.uri_template or UNROUTED
+        status = resp.status_code
+        self._metrics.observe_request(req.method, route, status, elapsed_ns / 1e9)
+        log.info(
+            "request",
+            extra={
+                "fields": {
+                    "method": req.method,
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(elapsed_ns / 1e6, 3),
+                    "request_id": request_id,
+                }
+            },
+        )
+
+
+def handle_unexpected_error(
+    req: falcon.Request, resp: falcon.Response, error: Exception, _: dict
+) -> None:
+    """A bug: log it as one JSON record with its request id, answer ``500`` JSON.
+
+    Replaces Falcon's default, which writes a plain-text traceback to the WSGI error stream.
+    """
+    log.error(
+        "unhandled error",
+        exc_info=error,
+        extra={"fields": {"request_id": getattr(req.context, "request_id", None)}},
+    )
+    raise ApiError(falcon.HTTP_500, "internal_error", "internal error") from None

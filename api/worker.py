@@ -1,0 +1,71 @@
+"""One worker process of ``billing serve``; started by ``api.supervisor``, not by hand.
+
+``python -m api.worker <listening socket fd> <supervisor pid>``: reads the same settings and
+kept keys as the supervisor, opens its own store, and serves the inherited socket with waitress
+until ``SIGTERM`` (requests in flight finish, then the store closes).
+"""
+
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+from types import FrameType
+
+from adapters.pocketbase import open_identity_store
+from api.app import create_app
+from api.cli import load_settings
+from api.logs import configure_logging
+from api.metrics import Metrics, multiprocess_dir_from_environment
+from api.server import run_waitress
+from core.service import open_ledger
+from core.settings import resolve_keys
+
+log = logging.getLogger("billing.worker")
+
+PR_SET_PDEATHSIG = 1
+
+
+def exit_with_supervisor(supervisor_pid: int) -> None:
+    """Have the kernel stop this process when the supervisor dies, even by SIGKILL (Linux).
+
+    Without it a killed supervisor would leave workers serving its port unsupervised.
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != supervisor_pid:  # it died before the request above took effect
+        raise SystemExit(1)
+
+
+def _stop(number: int, frame: FrameType | None) -> None:
+    # waitress's loop ends on SystemExit and lets its threads finish their current requests.
+    raise SystemExit(0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    arguments = sys.argv[1:] if argv is None else argv
+    assert len(arguments) == 2, "usage: python -m api.worker <listening fd> <supervisor pid>"
+    listener_fd, supervisor_pid = int(arguments[0]), int(arguments[1])
+    signal.signal(signal.SIGTERM, _stop)
+    exit_with_supervisor(supervisor_pid)
+    configure_logging()
+    settings = load_settings()
+    keys = resolve_keys(settings)
+    identities = open_identity_store(settings)
+    store, ledger = open_ledger(settings)
+    try:
+        listener = socket.socket(fileno=listener_fd)
+        metrics = Metrics(multiprocess_dir_from_environment())
+        app = create_app(settings, keys, ledger, identities, metrics)
+        run_waitress(app, settings, listener)
+    finally:
+        store.close()
+        if identities is not None:
+            identities.close()
+
+
+if __name__ == "__main__":
+    main()
