@@ -37,7 +37,11 @@ def _cpu_count() -> int:
 class Settings(BaseSettings):
     """Every knob of the service; names are the environment variables, upper-cased."""
 
-    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+    # An empty variable counts as unset, so an .env copied from .env.example with blanks left
+    # means "use the default" (generated keys, UTC) rather than an invalid empty value.
+    model_config = SettingsConfigDict(
+        env_prefix="", case_sensitive=False, extra="ignore", env_ignore_empty=True
+    )
 
     port: int = Field(3000, ge=1, le=65535)
     host: str = "0.0.0.0"

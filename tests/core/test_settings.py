@@ -83,12 +83,23 @@ def test_sixteen_character_key_is_accepted(monkeypatch):
     assert Settings().billing_api_key.get_secret_value() == "x" * 16
 
 
-@pytest.mark.parametrize("zone", ["Mars/Olympus_Mons", "", "../etc/passwd", "utc"])
+@pytest.mark.parametrize("zone", ["Mars/Olympus_Mons", "../etc/passwd", "utc"])
 def test_unknown_budget_timezone_is_refused(zone, monkeypatch):
     monkeypatch.setenv("BUDGET_TIMEZONE", zone)
     with pytest.raises(ValidationError) as caught:
         Settings()
     assert [error["loc"] for error in caught.value.errors()] == [("budget_timezone",)]
+
+
+def test_an_empty_variable_means_the_default(monkeypatch):
+    """An .env copied from .env.example keeps its blanks: they mean "unset", not "empty"."""
+    for name in ("BUDGET_TIMEZONE", "BILLING_API_KEY", "ADMIN_SECRET_KEY", "PORT", "REDIS_URL"):
+        monkeypatch.setenv(name, "")
+    settings = Settings()
+    assert settings.budget_timezone == "UTC"
+    assert settings.billing_api_key is None and settings.admin_secret_key is None
+    assert settings.port == 3000
+    assert settings.redis_url is None
 
 
 def test_known_budget_timezone(monkeypatch):
