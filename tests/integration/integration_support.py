@@ -90,11 +90,12 @@ class BillingServer:
         threads: int | None = None,
         data_dir: Path | None = None,
         extra_env: dict[str, str] | None = None,
+        port: int | None = None,
     ) -> None:
         self.workdir = workdir
         self.db_path = db_path
         self.name = name
-        self.port = free_port()
+        self.port = free_port() if port is None else port
         self.base_url = f"http://127.0.0.1:{self.port}"
         workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir = workdir / f"{name}-data" if data_dir is None else data_dir
