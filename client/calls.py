@@ -98,6 +98,25 @@ def amount(value: Amount) -> Decimal:
     return Decimal(value)
 
 
+def decimal_text(number: float | int | str | None) -> str | None:
+    """A reported cost (LiteLLM's binary float) as exact decimal text, or None if unusable.
+
+    A float becomes the text of its repr (0.00022500000000000002); the service rounds it
+    half-even to 9 places. None, NaN, infinities and negatives give None: the service then
+    prices the call from its own table.
+    """
+    if number is None or isinstance(number, bool):
+        return None
+    text = repr(number) if isinstance(number, float) else str(number)
+    try:
+        value = Decimal(text)
+    except ArithmeticError:
+        return None
+    if not value.is_finite() or value < 0:
+        return None
+    return text
+
+
 def _without_none(**fields: object) -> dict:
     return {name: value for name, value in fields.items() if value is not None}
 

@@ -28,7 +28,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from client.aio import AsyncBillingClient
-from client.calls import RetryPolicy
+from client.calls import RetryPolicy, decimal_text
 from client.errors import BillingError, BudgetExceeded, Conflict, NotFound, Unavailable
 from client.spool import SpoolForwarder, SpoolFull, UsageRecord, UsageSpool
 from client.sync import BillingClient
@@ -59,17 +59,6 @@ class CallbackSettings(BaseSettings):
     spool_records_max: int = Field(100_000, ge=1, le=10_000_000)
     spool_retry_seconds: float = Field(5.0, gt=0, le=3600)
     spool_batch_max: int = Field(100, ge=1, le=10_000)
-
-
-def cost_text(response_cost: object) -> str | None:
-    """LiteLLM's float cost as the decimal string of its repr; the service rounds half-even."""
-    if response_cost is None:
-        return None
-    text = repr(response_cost) if isinstance(response_cost, float) else str(response_cost)
-    amount = Decimal(text)
-    if not amount.is_finite() or amount < 0:
-        return None
-    return text
 
 
 class BillingCallback(CustomLogger):
@@ -250,7 +239,7 @@ class BillingCallback(CustomLogger):
             request_id=str(request_id),
             tokens_input=int(payload.get("prompt_tokens") or 0),
             tokens_output=int(payload.get("completion_tokens") or 0),
-            cost_total=cost_text(kwargs.get("response_cost", payload.get("response_cost"))),
+            cost_total=decimal_text(kwargs.get("response_cost", payload.get("response_cost"))),
             response_time_ms=max(latency_ms, 0),
         )
 
