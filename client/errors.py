@@ -1,10 +1,14 @@
 """Typed errors of the billing client; each carries the HTTP status, stable code and body."""
 
+from api.schemas import CheckBudgetResponse
+
 
 class BillingError(Exception):
     """Base of every error the client raises; ``code`` is the service's stable error code."""
 
-    def __init__(self, message: str, status: int | None = None, code: str = "", body=None) -> None:
+    def __init__(
+        self, message: str, status: int | None = None, code: str = "", body: object = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
@@ -15,7 +19,7 @@ class BillingError(Exception):
 class BudgetExceeded(BillingError):
     """The service answered the check with ``allowed: false``; ``check`` is the full answer."""
 
-    def __init__(self, check) -> None:
+    def __init__(self, check: CheckBudgetResponse) -> None:
         super().__init__(check.message, 200, check.status, check)
         self.check = check
 

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import litellm
 from fastapi import HTTPException
 from litellm.integrations.custom_logger import CustomLogger
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from client.aio import AsyncBillingClient
@@ -61,12 +61,24 @@ class CallbackSettings(BaseSettings):
     spool_batch_max: int = Field(100, ge=1, le=10_000)
 
 
+def settings_from_env() -> CallbackSettings:
+    """The settings, or one error naming every ``BILLING_*`` variable that is missing or bad."""
+    try:
+        return CallbackSettings()
+    except ValidationError as error:
+        problems = "; ".join(
+            f"BILLING_{'_'.join(str(part) for part in item['loc']).upper()}: {item['msg']}"
+            for item in error.errors(include_url=False, include_input=False)
+        )
+        raise ValueError(f"client.litellm cannot start: {problems}") from None
+
+
 class BillingCallback(CustomLogger):
     """The CloudFreedom Billing hooks of a LiteLLM proxy (one instance per proxy process)."""
 
     def __init__(self, settings: CallbackSettings | None = None) -> None:
         super().__init__()
-        self.settings = settings or CallbackSettings()
+        self.settings = settings or settings_from_env()
         self._retry = RetryPolicy(attempts_max=self.settings.attempts_max)
         self._client: AsyncBillingClient | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None

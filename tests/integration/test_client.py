@@ -2,6 +2,8 @@
 
 import asyncio
 import socket
+import subprocess
+import sys
 from decimal import Decimal
 from pathlib import Path
 
@@ -167,3 +169,9 @@ def test_async_client_does_the_same(server: BillingServer, billing: BillingClien
     budget = billing.user_budget("c-async").budget
     assert budget.used == Decimal("0.1")
     assert budget.reserved == Decimal("0.6")
+
+
+def test_client_package_does_not_import_litellm() -> None:
+    """The plain client must work where LiteLLM is not installed."""
+    probe = "import sys, client; assert not any(name.startswith('litellm') for name in sys.modules)"
+    subprocess.run([sys.executable, "-c", probe], check=True, timeout=60)
