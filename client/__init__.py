@@ -18,6 +18,7 @@ from client.errors import (
     Conflict,
     NotFound,
     Rejected,
+    Unauthorized,
     Unavailable,
 )
 from client.sync import BillingClient
@@ -34,6 +35,7 @@ __all__ = [
     "Rejected",
     "ReleaseReservationResponse",
     "RetryPolicy",
+    "Unauthorized",
     "Unavailable",
     "UserBudgetResponse",
 ]

@@ -16,7 +16,15 @@ import simplejson
 from pydantic import BaseModel
 
 from api import schemas
-from client.errors import BillingError, BudgetExceeded, Conflict, NotFound, Rejected, Unavailable
+from client.errors import (
+    BillingError,
+    BudgetExceeded,
+    Conflict,
+    NotFound,
+    Rejected,
+    Unauthorized,
+    Unavailable,
+)
 
 ResultT = TypeVar("ResultT")
 Amount = Decimal | int | str
@@ -78,7 +86,7 @@ def error_from(status: int, body: object) -> BillingError:
     details = body if isinstance(body, dict) else {}
     code = str(details.get("error", "http_error"))
     message = str(details.get("message", f"HTTP {status}"))
-    kind = {404: NotFound, 409: Conflict}.get(status)
+    kind = {401: Unauthorized, 404: NotFound, 409: Conflict}.get(status)
     if kind is None:
         kind = Unavailable if status >= 500 else Rejected
     return kind(message, status, code, details)

@@ -36,5 +36,9 @@ class Unavailable(BillingError):
     """The service could not be reached or answered 5xx after every allowed attempt."""
 
 
+class Unauthorized(BillingError):
+    """401: the key is missing or wrong. A set-up fault: queued work waits for the fix."""
+
+
 class Rejected(BillingError):
-    """Any other 4xx: bad input (400, 413, 422) or a wrong key (401); retrying will not help."""
+    """Any other 4xx: bad input (400, 413, 422); sending it again will not help."""

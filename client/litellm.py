@@ -29,7 +29,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from client.aio import AsyncBillingClient
 from client.calls import RetryPolicy, decimal_text
-from client.errors import BillingError, BudgetExceeded, Conflict, NotFound, Unavailable
+from client.errors import (
+    BillingError,
+    BudgetExceeded,
+    Conflict,
+    NotFound,
+    Unauthorized,
+    Unavailable,
+)
 from client.spool import SpoolForwarder, SpoolFull, UsageRecord, UsageSpool
 from client.sync import BillingClient
 
@@ -143,6 +150,14 @@ class BillingCallback(CustomLogger):
                 return data
             log.error("billing unavailable, call %s refused (fail_closed): %s", request_id, error)
             raise HTTPException(status_code=503, detail="billing service unavailable") from None
+        except BillingError as error:
+            # A wrong key, a refused estimate or id: the proxy's set-up is at fault, not the caller.
+            log.error(
+                "billing refused the check of call %s: %s %s", request_id, error.status, error
+            )
+            raise HTTPException(
+                status_code=503, detail=f"billing check failed: {error.code}"
+            ) from None
         self._remember_hold(request_id)
         return data
 
@@ -182,8 +197,10 @@ class BillingCallback(CustomLogger):
 
     def _request_user(self, user_api_key_dict: Any, data: dict) -> str | None:
         if self.settings.user_source == "key_user":
-            return getattr(user_api_key_dict, "user_id", None) or None
-        return data.get("user") or getattr(user_api_key_dict, "end_user_id", None) or None
+            user = getattr(user_api_key_dict, "user_id", None)
+        else:
+            user = data.get("user") or getattr(user_api_key_dict, "end_user_id", None)
+        return str(user) if user else None
 
     def _user_hint(self) -> str:
         if self.settings.user_source == "key_user":
@@ -216,8 +233,8 @@ class BillingCallback(CustomLogger):
                 record.cost_total,
                 record.response_time_ms,
             )
-        except Unavailable as error:
-            log.warning("billing unavailable, usage %s spooled: %s", record.request_id, error)
+        except (Unavailable, Unauthorized) as error:
+            log.warning("usage %s spooled: %s", record.request_id, error)
             await self._spool(record, None)
         except BillingError as error:
             reason = f"{error.status} {error.code}: {error.message}"

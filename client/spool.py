@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from client.errors import BillingError, Unavailable
+from client.errors import BillingError, Unauthorized, Unavailable
 from client.sync import BillingClient
 
 log = logging.getLogger(__name__)
@@ -147,10 +147,8 @@ class SpoolForwarder:
         for record in self._spool.pending(self._batch_max):
             try:
                 record.send(self._client)
-            except Unavailable as error:
-                log.info(
-                    "billing spool: service unavailable, %d pending: %s", self._spool.count(), error
-                )
+            except (Unavailable, Unauthorized) as error:
+                log.warning("billing spool: %d records wait: %s", self._spool.count(), error)
                 return delivered
             except BillingError as error:
                 reason = f"{error.status} {error.code}: {error.message}"

@@ -19,6 +19,7 @@ from client import (
     NotFound,
     Rejected,
     RetryPolicy,
+    Unauthorized,
     Unavailable,
 )
 
@@ -125,9 +126,9 @@ def test_bad_input_and_wrong_key_are_rejected(
     with pytest.raises(TypeError):
         billing.log_usage("c-gateway", "gpt-4o", "c-float", cost_total=0.1)  # type: ignore[arg-type]
     with BillingClient(server.base_url, "wrong-key-0123456789") as wrong:
-        with pytest.raises(Rejected) as refused:
+        with pytest.raises(Unauthorized) as refused:
             wrong.user_budget("c-gateway")
-        assert refused.value.status == 401
+        assert refused.value.code == "unauthorized"
         with pytest.raises(BillingError):
             wrong.list_products()
 

@@ -69,6 +69,15 @@ def test_forwarding_waits_out_an_outage(tmp_path: Path) -> None:
     assert [item.request_id for item in spool.pending(10)] == ["o-1"]
 
 
+def test_a_wrong_key_keeps_records_pending(tmp_path: Path, server: BillingServer) -> None:
+    """A 401 is the proxy's set-up at fault: records wait for the fix instead of being refused."""
+    spool = UsageSpool(tmp_path / "spool.sqlite3", records_max=10)
+    spool.put(record("k-1"))
+    with BillingClient(server.base_url, "wrong-key-0123456789", retry=QUICK_RETRY) as wrong:
+        assert SpoolForwarder(spool, wrong, retry_seconds=1, batch_max=10).forward_once() == 0
+    assert [item.request_id for item in spool.pending(10)] == ["k-1"]
+
+
 def test_background_forwarding_delivers_once_and_keeps_refusals(
     tmp_path: Path, billing: BillingClient
 ) -> None:
