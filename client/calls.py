@@ -36,7 +36,9 @@ ATTEMPTS_MAX_LIMIT = 10
 class RetryPolicy:
     """Bounded retries on connection errors and 5xx, with capped exponential backoff and jitter.
 
-    Retrying a write is safe: every write is idempotent by ``request_id`` (or ``grant_id``).
+    Retrying a write is safe: writes are idempotent by ``request_id``, ``grant_id`` or period
+    label. Provisioning is the exception the contract makes: a retry after a lost answer gets
+    ``Conflict`` (the email or id is taken), which a caller may read as done.
     """
 
     attempts_max: int = 3
@@ -48,7 +50,7 @@ class RetryPolicy:
         assert 0 <= self.backoff_seconds_initial <= self.backoff_seconds_max <= 60
 
     def delay_seconds(self, attempt: int) -> float:
-        """Pause after failed attempt number ``attempt`` (1-based): full jitter, capped."""
+        """Pause after failed attempt ``attempt`` (1-based): doubling, capped, half jittered."""
         ceiling = min(self.backoff_seconds_max, self.backoff_seconds_initial * 2 ** (attempt - 1))
         return random.uniform(ceiling / 2, ceiling)
 
