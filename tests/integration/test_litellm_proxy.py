@@ -28,6 +28,7 @@ from client import BillingClient
 from core.money import NANOS_PER_UNIT, money_from_input
 
 SLOW_DELAY_SECONDS = 3
+OUTAGE_DELAY_SECONDS = 8
 SETTLE_WAIT_SECONDS = 60.0
 CONCURRENT_REQUESTS = 50
 ROOM_FOR_REQUESTS = 10
@@ -44,6 +45,12 @@ model_list:
       api_key: sk-unused
       mock_response: "Hello, slowly"
       mock_delay: {SLOW_DELAY_SECONDS}
+  - model_name: gpt-4o-slower
+    litellm_params:
+      model: openai/gpt-4o
+      api_key: sk-unused
+      mock_response: "Hello, very slowly"
+      mock_delay: {OUTAGE_DELAY_SECONDS}
   - model_name: gpt-4o-broken
     litellm_params:
       model: openai/gpt-4o
@@ -301,17 +308,25 @@ def test_billing_outage_spools_usage_and_delivers_it_once(
     is delivered once billing is back; calls arriving meanwhile are refused (fail_closed)."""
     provision(admin, "lt-outage")
     with ThreadPoolExecutor(max_workers=OUTAGE_REQUESTS) as pool:
-        calls = [pool.submit(chat, ai, "lt-outage", "gpt-4o-slow") for _ in range(OUTAGE_REQUESTS)]
+        calls = [
+            pool.submit(chat, ai, "lt-outage", "gpt-4o-slower") for _ in range(OUTAGE_REQUESTS)
+        ]
         eventually(
-            lambda: len(holds(billing.db_path, "lt-outage", "open")) == OUTAGE_REQUESTS,
+            lambda: (
+                len(holds(billing.db_path, "lt-outage", "open"))
+                + len(holds(billing.db_path, "lt-outage", "settled"))
+                == OUTAGE_REQUESTS
+            ),
             "every hold placed",
         )
         billing.stop()
+        in_flight = len(holds(billing.db_path, "lt-outage", "open"))
+        assert in_flight >= 1, "every call ended before billing stopped: OUTAGE_DELAY_SECONDS"
         with pytest.raises(openai.APIStatusError) as refused:
             chat(ai, "lt-outage")
         assert refused.value.status_code == 503
         answers = [call.result() for call in calls]
-    eventually(lambda: spooled(spool_path) == OUTAGE_REQUESTS, "usage spooled")
+    eventually(lambda: spooled(spool_path) == in_flight, "usage of calls in flight spooled")
 
     proxy.restart()
     billing.start()
