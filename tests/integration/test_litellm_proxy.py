@@ -1,101 +1,46 @@
-"""A real LiteLLM proxy with `client.litellm` loaded, in front of a real `billing serve`.
+"""A real LiteLLM proxy with `client.litellm` loaded (default settings: fail_closed), in front
+of a real `billing serve`.
 
 Models answer with LiteLLM's ``mock_response`` (no provider is called); requests go through the
 `openai` client. One proxy and one billing service for the whole module (the proxy starts slowly);
 the billing service is stopped and restarted on its port in the outage test.
 """
 
-import sqlite3
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
 
 import openai
 import pytest
-from integration_support import (
-    ADMIN_KEY,
-    API_KEY,
-    PASSWORD,
-    BillingServer,
-    free_port,
-    read_only,
+from integration_support import ADMIN_KEY, API_KEY, PASSWORD, read_only
+from litellm_support import (
+    Billing,
+    LiteLLMProxy,
+    billing_env,
+    chat,
+    dollars,
+    eventually,
+    holds,
+    proxy_client,
+    response_cost_nanos,
+    settled,
+    spooled,
+    start_proxy,
 )
-from litellm_support import MASTER_KEY, LiteLLMProxy, require_litellm
 
 from client import BillingClient
-from core.money import NANOS_PER_UNIT, money_from_input
 
-SLOW_DELAY_SECONDS = 3
-OUTAGE_DELAY_SECONDS = 8
-SETTLE_WAIT_SECONDS = 60.0
 CONCURRENT_REQUESTS = 50
 ROOM_FOR_REQUESTS = 10
 OUTAGE_REQUESTS = 5
 SPEND_REQUESTS_MAX = 20
 
-CONFIG = f"""
-model_list:
-  - model_name: gpt-4o
-    litellm_params: {{model: openai/gpt-4o, api_key: sk-unused, mock_response: "Hello"}}
-  - model_name: gpt-4o-slow
-    litellm_params:
-      model: openai/gpt-4o
-      api_key: sk-unused
-      mock_response: "Hello, slowly"
-      mock_delay: {SLOW_DELAY_SECONDS}
-  - model_name: gpt-4o-slower
-    litellm_params:
-      model: openai/gpt-4o
-      api_key: sk-unused
-      mock_response: "Hello, very slowly"
-      mock_delay: {OUTAGE_DELAY_SECONDS}
-  - model_name: gpt-4o-broken
-    litellm_params:
-      model: openai/gpt-4o
-      api_key: sk-unused
-      mock_response: "litellm.InternalServerError"
-litellm_settings:
-  callbacks: client.litellm.billing_callback
-  num_retries: 0
-router_settings:
-  num_retries: 0
-"""
-
-
-class Billing:
-    """`billing serve` on one fixed port and database file, so it can stop and come back."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.db_path = workdir / "litellm-billing.db"
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.runs = 0
-        self.server: BillingServer | None = None
-
-    def start(self) -> None:
-        self.runs += 1
-        self.server = BillingServer(
-            self.workdir, self.db_path, f"billing-{self.runs}", port=self.port
-        )
-        self.server.wait_ready()
-
-    def stop(self) -> None:
-        assert self.server is not None
-        self.server.stop()
-
 
 @pytest.fixture(scope="module")
 def billing(workdir: Path) -> Iterator[Billing]:
-    require_litellm()
-    service = Billing(workdir)
-    service.start()
-    try:
+    with Billing.running(workdir) as service:
         yield service
-    finally:
-        service.stop()
 
 
 @pytest.fixture(scope="module")
@@ -112,84 +57,22 @@ def spool_path(workdir: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def proxy(billing: Billing, admin: BillingClient, workdir: Path, spool_path: Path):
-    config_path = workdir / "config.yaml"
-    config_path.write_text(CONFIG)
-    billing_env = {
-        "BILLING_API_URL": billing.base_url,
-        "BILLING_API_KEY": API_KEY,
-        "BILLING_ADMIN_KEY": ADMIN_KEY,
-        "BILLING_DEFAULT_PRODUCT": "lt-auto",
-        "BILLING_SPOOL_PATH": str(spool_path),
-        "BILLING_SPOOL_RETRY_SECONDS": "0.5",
-        "BILLING_ATTEMPTS_MAX": "2",
-    }
-    started = LiteLLMProxy(workdir, config_path, billing_env)
-    try:
-        started.wait_ready()
+def proxy(billing: Billing, workdir: Path, spool_path: Path) -> Iterator[LiteLLMProxy]:
+    env = billing_env(
+        billing, spool_path, BILLING_ADMIN_KEY=ADMIN_KEY, BILLING_DEFAULT_PRODUCT="lt-auto"
+    )
+    with start_proxy(workdir, env) as started:
         yield started
-    finally:
-        started.stop()
 
 
 @pytest.fixture(scope="module")
 def ai(proxy: LiteLLMProxy) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(
-        base_url=f"{proxy.base_url}/v1", api_key=MASTER_KEY, max_retries=0, timeout=120
-    ) as client:
+    with proxy_client(proxy) as client:
         yield client
 
 
 def provision(admin: BillingClient, user_id: str, product_id: str = "lt-plan") -> None:
     admin.provision_user(f"{user_id}@example.test", PASSWORD, product_id, "lt-tenant", user_id)
-
-
-def chat(ai: openai.OpenAI, user: str, model: str = "gpt-4o", max_tokens: int = 1):
-    """One chat call; the raw response keeps LiteLLM's headers (call id, response cost)."""
-    return ai.chat.completions.with_raw_response.create(
-        model=model, user=user, max_tokens=max_tokens, messages=[{"role": "user", "content": "hi"}]
-    )
-
-
-def response_cost_nanos(raw) -> int:
-    """LiteLLM's float response cost, rounded by our money rule."""
-    return money_from_input(raw.headers["x-litellm-response-cost"])
-
-
-def dollars(nanos: int) -> Decimal:
-    return Decimal(nanos) / NANOS_PER_UNIT
-
-
-def eventually(condition: Callable[[], bool], what: str) -> None:
-    """Wait (bounded) for work LiteLLM does after answering: its logging runs in the background."""
-    deadline = time.monotonic() + SETTLE_WAIT_SECONDS
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {SETTLE_WAIT_SECONDS} s: {what}"
-        time.sleep(0.1)
-
-
-def settled(admin: BillingClient, user_id: str, requests: int):
-    """The user's budget once ``requests`` usage rows are in and no hold is left."""
-
-    def done() -> bool:
-        usage = admin.user_usage(user_id)
-        return usage.total.requests == requests and admin.user_budget(user_id).budget.reserved == 0
-
-    eventually(done, f"{requests} usage rows and no hold for {user_id}")
-    return admin.user_budget(user_id).budget
-
-
-def holds(db_path: Path, user_id: str, state: str) -> list[int]:
-    with read_only(db_path) as db:
-        rows = db.execute(
-            "SELECT amount FROM reservations WHERE user_id = ? AND state = ?", (user_id, state)
-        ).fetchall()
-    return [row[0] for row in rows]
-
-
-def spooled(spool_path: Path) -> int:
-    with sqlite3.connect(f"file:{spool_path}?mode=ro", uri=True, timeout=10) as db:
-        return db.execute("SELECT count(*) FROM usage_spool WHERE rejected IS NULL").fetchone()[0]
 
 
 def test_requests_pass_while_budget_has_room_then_429(
