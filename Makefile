@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 # The LiteLLM proxy is heavy and pins its own dependencies: it lives in its own virtualenv, used
-# only by tests/integration/test_litellm_proxy.py, with this project installed so the proxy can
+# only by tests/integration/test_litellm_*.py, with this project installed so the proxy can
 # import client.litellm. Never 1.107.0 (a compromised release).
 LITELLM_VERSION := 1.106.12
 LITELLM_VENV := .venv-litellm
