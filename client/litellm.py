@@ -16,6 +16,7 @@ import asyncio
 import logging
 import secrets
 from collections import OrderedDict
+from dataclasses import asdict
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -224,15 +225,7 @@ class BillingCallback(CustomLogger):
             return
         self._holds.pop(record.request_id, None)
         try:
-            await self.billing().log_usage(
-                record.user_id,
-                record.model,
-                record.request_id,
-                record.tokens_input,
-                record.tokens_output,
-                record.cost_total,
-                record.response_time_ms,
-            )
+            await self.billing().log_usage(**asdict(record))
         except (Unavailable, Unauthorized) as error:
             log.warning("usage %s spooled: %s", record.request_id, error)
             await self._spool(record, None)
