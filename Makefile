@@ -3,8 +3,14 @@
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+# The LiteLLM proxy is heavy and pins its own dependencies: it lives in its own virtualenv, used
+# only by tests/integration/test_litellm_*.py, with this project installed so the proxy can
+# import client.litellm. Never 1.107.0 (a compromised release).
+LITELLM_VERSION := 1.106.12
+LITELLM_VENV := .venv-litellm
+LITELLM_STAMP := $(LITELLM_VENV)/.installed-$(LITELLM_VERSION)-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: serve test install
+.PHONY: serve test install litellm-proxy
 
 install: $(STAMP)
 
@@ -16,8 +22,18 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+litellm-proxy: $(LITELLM_STAMP)
+
+$(LITELLM_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/pip install --quiet --upgrade pip
+	$(LITELLM_VENV)/bin/pip install --quiet 'litellm[proxy]==$(LITELLM_VERSION)'
+	$(LITELLM_VENV)/bin/pip install --quiet --editable .
+	rm -f $(LITELLM_VENV)/.installed-*
+	touch $@
+
 serve: $(STAMP)
 	$(VENV)/bin/billing serve
 
-test: $(STAMP)
+test: $(STAMP) $(LITELLM_STAMP)
 	$(VENV)/bin/python -m pytest

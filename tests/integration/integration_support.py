@@ -103,11 +103,12 @@ class BillingServer:
         workers: int = 1,
         data_dir: Path | None = None,
         extra_env: dict[str, str] | None = None,
+        port: int | None = None,
     ) -> None:
         self.workdir = workdir
         self.database = database
         self.name = name
-        self.port = free_port()
+        self.port = free_port() if port is None else port
         self.base_url = f"http://127.0.0.1:{self.port}"
         workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir = workdir / f"{name}-data" if data_dir is None else data_dir
