@@ -1,7 +1,7 @@
 """The benchmark runner: the real ``billing serve`` and a bare Falcon app, both driven by wrk.
 
     python -m bench.run [--duration 10] [--warmup 2] [--repeat 3] [--threads N] [--large]
-                        [--active-users N]
+                        [--active-users N] [--databases sqlite,postgres] [--workers 1,2]
 
 For each database size (small: 1,000 users, no usage; with ``--large`` also 1,000,000 users and
 10,000,000 usage rows) it copies the seeded database (see ``bench.seed``), starts ``billing
@@ -11,6 +11,12 @@ throughput) and at 1 connection (``-t1 -c1``: the latency one request adds), eac
 after a warm-up run, ``--repeat`` times in interleaved rounds; the table shows medians. Any
 non-2xx answer or socket error fails the run. Results are printed and written to
 ``bench/results/`` as JSON and markdown, with the targets of issue 2 §9 checked.
+
+Every (database, workers) pair given by ``--databases`` and ``--workers`` is a server of its own,
+all measured in the same interleaved rounds against the same bare app, so issue 4's targets
+(PostgreSQL check-budget ≥ 0.5× SQLite's; ``--workers 2`` ≥ 1.4× ``--workers 1``) compare
+figures of one run. PostgreSQL gets a scratch database on ``--postgres-url``'s server, filled
+with the same rows as the SQLite seed and dropped afterwards (small database only).
 """
 
 import argparse
@@ -35,9 +41,12 @@ from importlib.metadata import version
 from pathlib import Path
 
 import falcon
+import psycopg
 
 from bench.seed import seeded_database
+from core.ledger import wall_clock_ms
 from core.settings import Settings
+from core.store import open_store
 
 BENCH_DIR = Path(__file__).resolve().parent
 LUA_DIR = BENCH_DIR / "lua"
@@ -45,9 +54,12 @@ RESULTS_DIR = BENCH_DIR / "results"
 
 API_KEY = "bench-api-key-0123456789abcdef"
 ADMIN_KEY = "bench-admin-key-0123456789abcdef"
+POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+SEED_TABLES = ("products", "tenants", "users", "usage")
 READY_WAIT_SECONDS = 60.0
 STOP_WAIT_SECONDS = 15.0
 WRK_GRACE_SECONDS = 30.0
+PROCESSES_MAX = 1_000  # processes a CPU meter follows
 
 SMALL_USERS = 1_000
 LARGE_USERS = 1_000_000
@@ -79,10 +91,26 @@ SCENARIOS = (
     Scenario("log_usage", "log-usage", "log_usage.lua", "/api/log-usage", "service"),
 )
 
+
+@dataclass(frozen=True)
+class Variant:
+    """One configuration of ``billing serve`` under test."""
+
+    database: str  # "sqlite" or "postgres"
+    workers: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.database} ×{self.workers}"
+
+
 # Issue 2 §9: throughput at 32 connections as a fraction of bare, p99 at 1 connection.
 RATIO_TARGETS = {"check_budget": 0.75, "check_reserve": 0.5, "log_usage": 0.4}
 P99_TARGETS_MS = {"check_budget": 1.0, "log_usage": 2.0}
 LARGE_OVER_SMALL_MIN = 0.9
+# Issue 4 §6: check-budget req/s at 32 connections, PostgreSQL over SQLite and 2 workers over 1.
+POSTGRES_OVER_SQLITE_MIN = 0.5
+WORKERS_2_OVER_1_MIN = 1.4
 BUSY_FRACTION_MAX = 0.05
 
 # Variables the server reads (every Settings field); scrubbed from the inherited environment so
@@ -113,6 +141,7 @@ class Measurement:
 
     size: str
     scenario: str
+    variant: str  # Variant.label, or "" for the bare reference
     connections: int
     wrk_threads: int
     duration_s: int
@@ -139,6 +168,7 @@ class Measurement:
         return {
             "size": self.size,
             "scenario": self.scenario,
+            "variant": self.variant,
             "connections": self.connections,
             "wrk_threads": self.wrk_threads,
             "duration_s": self.duration_s,
@@ -178,7 +208,9 @@ def billing_command() -> list[str]:
     return [str(beside), "serve"] if beside.exists() else [sys.executable, "-m", "api.cli", "serve"]
 
 
-def server_env(port: int, threads: int, data_dir: Path, db_path: Path | None) -> dict[str, str]:
+def server_env(
+    port: int, threads: int, data_dir: Path, database_url: str | None, workers: int = 1
+) -> dict[str, str]:
     env = {name: value for name, value in os.environ.items() if name not in _SERVER_VARIABLES}
     env.update(
         PORT=str(port),
@@ -187,10 +219,11 @@ def server_env(port: int, threads: int, data_dir: Path, db_path: Path | None) ->
         BILLING_API_KEY=API_KEY,
         ADMIN_SECRET_KEY=ADMIN_KEY,
         DATA_DIR=str(data_dir),
+        WORKERS=str(workers),
         PYTHONUNBUFFERED="1",
     )
-    if db_path is not None:
-        env["DATABASE_URL"] = f"sqlite:///{db_path.resolve()}"  # absolute: sqlite:////…
+    if database_url is not None:
+        env["DATABASE_URL"] = database_url
     return env
 
 
@@ -400,28 +433,34 @@ def run_size(
 
     size_dir = workdir / name
     size_dir.mkdir(parents=True)
-    db_path = size_dir / "billing.db"
-    started = time.monotonic()
-    shutil.copyfile(seed.path, db_path)  # runs write to a copy: the cached seed never grows
-    # Flush the copy now, so the kernel is not writing a gigabyte back during the measurements.
-    descriptor = os.open(db_path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-    print(f"   copied the database in {time.monotonic() - started:.1f} s", flush=True)
-
+    databases: dict[str, str] = {}  # database kind → DATABASE_URL the servers share
+    scratch_postgres: str | None = None
     tag_base = f"r{time.time_ns():x}"
-    service = bare = None
+    services: dict[Variant, Process] = {}
+    bare = None
     try:
-        service_port, bare_port = free_port(), free_port()
-        service = Process(
-            "billing serve",
-            billing_command(),
-            server_env(service_port, arguments.threads, size_dir / "data", db_path),
-            RESULTS_DIR / f"server-{name}.log",
-            service_port,
-        )
+        if "sqlite" in arguments.databases:
+            databases["sqlite"] = _copy_sqlite_seed(seed.path, size_dir / "billing.db")
+        if "postgres" in arguments.databases:
+            scratch_postgres, databases["postgres"] = _postgres_from_seed(
+                seed.path, arguments.postgres_url, tag_base
+            )
+        for variant in variants(arguments):
+            port = free_port()
+            services[variant] = Process(
+                f"billing serve ({variant.label})",
+                billing_command(),
+                server_env(
+                    port,
+                    arguments.threads,
+                    size_dir / "data",
+                    databases[variant.database],
+                    variant.workers,
+                ),
+                RESULTS_DIR / f"server-{name}-{variant.database}-{variant.workers}.log",
+                port,
+            )
+        bare_port = free_port()
         bare = Process(
             "bare app",
             [sys.executable, "-m", "bench.bare_app"],
@@ -429,28 +468,36 @@ def run_size(
             RESULTS_DIR / f"bare-{name}.log",
             bare_port,
         )
-        service.wait_ready("/")
         bare.wait_ready("/")
-        smoke_test(service, bare, tag_base)
+        for variant, service in services.items():
+            service.wait_ready("/")
+            smoke_test(service, bare, f"{tag_base}-{variant.database}-{variant.workers}")
         print(
-            f"   servers ready (billing serve pid {service.popen.pid}, bare pid {bare.popen.pid},"
+            f"   servers ready ({', '.join(v.label for v in services)}, bare;"
             f" threads={arguments.threads})",
             flush=True,
         )
+        targets: list[tuple[Scenario, str, Process]] = []
+        for scenario in SCENARIOS:
+            if scenario.target == "bare":
+                targets.append((scenario, "", bare))
+            else:
+                targets.extend((scenario, v.label, service) for v, service in services.items())
         measurements = {
-            (scenario.name, connections): Measurement(
-                name, scenario.name, connections, wrk_threads, arguments.duration
+            (scenario.name, label, connections): Measurement(
+                name, scenario.name, label, connections, wrk_threads, arguments.duration
             )
             for connections, wrk_threads in LOADS
-            for scenario in SCENARIOS
+            for scenario, label, _ in targets
         }
+        server_pids = tuple(p.popen.pid for p in (bare, *services.values()))
         # Rounds interleave the scenarios, so a slow spell of the machine hits bare and service
         # alike instead of one scenario's every run.
         for round_index in range(arguments.repeat):
             for connections, wrk_threads in LOADS:
-                for scenario in SCENARIOS:
-                    target = bare if scenario.target == "bare" else service
-                    tag = f"{tag_base}-{round_index}-{scenario.name}-c{connections}"
+                for scenario, label, target in targets:
+                    server = label.replace(" ×", "w") or "bare"
+                    tag = f"{tag_base}-{round_index}-{scenario.name}-{server}-c{connections}"
                     if arguments.warmup > 0:
                         run_wrk(
                             scenario,
@@ -461,7 +508,7 @@ def run_size(
                             picked,
                             tag + "-warm",
                         )
-                    meter = CpuMeter((service.popen.pid, bare.popen.pid))
+                    meter = CpuMeter(server_pids, postgres="postgres" in databases)
                     result = run_wrk(
                         scenario,
                         target.base_url,
@@ -480,7 +527,7 @@ def run_size(
                         max_ms=result["max_us"] / 1000,
                         foreign_cpu=meter.foreign_share(),
                     )
-                    measurements[(scenario.name, connections)].samples.append(sample)
+                    measurements[(scenario.name, label, connections)].samples.append(sample)
                     note = ""
                     if sample.foreign_cpu > BUSY_FRACTION_MAX:
                         note = (
@@ -488,28 +535,121 @@ def run_size(
                         )
                     print(
                         f"   [{round_index + 1}/{arguments.repeat}] {scenario.label:<27}"
-                        f" c={connections:<3} {sample.requests_per_sec:>8,.0f} req/s"
+                        f" {label:<11} c={connections:<3} {sample.requests_per_sec:>8,.0f} req/s"
                         f"  p50 {sample.p50_ms:6.2f} ms  p99 {sample.p99_ms:6.2f} ms{note}",
                         flush=True,
                     )
         size_run.measurements.extend(measurements.values())
-        for process in (service, bare):
+        for process in (bare, *services.values()):
             if process.popen.poll() is not None:
                 raise BenchFailure(f"{process.name} died during the run:\n{process.log_tail()}")
+        for process in (bare, *services.values()):
+            process.stop()
+        for database_url in databases.values():
+            _check_ledger(database_url)
     finally:
-        for process in (bare, service):
+        for process in (bare, *services.values()):
             if process is not None:
                 process.stop()
+        if scratch_postgres is not None:
+            _drop_postgres(arguments.postgres_url, scratch_postgres)
     _fill_ratios(size_run)
-    _check_ledger(db_path, users, usage_rows)
     return size_run
 
 
-class CpuMeter:
-    """CPU used, during one wrk run, by processes other than the two servers, wrk and us."""
+def variants(arguments: argparse.Namespace) -> list[Variant]:
+    return [Variant(db, workers) for db in arguments.databases for workers in arguments.workers]
 
-    def __init__(self, pids: tuple[int, ...]) -> None:
-        self._pids = pids
+
+def _copy_sqlite_seed(seed_path: Path, db_path: Path) -> str:
+    """A copy of the cached seed for this run (runs write to it); returns its DATABASE_URL."""
+    started = time.monotonic()
+    shutil.copyfile(seed_path, db_path)
+    # Flush the copy now, so the kernel is not writing a gigabyte back during the measurements.
+    descriptor = os.open(db_path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    print(f"   copied the database in {time.monotonic() - started:.1f} s", flush=True)
+    return f"sqlite:///{db_path.resolve()}"  # absolute: sqlite:////…
+
+
+def _postgres_from_seed(seed_path: Path, admin_url: str, tag: str) -> tuple[str, str]:
+    """A scratch PostgreSQL database with the service's schema and the seed's rows.
+
+    Returns its name and its DATABASE_URL; ``_drop_postgres`` removes it.
+    """
+    started = time.monotonic()
+    name = f"bench_{tag}".lower()
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    database_url = _url_with_database(admin_url, name)
+    open_store(database_url, wall_clock_ms, "FULL").close()  # applies the migrations
+    source = sqlite3.connect(f"file:{seed_path}?mode=ro", uri=True)
+    try:
+        with psycopg.connect(database_url) as target:
+            for table in SEED_TABLES:
+                cursor = source.execute(f"SELECT * FROM {table}")
+                columns = [column[0] for column in cursor.description]
+                with target.cursor().copy(
+                    f"COPY {table} ({', '.join(columns)}) FROM STDIN"
+                ) as copy:
+                    for row in cursor:
+                        copy.write_row(row)
+            target.execute("ANALYZE")
+    finally:
+        source.close()
+    print(f"   filled PostgreSQL database {name} in {time.monotonic() - started:.1f} s", flush=True)
+    return name, database_url
+
+
+def _url_with_database(admin_url: str, name: str) -> str:
+    base, _, _ = admin_url.rpartition("/")
+    return f"{base}/{name}"
+
+
+def _drop_postgres(admin_url: str, name: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _check_ledger(database_url: str) -> None:
+    """After the run the counters still match the rows: the load changed nothing it should not."""
+    queries = (
+        "SELECT COALESCE(SUM(cost), 0) FROM usage",
+        "SELECT COALESCE(SUM(used), 0), COALESCE(SUM(held), 0) FROM users",
+        "SELECT COALESCE(SUM(amount), 0) FROM reservations WHERE state = 'open'",
+    )
+    if database_url.startswith("sqlite:"):
+        path = database_url.removeprefix("sqlite:///")
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            rows = [connection.execute(query).fetchone() for query in queries]
+        finally:
+            connection.close()
+    else:
+        with psycopg.connect(database_url) as connection:
+            rows = [connection.execute(query).fetchone() for query in queries]
+    (usage_sum,), (used_sum, held_sum), (open_sum,) = rows
+    if usage_sum != used_sum or held_sum != open_sum:
+        raise BenchFailure(
+            f"ledger counters do not match after the run: usage {usage_sum} vs used {used_sum},"
+            f" open holds {open_sum} vs held {held_sum}"
+        )
+
+
+class CpuMeter:
+    """CPU used, during one wrk run, by processes other than the servers, wrk and us.
+
+    A server is its process and every descendant (``billing serve`` supervises worker
+    processes); with PostgreSQL under test its server processes count as ours too.
+    """
+
+    def __init__(self, pids: tuple[int, ...], postgres: bool = False) -> None:
+        self._pids = _with_descendants(pids)
+        if postgres:
+            self._pids += _processes_named("postgres")
         self._ticks = os.sysconf("SC_CLK_TCK")
         self._start = self._sample()
 
@@ -518,7 +658,10 @@ class CpuMeter:
         total, busy = sum(fields[:8]), sum(fields[:8]) - fields[3] - fields[4]
         ours = 0.0
         for pid in self._pids:  # utime + stime of every thread of the process
-            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # a process that ended between two samples
+                continue
             ours += int(stat[11]) + int(stat[12])
         for who in (resource.RUSAGE_CHILDREN, resource.RUSAGE_SELF):  # wrk (waited for), us
             usage = resource.getrusage(who)
@@ -530,6 +673,32 @@ class CpuMeter:
             after - before for after, before in zip(self._sample(), self._start, strict=True)
         )
         return max(0.0, (busy - ours) / total) if total > 0 else 0.0
+
+
+def _with_descendants(pids: tuple[int, ...]) -> tuple[int, ...]:
+    found: list[int] = []
+    pending = list(pids)
+    while pending and len(found) < PROCESSES_MAX:
+        pid = pending.pop()
+        found.append(pid)
+        for children in Path(f"/proc/{pid}/task").glob("*/children"):
+            try:
+                pending.extend(int(child) for child in children.read_text().split())
+            except OSError:
+                continue
+    return tuple(found)
+
+
+def _processes_named(name: str) -> tuple[int, ...]:
+    found: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and len(found) < PROCESSES_MAX:
+            try:
+                if (entry / "comm").read_text().strip() == name:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return tuple(found)
 
 
 def cpu_busy_fraction(seconds: float = 2.0) -> float:
@@ -565,26 +734,6 @@ def _fill_ratios(size_run: SizeRun) -> None:
     for measurement in size_run.measurements:
         reference = bare[measurement.connections].requests_per_sec
         measurement.ratio_to_bare = measurement.requests_per_sec / reference
-
-
-def _check_ledger(db_path: Path, users: int, usage_rows: int) -> None:
-    """After the run the counters still match the rows: the load changed nothing it should not."""
-    connection = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    try:
-        (usage_sum,) = connection.execute("SELECT COALESCE(SUM(cost), 0) FROM usage").fetchall()[0]
-        (used_sum, held_sum) = connection.execute(
-            "SELECT COALESCE(SUM(used), 0), COALESCE(SUM(held), 0) FROM users"
-        ).fetchall()[0]
-        (open_sum,) = connection.execute(
-            "SELECT COALESCE(SUM(amount), 0) FROM reservations WHERE state = 'open'"
-        ).fetchall()[0]
-    finally:
-        connection.close()
-    if usage_sum != used_sum or held_sum != open_sum:
-        raise BenchFailure(
-            f"ledger counters do not match after the run: usage {usage_sum} vs used {used_sum},"
-            f" open holds {open_sum} vs held {held_sum}"
-        )
 
 
 # -- report ----------------------------------------------------------------------------------
@@ -640,35 +789,38 @@ def code_state() -> dict:
 def evaluate_targets(runs: list[SizeRun]) -> list[dict]:
     checks: list[dict] = []
     for run in runs:
-        by_key = {(m.scenario, m.connections): m for m in run.measurements}
-        for scenario, minimum in RATIO_TARGETS.items():
-            measured = by_key[(scenario, 32)].ratio_to_bare
-            checks.append(
-                {
-                    "size": run.name,
-                    "target": f"{scenario} req/s at 32 conn ≥ {minimum}× bare",
-                    "measured": f"{measured:.3f}×",
-                    "pass": measured >= minimum,
-                }
-            )
-        for scenario, maximum in P99_TARGETS_MS.items():
-            measured = by_key[(scenario, 1)].p99_ms
-            checks.append(
-                {
-                    "size": run.name,
-                    "target": f"{scenario} p99 at 1 conn ≤ {maximum:g} ms",
-                    "measured": f"{measured:.2f} ms",
-                    "pass": measured <= maximum,
-                }
-            )
+        by_key = {(m.scenario, m.variant, m.connections): m for m in run.measurements}
+        single = sorted({m.variant for m in run.measurements if m.variant.endswith(" ×1")})
+        for variant in single:  # issue 2 compares one server process with one bare process
+            for scenario, minimum in RATIO_TARGETS.items():
+                measured = by_key[(scenario, variant, 32)].ratio_to_bare
+                checks.append(
+                    {
+                        "size": f"{run.name} {variant}",
+                        "target": f"{scenario} req/s at 32 conn ≥ {minimum}× bare",
+                        "measured": f"{measured:.3f}×",
+                        "pass": measured >= minimum,
+                    }
+                )
+            for scenario, maximum in P99_TARGETS_MS.items():
+                measured = by_key[(scenario, variant, 1)].p99_ms
+                checks.append(
+                    {
+                        "size": f"{run.name} {variant}",
+                        "target": f"{scenario} p99 at 1 conn ≤ {maximum:g} ms",
+                        "measured": f"{measured:.2f} ms",
+                        "pass": measured <= maximum,
+                    }
+                )
+        checks += _variant_checks(run, by_key)
     small = next((run for run in runs if run.name == "small"), None)
     large = next((run for run in runs if run.name == "large"), None)
     if small is not None and large is not None:
-        small_by = {(m.scenario, m.connections): m for m in small.measurements}
+        small_by = {(m.scenario, m.variant, m.connections): m for m in small.measurements}
         for m in large.measurements:
-            if m.scenario == "bare":
+            s = small_by.get((m.scenario, m.variant, m.connections))
+            if m.scenario == "bare" or s is None:
                 continue
-            s = small_by[(m.scenario, m.connections)]
             for figure, ratio in (
                 ("req/s", m.requests_per_sec / s.requests_per_sec),
                 ("p50", s.p50_ms / m.p50_ms),  # latency: large may be at most small / 0.9
@@ -676,13 +828,38 @@ def evaluate_targets(runs: list[SizeRun]) -> list[dict]:
             ):
                 checks.append(
                     {
-                        "size": "large vs small",
+                        "size": f"large vs small {m.variant}",
                         "target": f"{m.scenario} {figure} at {m.connections} conn"
                         f" ≥ {LARGE_OVER_SMALL_MIN}× small",
                         "measured": f"{ratio:.3f}×",
                         "pass": ratio >= LARGE_OVER_SMALL_MIN,
                     }
                 )
+    return checks
+
+
+def _variant_checks(run: SizeRun, by_key: dict) -> list[dict]:
+    """Issue 4 §6: check-budget at 32 connections, PostgreSQL vs SQLite, 2 workers vs 1."""
+    checks = []
+    labels = {m.variant for m in run.measurements if m.variant}
+    pairs = [(f"postgres ×{w}", f"sqlite ×{w}", POSTGRES_OVER_SQLITE_MIN) for w in (1, 2, 4, 8)] + [
+        (f"{db} ×2", f"{db} ×1", WORKERS_2_OVER_1_MIN) for db in ("sqlite", "postgres")
+    ]
+    for measured_label, reference_label, minimum in pairs:
+        if measured_label in labels and reference_label in labels:
+            ratio = (
+                by_key[("check_budget", measured_label, 32)].requests_per_sec
+                / by_key[("check_budget", reference_label, 32)].requests_per_sec
+            )
+            checks.append(
+                {
+                    "size": run.name,
+                    "target": f"check_budget req/s at 32 conn, {measured_label}"
+                    f" ≥ {minimum}× {reference_label}",
+                    "measured": f"{ratio:.3f}×",
+                    "pass": ratio >= minimum,
+                }
+            )
     return checks
 
 
@@ -697,6 +874,7 @@ def table_rows(runs: list[SizeRun]) -> list[list[str]]:
             rows.append(
                 [
                     run.name,
+                    m.variant or "bare",
                     _LABELS[m.scenario],
                     str(m.connections),
                     f"{m.requests_per_sec:,.0f}",
@@ -709,12 +887,22 @@ def table_rows(runs: list[SizeRun]) -> list[list[str]]:
     return rows
 
 
-HEADER = ["database", "scenario", "conns", "req/s", "req/s range", "p50 ms", "p99 ms", "× bare"]
+HEADER = [
+    "size",
+    "server",
+    "scenario",
+    "conns",
+    "req/s",
+    "req/s range",
+    "p50 ms",
+    "p99 ms",
+    "× bare",
+]
 
 
 def text_table(rows: list[list[str]]) -> str:
     widths = [max(len(row[i]) for row in [HEADER, *rows]) for i in range(len(HEADER))]
-    right = {2, 3, 4, 5, 6, 7}
+    right = {3, 4, 5, 6, 7, 8}
 
     def line(row: list[str]) -> str:
         return "  ".join(
@@ -745,16 +933,17 @@ def markdown(report: dict, runs: list[SizeRun], checks: list[dict]) -> str:
         "",
         f"Medians of {report['repeat']} interleaved runs of {report['duration_s']} s, each after a"
         f" {report['warmup_s']} s warm-up (req/s range: slowest–fastest run); waitress"
-        f" threads={report['threads']}; SQLITE_SYNCHRONOUS=FULL (default); 32 connections ="
+        f" threads={report['threads']}; SQLITE_SYNCHRONOUS=FULL (default); server ="
+        " database ×workers (`billing serve --workers N`); 32 connections ="
         " `wrk -t2 -c32`, 1 connection = `wrk -t1 -c1`. Databases: " + sizes + "."
         f" Other processes used at most {report['foreign_cpu_max']:.0%} of the CPUs during a"
         " measured run.",
         "",
         "| " + " | ".join(HEADER) + " |",
-        "|" + "|".join(["---", "---", "---:", "---:", "---:", "---:", "---:", "---:"]) + "|",
+        "|" + "|".join(["---", "---", "---", "---:", "---:", "---:", "---:", "---:", "---:"]) + "|",
     ]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(runs)]
-    lines += ["", "| database | target | measured | |", "|---|---|---:|---|"]
+    lines += ["", "| size, server | target | measured | |", "|---|---|---:|---|"]
     lines += [
         f"| {c['size']} | {c['target']} | {c['measured']} | {'PASS' if c['pass'] else 'MISS'} |"
         for c in checks
@@ -763,6 +952,26 @@ def markdown(report: dict, runs: list[SizeRun], checks: list[dict]) -> str:
 
 
 # -- main ------------------------------------------------------------------------------------
+
+
+def _choices_list(allowed: set[str]):
+    def parse(text: str) -> list[str]:
+        values = [value.strip() for value in text.split(",") if value.strip()]
+        if not values or not set(values) <= allowed:
+            raise argparse.ArgumentTypeError(f"choose from {', '.join(sorted(allowed))}")
+        return list(dict.fromkeys(values))
+
+    return parse
+
+
+def _numbers_list(text: str) -> list[int]:
+    try:
+        values = [int(value) for value in text.split(",") if value.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError("comma-separated whole numbers") from None
+    if not values or any(value < 1 or value > 64 for value in values):
+        raise argparse.ArgumentTypeError("each between 1 and 64")
+    return list(dict.fromkeys(values))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -796,7 +1005,26 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help=f"also run on {LARGE_USERS:,} users and {LARGE_USAGE_ROWS:,} usage rows",
     )
+    parser.add_argument(
+        "--databases",
+        type=_choices_list({"sqlite", "postgres"}),
+        default=["sqlite"],
+        help="comma-separated: sqlite, postgres (default: sqlite)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_numbers_list,
+        default=[1],
+        help="comma-separated worker counts, each a server of its own (default: 1)",
+    )
+    parser.add_argument(
+        "--postgres-url",
+        default=POSTGRES_ADMIN_URL,
+        help="a PostgreSQL server where the run may create and drop a scratch database",
+    )
     arguments = parser.parse_args(argv)
+    if arguments.large and "postgres" in arguments.databases:
+        parser.error("--large runs on SQLite only (the PostgreSQL copy covers the small database)")
     if arguments.duration < 1 or arguments.warmup < 0 or arguments.repeat < 1:
         parser.error("--duration and --repeat must be at least 1, --warmup at least 0")
     if arguments.active_users is not None and arguments.active_users < 1:
@@ -839,6 +1067,7 @@ def main(argv: list[str] | None = None) -> int:
             sample.foreign_cpu for run in runs for m in run.measurements for sample in m.samples
         ),
         "threads": arguments.threads,
+        "variants": [variant.label for variant in variants(arguments)],
         "sizes": [
             {key: value for key, value in asdict(run).items() if key != "measurements"}
             for run in runs
