@@ -52,3 +52,5 @@ def configure_logging(level: int = logging.INFO) -> None:
         root.removeHandler(previous)
     root.addHandler(handler)
     root.setLevel(level)
+    # httpx logs every request's URL at INFO; PocketBase lookups carry a user's email in theirs.
+    logging.getLogger("httpx").setLevel(max(level, logging.WARNING))

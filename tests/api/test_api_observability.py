@@ -20,7 +20,7 @@ from api_helpers import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.logs import JsonFormatter
+from api.logs import JsonFormatter, configure_logging
 from api.observe import REQUEST_ID_LENGTH_MAX
 
 METRICS_KEY = "metrics-key-mmmmmmmmmmmmmmmm"
@@ -220,3 +220,13 @@ def test_an_unexpected_error_is_a_json_500_and_one_json_log_record(env, caplog):
     entry = json.loads(JsonFormatter().format(errors[0]))
     assert entry["request_id"] == "trace-bug"
     assert "RuntimeError: a bug" in entry["exception"]
+
+
+def test_logging_keeps_httpx_request_urls_out(monkeypatch):
+    """httpx logs each URL at INFO, and a PocketBase lookup's URL holds the user's email."""
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(root, "level", root.level)
+    monkeypatch.setattr(logging.getLogger("httpx"), "level", logging.NOTSET)
+    configure_logging()
+    assert not logging.getLogger("httpx").isEnabledFor(logging.INFO)
