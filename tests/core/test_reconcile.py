@@ -7,6 +7,7 @@ from decimal import Decimal
 import psycopg
 import pytest
 from core_helpers import TTL_SECONDS, provision, usd
+from pg_testing import PgRaw
 
 from core.reconcile import EXPIRED_HOLD_GRACE_MS, Check, Drift, usage_from_spend_log
 from core.store import postgres_flows, sqlite_checks
@@ -17,7 +18,7 @@ def log(ledger, user_id, request_id, cost):
     return ledger.log_usage(user_id, "gpt-4o", request_id, 1, 1, usd(cost), None)
 
 
-def audit_rows(raw: sqlite3.Connection) -> list[tuple]:
+def audit_rows(raw: sqlite3.Connection | PgRaw) -> list[tuple]:
     return raw.execute(
         "SELECT check_name, subject_id, recorded, expected FROM ledger_repairs ORDER BY id"
     ).fetchall()
