@@ -6,9 +6,11 @@ the user's row (``SELECT … FOR UPDATE``) before it reads the figures it decide
 on many machines cannot overspend or double-charge. The functions only write what
 ``core.budget``, ``core.reservations`` and ``core.usage`` allow: they return what they found
 and did, this module asks the rules in ``core`` with it, raises their errors, and asserts that
-the database's decision agreed. Administrative writes run as short transactions here. A check
-without a hold is one read. Counters, CHECKs and append-only history are kept by the schema's
-triggers, as in SQLite.
+the database's decision agreed (``ledger_log_usage`` also writes the alerts of
+``core.alerts.crossings``, from the thresholds passed in). Administrative writes run as short
+transactions here; the flows' reads and repairs in ``postgres_flows``. A check without a hold
+is one read. Counters, CHECKs and append-only history are kept by the schema's triggers, as in
+SQLite.
 """
 
 import logging
