@@ -75,6 +75,7 @@ USAGE_BUCKET_MS = 15 * 60 * 1000
 LOCK_NAMESPACE = 1651076204
 LOCK_MIGRATIONS = 1
 LOCK_RESETS = 2
+LOCK_REPAIRS = 4
 
 _FIGURES = (
     "id, email, product_id, tenant_id, status, period_label, period_start, created_at,"
@@ -372,7 +373,11 @@ class PostgresStore:
             return postgres_flows.find_drift(connection, now_ms, expired_grace_ms, limit)
 
     def repair_drift(self, drift: Drift, now_ms: int) -> Drift | None:
-        with self._connection() as connection:
+        """One write transaction; repairs run one at a time across processes."""
+        with self._connection() as connection, connection.transaction():
+            connection.execute(
+                "SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_NAMESPACE, LOCK_REPAIRS)
+            )
             return postgres_flows.repair_drift(connection, drift, now_ms, EXPIRED_HOLD_GRACE_MS)
 
     def delete_closed_reservations(self, closed_before_ms: int, limit: int) -> int:

@@ -2,9 +2,9 @@
 invariants of ``core.reconcile`` (the SQL is ``flows_sql``'s, shared with SQLite).
 
 Reads that must agree with each other run in one ``REPEATABLE READ, READ ONLY`` transaction
-(one snapshot). A repair runs in a write transaction that first locks what the invariant's
-figure depends on, in the writers' lock order (the user's row; for a tenant, the tenant's row),
-so no write moves the figure between the re-check and the fix; repairs run one at a time.
+(one snapshot). A repair, inside the caller's write transaction, first locks what the
+invariant's figure depends on, in the writers' lock order (the user's row; for a tenant, the
+tenant's row), so no write moves the figure between the re-check and the fix.
 """
 
 from typing import Any
@@ -18,9 +18,6 @@ from core.store.base import PeriodSummary
 
 # The nightly scan reads every row; it gets longer than a request's statement_timeout.
 DRIFT_SCAN_TIMEOUT_MS = 600_000
-# Advisory lock key (with the schema's namespace 'bill'): repairs run one at a time.
-LOCK_NAMESPACE = 1651076204
-LOCK_REPAIRS = 4
 
 _LOCK_USER = "SELECT 1 FROM users WHERE id = %(id)s FOR UPDATE"
 _LOCK_TENANT = "SELECT 1 FROM tenants WHERE id = %(id)s FOR UPDATE"
@@ -82,26 +79,25 @@ def find_drift(
 def repair_drift(
     connection: Connection, drift: Drift, now_ms: int, expired_grace_ms: int
 ) -> Drift | None:
-    """In one write transaction: lock, re-check, fix and audit one finding, or None."""
-    with connection.transaction():
-        connection.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_NAMESPACE, LOCK_REPAIRS))
-        lock = _LOCKS[drift.check]
-        if lock is not None:
-            connection.execute(lock, {"id": drift.subject_id})
-        row = connection.execute(
-            _RECHECKS[drift.check],
-            {"id": drift.subject_id, "cutoff": now_ms - expired_grace_ms},
-        ).fetchone()
-        if row is None:
-            return None
-        current = Drift(drift.check, drift.subject_id, int(row[0]), int(row[1]))
-        fix = _FIXES[drift.check]
-        if fix is not None:
-            changed = connection.execute(
-                fix, {"id": drift.subject_id, "expected": current.expected, "now": now_ms}
-            ).rowcount
-            assert changed == 1, (drift, changed)
-        record_repair(connection, current, flows_sql.REPAIR_NOTE, now_ms)
+    """Inside the caller's write transaction: lock, re-check, fix and audit one finding, or None."""
+    assert connection.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS, drift
+    lock = _LOCKS[drift.check]
+    if lock is not None:
+        connection.execute(lock, {"id": drift.subject_id})
+    row = connection.execute(
+        _RECHECKS[drift.check],
+        {"id": drift.subject_id, "cutoff": now_ms - expired_grace_ms},
+    ).fetchone()
+    if row is None:
+        return None
+    current = Drift(drift.check, drift.subject_id, int(row[0]), int(row[1]))
+    fix = _FIXES[drift.check]
+    if fix is not None:
+        changed = connection.execute(
+            fix, {"id": drift.subject_id, "expected": current.expected, "now": now_ms}
+        ).rowcount
+        assert changed == 1, (drift, changed)
+    record_repair(connection, current, flows_sql.REPAIR_NOTE, now_ms)
     return current
 
 

@@ -130,7 +130,10 @@ def test_an_expired_hold_still_open_is_found_and_closed(busy, store, database_ur
         checks = postgres_flows
 
         def repair(drift: Drift) -> Drift | None:
-            return postgres_flows.repair_drift(connection, drift, later_ms, EXPIRED_HOLD_GRACE_MS)
+            with connection.transaction():
+                return postgres_flows.repair_drift(
+                    connection, drift, later_ms, EXPIRED_HOLD_GRACE_MS
+                )
 
     try:
         [drift] = checks.find_drift(connection, later_ms, EXPIRED_HOLD_GRACE_MS, 10)
