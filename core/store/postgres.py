@@ -381,14 +381,14 @@ class PostgresStore:
             return postgres_flows.repair_drift(connection, drift, now_ms, EXPIRED_HOLD_GRACE_MS)
 
     def delete_closed_reservations(self, closed_before_ms: int, limit: int) -> int:
-        """At most ``limit`` closed holds, in table order (oldest first, roughly: rows are
-        appended); the caller repeats while a batch comes back full. The schema refuses to
-        delete an open hold."""
+        """At most ``limit`` closed holds, in the order the scan meets them; the caller repeats
+        while a batch comes back full. A closed hold never reopens, and the schema refuses to
+        delete an open one."""
         assert limit > 0
         with self._connection() as connection:
             return connection.execute(
                 "DELETE FROM reservations WHERE request_id IN (SELECT request_id FROM reservations"
-                " WHERE state <> 'open' AND closed_at < %s LIMIT %s) AND state <> 'open'",
+                " WHERE state <> 'open' AND closed_at < %s LIMIT %s)",
                 (closed_before_ms, limit),
             ).rowcount
 
