@@ -6,9 +6,11 @@ the user's row (``SELECT … FOR UPDATE``) before it reads the figures it decide
 on many machines cannot overspend or double-charge. The functions only write what
 ``core.budget``, ``core.reservations`` and ``core.usage`` allow: they return what they found
 and did, this module asks the rules in ``core`` with it, raises their errors, and asserts that
-the database's decision agreed. Administrative writes run as short transactions here. A check
-without a hold is one read. Counters, CHECKs and append-only history are kept by the schema's
-triggers, as in SQLite.
+the database's decision agreed (``ledger_log_usage`` also writes the alerts of
+``core.alerts.crossings``, from the thresholds passed in). Administrative writes run as short
+transactions here; the flows' reads and repairs in ``postgres_flows``. A check without a hold
+is one read. Counters, CHECKs and append-only history are kept by the schema's triggers, as in
+SQLite.
 """
 
 import logging
@@ -22,6 +24,7 @@ import psycopg
 import psycopg.conninfo
 import psycopg_pool
 
+from core.alerts import ALERT_THRESHOLDS_PERCENT, Alert, AlertChannel, AlertSubject, crossings
 from core.budget import BudgetSnapshot, BudgetStatus, UserStatus, decide
 from core.errors import (
     ConfigurationError,
@@ -34,6 +37,7 @@ from core.errors import (
     Unavailable,
 )
 from core.money import Money
+from core.reconcile import EXPIRED_HOLD_GRACE_MS, Check, Drift
 from core.reservations import (
     Reservation,
     ReservationState,
@@ -42,18 +46,21 @@ from core.reservations import (
     check_settle,
     counting_amount,
 )
+from core.store import postgres_flows
 from core.store.base import (
     CheckOutcome,
     CreditGrant,
     GroupBy,
     LogOutcome,
     NewUser,
+    PeriodSummary,
     Product,
     ResetOutcome,
     Tenant,
     UsageGroup,
     UserView,
 )
+from core.store.flows_sql import backfill_note
 from core.usage import UsageRecord, check_replay
 
 log = logging.getLogger(__name__)
@@ -68,6 +75,7 @@ USAGE_BUCKET_MS = 15 * 60 * 1000
 LOCK_NAMESPACE = 1651076204
 LOCK_MIGRATIONS = 1
 LOCK_RESETS = 2
+LOCK_REPAIRS = 4
 
 _FIGURES = (
     "id, email, product_id, tenant_id, status, period_label, period_start, created_at,"
@@ -82,8 +90,8 @@ _RESERVE_SQL = (
 )
 _LOG_USAGE_SQL = (
     "SELECT (f.figures).*, f.r_user_id, f.r_amount, f.r_state, f.r_expires_at, f.u_user_id,"
-    " f.u_model, f.u_tokens_input, f.u_tokens_output, f.u_cost, f.inserted"
-    " FROM ledger_log_usage(%s, %s, %s, %s, %s, %s, %s, %s) f"
+    " f.u_model, f.u_tokens_input, f.u_tokens_output, f.u_cost, f.inserted, f.user_alerts,"
+    " f.tenant_alerts FROM ledger_log_usage(%s, %s, %s, %s, %s, %s, %s, %s, %s::INTEGER[]) f"
 )
 _RELEASE_SQL = "SELECT user_id, amount, state, expires_at, released FROM ledger_release(%s, %s)"
 
@@ -243,6 +251,14 @@ class PostgresStore:
         row = self._one("SELECT id FROM users WHERE email_key = %s", (email.casefold(),))
         return None if row is None else row[0]
 
+    def count_open_reservations(self, now_ms: int) -> int:
+        row = self._one(
+            "SELECT count(*) FROM reservations WHERE state = 'open' AND expires_at > %s",
+            (now_ms,),
+        )
+        assert row is not None
+        return int(row[0])
+
     def list_products(self) -> list[Product]:
         with self._connection() as connection:
             rows = connection.execute(
@@ -302,51 +318,17 @@ class PostgresStore:
         self, record: UsageRecord, response_time_ms: int | None, now_ms: int
     ) -> LogOutcome:
         self._sweep_if_due(now_ms)
-        row = self._one(
-            _LOG_USAGE_SQL,
-            (
-                record.request_id,
-                record.user_id,
-                record.model,
-                record.tokens_input,
-                record.tokens_output,
-                record.cost,
-                response_time_ms,
-                now_ms,
-            ),
-        )
-        if row is None:
-            raise NotFound("unknown user", user_id=record.user_id)
-        view = _user_view(row[:_FIGURES_COUNT])
-        (
-            r_user,
-            r_amount,
-            r_state,
-            r_expires,
-            u_user,
-            model,
-            tokens_in,
-            tokens_out,
-            cost,
-            inserted,
-        ) = row[_FIGURES_COUNT:]
-        if u_user is not None:
-            logged = UsageRecord(
-                record.request_id, u_user, model, tokens_in, tokens_out, Money(cost)
-            )
-            check_replay(logged, record)
-            return LogOutcome(False, view.budget)
-        reservation = (
-            None
-            if r_user is None
-            else Reservation(
-                record.request_id, r_user, Money(r_amount), ReservationState(r_state), r_expires
-            )
-        )
-        check_settle(reservation, record.user_id)
-        assert inserted, record.request_id
-        released = counting_amount(reservation, now_ms)
-        return LogOutcome(True, view.budget.moved(used=record.cost, held=-released))
+        with self._connection() as connection:
+            return _log_usage(connection, record, response_time_ms, now_ms)
+
+    def backfill_usage(self, record: UsageRecord, source: str, now_ms: int) -> bool:
+        """``log_usage`` and, when it created the usage, its audit row: one transaction."""
+        with self._connection() as connection, connection.transaction():
+            outcome = _log_usage(connection, record, None, now_ms)
+            if outcome.created:
+                backfilled = Drift(Check.BACKFILL, record.request_id, 0, record.cost)
+                postgres_flows.record_repair(connection, backfilled, backfill_note(source), now_ms)
+        return outcome.created
 
     def release(self, request_id: str, now_ms: int) -> Reservation:
         self._sweep_if_due(now_ms)
@@ -360,7 +342,7 @@ class PostgresStore:
         assert check_release(reservation) == released, (reservation, released)
         return reservation
 
-    # -- administration: short transactions --------------------------------------------------
+    # -- resets ------------------------------------------------------------------------------
 
     def reset_periods(self, label: str, apply_once: bool, now_ms: int) -> ResetOutcome:
         row = self._one(
@@ -369,6 +351,48 @@ class PostgresStore:
         )
         assert row is not None
         return ResetOutcome(int(row[0]), bool(row[1]))
+
+    def closed_period_summary(self, label: str, top_n: int) -> PeriodSummary:
+        with self._connection() as connection:
+            return postgres_flows.closed_period_summary(connection, label, top_n)
+
+    # -- the flows: alert outbox, reconciliation, retention ----------------------------------
+
+    def pending_alerts(self, after_id: int, limit: int) -> list[Alert]:
+        with self._connection() as connection:
+            return postgres_flows.pending_alerts(connection, after_id, limit)
+
+    def record_alert_attempt(
+        self, alert_id: int, channels_done: frozenset[AlertChannel], error: str | None, now_ms: int
+    ) -> None:
+        with self._connection() as connection:
+            postgres_flows.record_alert_attempt(connection, alert_id, channels_done, error, now_ms)
+
+    def find_drift(self, now_ms: int, expired_grace_ms: int, limit: int) -> list[Drift]:
+        with self._connection() as connection:
+            return postgres_flows.find_drift(connection, now_ms, expired_grace_ms, limit)
+
+    def repair_drift(self, drift: Drift, now_ms: int) -> Drift | None:
+        """One write transaction; repairs run one at a time across processes."""
+        with self._connection() as connection, connection.transaction():
+            connection.execute(
+                "SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_NAMESPACE, LOCK_REPAIRS)
+            )
+            return postgres_flows.repair_drift(connection, drift, now_ms, EXPIRED_HOLD_GRACE_MS)
+
+    def delete_closed_reservations(self, closed_before_ms: int, limit: int) -> int:
+        """At most ``limit`` closed holds, in the order the scan meets them; the caller repeats
+        while a batch comes back full. A closed hold never reopens, and the schema refuses to
+        delete an open one."""
+        assert limit > 0
+        with self._connection() as connection:
+            return connection.execute(
+                "DELETE FROM reservations WHERE request_id IN (SELECT request_id FROM reservations"
+                " WHERE state <> 'open' AND closed_at < %s LIMIT %s)",
+                (closed_before_ms, limit),
+            ).rowcount
+
+    # -- administration: short transactions --------------------------------------------------
 
     def provision_user(self, user: NewUser, now_ms: int) -> UserView:
         email_key = user.email.casefold()
@@ -500,6 +524,65 @@ class PostgresStore:
                 (grant.amount, now_ms, grant.user_id),
             )
             return True, _require_user(connection, grant.user_id, now_ms)
+
+
+def _log_usage(
+    connection: psycopg.Connection[Any],
+    record: UsageRecord,
+    response_time_ms: int | None,
+    now_ms: int,
+) -> LogOutcome:
+    """One call of ``ledger_log_usage``: the usage, its hold settled and its alerts written."""
+    row = connection.execute(
+        _LOG_USAGE_SQL,
+        (
+            record.request_id,
+            record.user_id,
+            record.model,
+            record.tokens_input,
+            record.tokens_output,
+            record.cost,
+            response_time_ms,
+            now_ms,
+            list(ALERT_THRESHOLDS_PERCENT),
+        ),
+    ).fetchone()
+    if row is None:
+        raise NotFound("unknown user", user_id=record.user_id)
+    view = _user_view(row[:_FIGURES_COUNT])
+    (
+        r_user,
+        r_amount,
+        r_state,
+        r_expires,
+        u_user,
+        model,
+        tokens_in,
+        tokens_out,
+        cost,
+        inserted,
+        user_alerts,
+        tenant_alerts,
+    ) = row[_FIGURES_COUNT:]
+    if u_user is not None:
+        logged = UsageRecord(record.request_id, u_user, model, tokens_in, tokens_out, Money(cost))
+        check_replay(logged, record)
+        return LogOutcome(False, view.budget)
+    reservation = (
+        None
+        if r_user is None
+        else Reservation(
+            record.request_id, r_user, Money(r_amount), ReservationState(r_state), r_expires
+        )
+    )
+    check_settle(reservation, record.user_id)
+    assert inserted, record.request_id
+    found = crossings(view.budget, record.cost, record.user_id, view.tenant_id)
+    written = [(AlertSubject.USER, t) for t in user_alerts]
+    written += [(AlertSubject.TENANT, t) for t in tenant_alerts]
+    assert [(c.subject, c.threshold_percent) for c in found] == written, (found, written)
+    released = counting_amount(reservation, now_ms)
+    return LogOutcome(True, view.budget.moved(used=record.cost, held=-released))
 
 
 def _configure(connection: psycopg.Connection[Any]) -> None:

@@ -57,6 +57,7 @@ from core.store.base import (
     UsageGroup,
     UserView,
 )
+from core.store.flows_sql import backfill_note
 from core.store.sqlite_checks import record_repair
 from core.store.sqlite_outbox import insert_alerts
 from core.usage import UsageRecord, check_replay
@@ -651,7 +652,7 @@ def _log_usage_operation(
             insert_alerts(connection, found, view.period_label, now_ms)
         if audit_source is not None:
             backfilled = Drift(Check.BACKFILL, record.request_id, 0, record.cost)
-            record_repair(connection, backfilled, f"usage backfilled from {audit_source}", now_ms)
+            record_repair(connection, backfilled, backfill_note(audit_source), now_ms)
         released = counting_amount(reservation, now_ms)
         return LogOutcome(True, view.budget.moved(used=record.cost, held=-released))
 

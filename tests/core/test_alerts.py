@@ -1,9 +1,11 @@
 """Alert thresholds (core/alerts.py) and the outbox the store writes with each usage."""
 
 import sqlite3
+import threading
 
 import pytest
 from core_helpers import provision, usd
+from pg_testing import PgRaw
 
 from core.alerts import AlertChannel, AlertSubject, alert_message, thresholds_crossed
 from core.store.base import Tenant
@@ -28,7 +30,7 @@ def test_thresholds_crossed_exactly(before, after, limit, crossed):
     assert thresholds_crossed(usd(before), usd(after), usd(limit)) == crossed
 
 
-def alert_rows(raw: sqlite3.Connection) -> list[tuple]:
+def alert_rows(raw: sqlite3.Connection | PgRaw) -> list[tuple]:
     return raw.execute(
         "SELECT subject, subject_id, period_label, threshold_percent, used, limit_amount, state"
         " FROM alerts ORDER BY id"
@@ -80,6 +82,38 @@ def test_tenant_cap_crossings_are_alerts_of_the_tenant(ledger, basic, raw):
     log(ledger, "ann", "r1", "5")
     log(ledger, "bob", "r2", "3")
     assert alert_rows(raw) == [("tenant", "acme", "2026-03", 80, usd(8), usd(10), "pending")]
+
+
+TENANT_USERS = 8
+
+
+def test_concurrent_usage_of_a_tenant_crosses_each_threshold_once(ledger, basic, raw):
+    """Eight users of a $10 tenant log $1.25 each at once: whichever order they commit in, the
+    usage that takes the tenant from $7.50 to $8.75 raises 80 % and the last one 100 %."""
+    ledger.put_tenant(Tenant("acme", "Acme", usd(10)))
+    users = [f"u{number}" for number in range(TENANT_USERS)]
+    for user_id in users:
+        provision(ledger, user_id, tenant_id="acme")
+    start = threading.Barrier(TENANT_USERS)
+    errors: list[BaseException] = []
+
+    def client(user_id: str) -> None:
+        try:
+            start.wait()
+            log(ledger, user_id, f"{user_id}-r1", "1.25")
+        except BaseException as error:  # noqa: BLE001 - handed to the main thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=client, args=(user_id,)) for user_id in users]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    assert alert_rows(raw) == [
+        ("tenant", "acme", "2026-03", 80, usd("8.75"), usd(10), "pending"),
+        ("tenant", "acme", "2026-03", 100, usd(10), usd(10), "pending"),
+    ]
 
 
 def test_a_refused_usage_leaves_no_alert(ledger, alice, raw):

@@ -1,14 +1,16 @@
-"""Reconciliation (core/reconcile.py) on a real SQLite file: drift injected behind the store's back
-is found, reported and repaired with an audit row; LiteLLM spend-log rows are backfilled once."""
+"""Reconciliation (core/reconcile.py) on both stores: drift injected behind the store's back is
+found, reported and repaired with an audit row; LiteLLM spend-log rows are backfilled once."""
 
 import sqlite3
 from decimal import Decimal
 
+import psycopg
 import pytest
 from core_helpers import TTL_SECONDS, provision, usd
+from pg_testing import PgRaw
 
 from core.reconcile import EXPIRED_HOLD_GRACE_MS, Check, Drift, usage_from_spend_log
-from core.store import sqlite_checks
+from core.store import postgres_flows, sqlite_checks
 from core.store.base import Tenant
 
 
@@ -16,7 +18,7 @@ def log(ledger, user_id, request_id, cost):
     return ledger.log_usage(user_id, "gpt-4o", request_id, 1, 1, usd(cost), None)
 
 
-def audit_rows(raw: sqlite3.Connection) -> list[tuple]:
+def audit_rows(raw: sqlite3.Connection | PgRaw) -> list[tuple]:
     return raw.execute(
         "SELECT check_name, subject_id, recorded, expected FROM ledger_repairs ORDER BY id"
     ).fetchall()
@@ -79,16 +81,25 @@ def test_injected_drift_is_found_then_repaired_with_an_audit_row(busy, raw, tamp
     assert busy.reconcile(repair=False).drifts == []
 
 
-def test_history_drift_is_corrected_by_an_audit_row_not_an_edit(busy, raw, clock):
+def tamper_with_history(raw, backend: str, statement: str) -> None:
+    """Run ``statement`` on period history, which refuses UPDATE, with its guard lifted."""
+    if backend == "sqlite":
+        raw.execute("DROP TRIGGER period_history_no_update")
+        raw.execute(statement)
+        raw.execute(
+            "CREATE TRIGGER period_history_no_update BEFORE UPDATE ON period_history"
+            " BEGIN SELECT RAISE(ABORT, 'period history is append-only'); END"
+        )
+    else:
+        raw.execute("ALTER TABLE period_history DISABLE TRIGGER period_history_no_change")
+        raw.execute(statement)
+        raw.execute("ALTER TABLE period_history ENABLE TRIGGER period_history_no_change")
+
+
+def test_history_drift_is_corrected_by_an_audit_row_not_an_edit(busy, raw, clock, backend):
     clock.advance(1)
     busy.reset_budgets("2026-04")
-    # period_history refuses UPDATE; drift is injected with its guard lifted for a moment.
-    raw.execute("DROP TRIGGER period_history_no_update")
-    raw.execute("UPDATE period_history SET used = 1 WHERE user_id = 'ann'")
-    raw.execute(
-        "CREATE TRIGGER period_history_no_update BEFORE UPDATE ON period_history"
-        " BEGIN SELECT RAISE(ABORT, 'period history is append-only'); END"
-    )
+    tamper_with_history(raw, backend, "UPDATE period_history SET used = 1 WHERE user_id = 'ann'")
     [row_id] = raw.execute("SELECT id FROM period_history WHERE user_id = 'ann'").fetchone()
     drift = Drift(Check.HISTORY_USED, str(row_id), 1, usd("1.25"))
     assert busy.reconcile(repair=True).repaired == [drift]
@@ -98,19 +109,38 @@ def test_history_drift_is_corrected_by_an_audit_row_not_an_edit(busy, raw, clock
     assert summary.spend_total == usd("3.25")
 
 
-def test_an_expired_hold_still_open_is_found_and_closed(busy, store, db_path, clock):
+def test_an_expired_hold_still_open_is_found_and_closed(busy, store, database_url, clock):
+    """The store's own checks on a connection of their own, past the expiry and its grace."""
     store.close()  # no housekeeper sweeping behind the test's back
-    connection = sqlite3.connect(db_path, isolation_level=None)
+    later_ms = clock() + TTL_SECONDS * 1000 + EXPIRED_HOLD_GRACE_MS
+    if database_url.startswith("sqlite:"):
+        connection = sqlite3.connect(database_url.removeprefix("sqlite:///"), isolation_level=None)
+        checks = sqlite_checks
+
+        def repair(drift: Drift) -> Drift | None:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                return sqlite_checks.repair_drift(
+                    connection, drift, later_ms, EXPIRED_HOLD_GRACE_MS
+                )
+            finally:
+                connection.execute("COMMIT")
+    else:
+        connection = psycopg.connect(database_url, autocommit=True)
+        checks = postgres_flows
+
+        def repair(drift: Drift) -> Drift | None:
+            with connection.transaction():
+                return postgres_flows.repair_drift(
+                    connection, drift, later_ms, EXPIRED_HOLD_GRACE_MS
+                )
+
     try:
-        later_ms = clock() + TTL_SECONDS * 1000 + EXPIRED_HOLD_GRACE_MS
-        [drift] = sqlite_checks.find_drift(connection, later_ms, EXPIRED_HOLD_GRACE_MS, 10)
+        [drift] = checks.find_drift(connection, later_ms, EXPIRED_HOLD_GRACE_MS, 10)
         assert drift == Drift(Check.HOLD_EXPIRED_OPEN, "h1", usd("0.5"), 0)
-        connection.execute("BEGIN IMMEDIATE")
-        assert (
-            sqlite_checks.repair_drift(connection, drift, later_ms, EXPIRED_HOLD_GRACE_MS) == drift
-        )
-        connection.execute("COMMIT")
-        assert sqlite_checks.find_drift(connection, later_ms, EXPIRED_HOLD_GRACE_MS, 10) == []
+        assert repair(drift) == drift
+        assert repair(drift) is None
+        assert checks.find_drift(connection, later_ms, EXPIRED_HOLD_GRACE_MS, 10) == []
         held = connection.execute("SELECT held FROM users WHERE id = 'ann'").fetchone()
         assert held == (0,)
     finally:

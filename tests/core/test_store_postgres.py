@@ -1,5 +1,6 @@
 """The PostgreSQL store's own behaviour: migrations once (racing opens too), URLs and pool
-limits, and the guards SQLite has no statement for (TRUNCATE, deleting a hold)."""
+limits, the guards SQLite has no statement for (TRUNCATE, deleting an open hold), and the alert
+thresholds its log-usage function mirrors from core."""
 
 import threading
 import time
@@ -11,8 +12,10 @@ import pytest
 from core_helpers import TTL_SECONDS, provision, usd
 from pg_testing import PgRaw, unavailable
 
+from core.alerts import ALERT_THRESHOLDS_PERCENT, thresholds_crossed
 from core.errors import ConfigurationError, Unavailable
 from core.ledger import Ledger
+from core.money import Money
 from core.prices import load_price_table
 from core.store import open_store
 from core.store.base import Product
@@ -48,10 +51,13 @@ def test_without_a_server_postgresql_tests_fail_in_ci_and_skip_elsewhere(monkeyp
 # -- migrations and opening -----------------------------------------------------------------
 
 
-def test_opening_twice_applies_0001_once(new_url, clock):
+MIGRATIONS = ["0001_ledger.sql", "0002_flows.sql"]
+
+
+def test_opening_twice_applies_each_migration_once(new_url, clock):
     first = open_pg(new_url, clock)
     try:
-        assert first.applied_migrations == ["0001_ledger.sql"]
+        assert first.applied_migrations == MIGRATIONS
         first.put_product(Product("basic", "Basic", usd(10)), clock())
     finally:
         first.close()
@@ -66,7 +72,7 @@ def test_opening_twice_applies_0001_once(new_url, clock):
         rows = raw.execute("SELECT version, name FROM schema_migrations").fetchall()
     finally:
         raw.close()
-    assert rows == [(1, "0001_ledger.sql")]
+    assert rows == [(1, "0001_ledger.sql"), (2, "0002_flows.sql")]
 
 
 def test_stores_opening_at_once_migrate_once(new_url, clock):
@@ -82,7 +88,7 @@ def test_stores_opening_at_once_migrate_once(new_url, clock):
         stores = list(pool.map(open_one, range(4)))
     try:
         applied = sorted(store.applied_migrations for store in stores)
-        assert applied == [[], [], [], ["0001_ledger.sql"]]
+        assert applied == [[], [], [], MIGRATIONS]
         for store in stores:
             store.check_health()
     finally:
@@ -174,17 +180,19 @@ def test_a_request_that_finds_no_free_connection_is_refused_and_changes_nothing(
     [
         "TRUNCATE usage",
         "TRUNCATE period_history",
+        "TRUNCATE ledger_repairs",
+        "TRUNCATE reservations",
         "DELETE FROM reservations WHERE request_id = 'r3'",
     ],
 )
-def test_history_cannot_be_truncated_nor_holds_deleted(populated, raw, statement):
+def test_history_cannot_be_truncated_nor_open_holds_deleted(populated, raw, statement):
     before = (
         raw.execute("SELECT COUNT(*) FROM usage").fetchone(),
         raw.execute("SELECT COUNT(*) FROM period_history").fetchone(),
         raw.execute("SELECT COUNT(*) FROM reservations").fetchone(),
     )
     assert before[0][0] and before[1][0] and before[2][0]
-    with pytest.raises(psycopg.IntegrityError, match="append-only|only moves"):
+    with pytest.raises(psycopg.IntegrityError, match="append-only|never deleted"):
         raw.execute(statement)
     after = (
         raw.execute("SELECT COUNT(*) FROM usage").fetchone(),
@@ -192,3 +200,33 @@ def test_history_cannot_be_truncated_nor_holds_deleted(populated, raw, statement
         raw.execute("SELECT COUNT(*) FROM reservations").fetchone(),
     )
     assert after == before
+
+
+def test_a_closed_hold_can_be_deleted(populated, raw):
+    """Retention deletes closed holds (``delete_closed_reservations``); only open ones stay."""
+    populated.release_reservation("r3")
+    raw.execute("DELETE FROM reservations WHERE request_id = 'r3'")
+    assert raw.execute("SELECT COUNT(*) FROM reservations").fetchone() == (0,)
+
+
+# -- the alert rule, mirrored in SQL ----------------------------------------------------------
+
+
+def test_the_database_crosses_alert_thresholds_exactly_as_core_does(raw):
+    """``ledger_thresholds_crossed`` against ``core.alerts.thresholds_crossed``, on the edges of
+    each threshold, a zero limit, and figures where 100 × used overflows a BIGINT."""
+    limits = [0, 1, 7, usd(10), usd("0.000000003"), usd(1_000_000_000), 2**62]
+    cases = []
+    for limit in limits:
+        edges = sorted(
+            {0, 1, limit} | {t * limit // 100 + d for t in (80, 100) for d in (-1, 0, 1)}
+        )
+        edges = [edge for edge in edges if edge >= 0]
+        cases += [(before, after, limit) for before in edges for after in edges]
+    for before, after, limit in cases:
+        (crossed,) = raw.execute(
+            "SELECT ledger_thresholds_crossed(?, ?, ?, ?::INTEGER[])",
+            (before, after, limit, list(ALERT_THRESHOLDS_PERCENT)),
+        ).fetchone()
+        expected = thresholds_crossed(Money(before), Money(after), Money(limit))
+        assert tuple(crossed) == expected, (before, after, limit)

@@ -15,7 +15,9 @@ from integration_support import (
     API_KEY,
     PASSWORD,
     BillingServer,
+    alive,
     api_headers,
+    children_of,
     create_product,
     dumps,
     loads,
@@ -27,30 +29,6 @@ WAIT_SECONDS = 20.0
 POLL_SECONDS = 0.1
 ROUNDS_MAX = 100
 CONNECTIONS_PER_ROUND = 8
-
-
-def children_of(pid: int) -> set[int]:
-    """Live (not zombie) processes whose parent is ``pid``, from /proc."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.add(int(entry.name))
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def wait_until(condition, what: str, server: BillingServer | None = None):
