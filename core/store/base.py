@@ -7,7 +7,7 @@ and times are integer ms since the epoch throughout.
 """
 
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from core.alerts import Alert, AlertChannel
 from core.budget import BudgetSnapshot, BudgetStatus, UserStatus
@@ -44,6 +44,67 @@ class UserView:
     period_start_ms: int
     created_at_ms: int
     budget: BudgetSnapshot
+
+
+# The columns every backend's user query returns, in order (``user_view_from_row`` reads them).
+USER_VIEW_COLUMNS = (
+    "id",
+    "email",
+    "product_id",
+    "tenant_id",
+    "status",
+    "period_label",
+    "period_start",
+    "created_at",
+    "plan_budget",
+    "credits",
+    "used",
+    "held",
+    "held_expired",
+    "tenant_cap",
+    "tenant_used",
+    "tenant_held",
+    "tenant_held_expired",
+)
+
+
+def user_view_from_row(row: tuple[Any, ...]) -> UserView:
+    """A user and their figures from one row of ``USER_VIEW_COLUMNS``.
+
+    Holds past their expiry still sit in the counters until swept; they no longer count here.
+    """
+    assert len(row) == len(USER_VIEW_COLUMNS), row
+    (
+        id_,
+        email,
+        product_id,
+        tenant_id,
+        status,
+        label,
+        start,
+        created,
+        plan_budget,
+        credits,
+        used,
+        held,
+        held_expired,
+        tenant_cap,
+        tenant_used,
+        tenant_held,
+        tenant_held_expired,
+    ) = row
+    user_status = UserStatus(status)
+    snapshot = BudgetSnapshot(
+        user_status=user_status,
+        plan_budget=Money(plan_budget),
+        credits=Money(credits),
+        used=Money(used),
+        held=Money(held - held_expired),
+        tenant_cap=None if tenant_cap is None else Money(tenant_cap),
+        tenant_used=Money(tenant_used),
+        tenant_held=Money(tenant_held - tenant_held_expired),
+    )
+    return UserView(id_, email, product_id, tenant_id, user_status, label, start, created, snapshot)
 
 
 @dataclass(frozen=True, slots=True)

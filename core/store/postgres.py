@@ -25,7 +25,7 @@ import psycopg.conninfo
 import psycopg_pool
 
 from core.alerts import ALERT_THRESHOLDS_PERCENT, Alert, AlertChannel, AlertSubject, crossings
-from core.budget import BudgetSnapshot, BudgetStatus, UserStatus, decide
+from core.budget import BudgetStatus, UserStatus, decide
 from core.errors import (
     ConfigurationError,
     Duplicate,
@@ -48,6 +48,7 @@ from core.reservations import (
 )
 from core.store import postgres_flows
 from core.store.base import (
+    USER_VIEW_COLUMNS,
     CheckOutcome,
     CreditGrant,
     GroupBy,
@@ -59,6 +60,7 @@ from core.store.base import (
     Tenant,
     UsageGroup,
     UserView,
+    user_view_from_row,
 )
 from core.store.flows_sql import backfill_note
 from core.usage import UsageRecord, check_replay
@@ -77,12 +79,8 @@ LOCK_MIGRATIONS = 1
 LOCK_RESETS = 2
 LOCK_REPAIRS = 4
 
-_FIGURES = (
-    "id, email, product_id, tenant_id, status, period_label, period_start, created_at,"
-    " plan_budget, credits, used, held, held_expired, tenant_cap, tenant_used, tenant_held,"
-    " tenant_held_expired"
-)
-_FIGURES_COUNT = 17
+_FIGURES = ", ".join(USER_VIEW_COLUMNS)
+_FIGURES_COUNT = len(USER_VIEW_COLUMNS)
 _READ_USER_SQL = f"SELECT {_FIGURES} FROM ledger_user_view(%s, %s)"
 _RESERVE_SQL = (
     "SELECT (f.figures).*, f.r_user_id, f.r_amount, f.r_state, f.r_expires_at, f.logged,"
@@ -245,7 +243,7 @@ class PostgresStore:
 
     def read_user(self, user_id: str, now_ms: int) -> UserView | None:
         row = self._one(_READ_USER_SQL, (user_id, now_ms))
-        return None if row is None else _user_view(row)
+        return None if row is None else user_view_from_row(row)
 
     def user_id_by_email(self, email: str) -> str | None:
         row = self._one("SELECT id FROM users WHERE email_key = %s", (email.casefold(),))
@@ -297,7 +295,7 @@ class PostgresStore:
         row = self._one(_RESERVE_SQL, (user_id, request_id, amount, expires_at_ms, now_ms))
         if row is None:
             raise NotFound("unknown user", user_id=user_id)
-        view = _user_view(row[:_FIGURES_COUNT])
+        view = user_view_from_row(row[:_FIGURES_COUNT])
         r_user, r_amount, r_state, r_expires, logged, placed = row[_FIGURES_COUNT:]
         if r_user is not None:
             existing = Reservation(
@@ -549,7 +547,7 @@ def _log_usage(
     ).fetchone()
     if row is None:
         raise NotFound("unknown user", user_id=record.user_id)
-    view = _user_view(row[:_FIGURES_COUNT])
+    view = user_view_from_row(row[:_FIGURES_COUNT])
     (
         r_user,
         r_amount,
@@ -610,38 +608,4 @@ def _require_user(connection: psycopg.Connection[Any], user_id: str, now_ms: int
     row = connection.execute(_READ_USER_SQL, (user_id, now_ms)).fetchone()
     if row is None:
         raise NotFound("unknown user", user_id=user_id)
-    return _user_view(row)
-
-
-def _user_view(row: tuple[Any, ...]) -> UserView:
-    (
-        id_,
-        email,
-        product_id,
-        tenant_id,
-        status,
-        label,
-        start,
-        created,
-        plan_budget,
-        credits,
-        used,
-        held,
-        held_expired,
-        tenant_cap,
-        tenant_used,
-        tenant_held,
-        tenant_held_expired,
-    ) = row
-    user_status = UserStatus(status)
-    snapshot = BudgetSnapshot(
-        user_status=user_status,
-        plan_budget=Money(plan_budget),
-        credits=Money(credits),
-        used=Money(used),
-        held=Money(held - held_expired),
-        tenant_cap=None if tenant_cap is None else Money(tenant_cap),
-        tenant_used=Money(tenant_used),
-        tenant_held=Money(tenant_held - tenant_held_expired),
-    )
-    return UserView(id_, email, product_id, tenant_id, user_status, label, start, created, snapshot)
+    return user_view_from_row(row)

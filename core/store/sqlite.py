@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from core.alerts import Alert, AlertChannel, crossings
-from core.budget import BudgetSnapshot, BudgetStatus, UserStatus, decide
+from core.budget import BudgetStatus, UserStatus, decide
 from core.errors import (
     ConfigurationError,
     Duplicate,
@@ -56,6 +56,7 @@ from core.store.base import (
     Tenant,
     UsageGroup,
     UserView,
+    user_view_from_row,
 )
 from core.store.flows_sql import backfill_note
 from core.store.sqlite_checks import record_repair
@@ -661,39 +662,7 @@ def _log_usage_operation(
 
 def _read_user(connection: sqlite3.Connection, user_id: str, now_ms: int) -> UserView | None:
     row = connection.execute(_USER_VIEW_SQL, {"user_id": user_id, "now": now_ms}).fetchone()
-    if row is None:
-        return None
-    (
-        id_,
-        email,
-        product_id,
-        tenant_id,
-        status,
-        label,
-        start,
-        created,
-        plan_budget,
-        credits,
-        used,
-        held,
-        held_expired,
-        tenant_cap,
-        tenant_used,
-        tenant_held,
-        tenant_held_expired,
-    ) = row
-    user_status = UserStatus(status)
-    snapshot = BudgetSnapshot(
-        user_status=user_status,
-        plan_budget=Money(plan_budget),
-        credits=Money(credits),
-        used=Money(used),
-        held=Money(held - held_expired),
-        tenant_cap=None if tenant_cap is None else Money(tenant_cap),
-        tenant_used=Money(tenant_used),
-        tenant_held=Money(tenant_held - tenant_held_expired),
-    )
-    return UserView(id_, email, product_id, tenant_id, user_status, label, start, created, snapshot)
+    return None if row is None else user_view_from_row(row)
 
 
 def _require_user(connection: sqlite3.Connection, user_id: str, now_ms: int) -> UserView:
