@@ -1,7 +1,9 @@
 """Metrics at /metrics, request ids, the JSON request log, rate limits (429) and Redis health."""
 
+import io
 import json
 import logging
+import queue
 from decimal import Decimal
 
 import pytest
@@ -20,7 +22,7 @@ from api_helpers import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.logs import JsonFormatter, configure_logging
+from api.logs import JsonFormatter, LineWriter, configure_logging
 from api.observe import REQUEST_ID_LENGTH_MAX
 
 METRICS_KEY = "metrics-key-mmmmmmmmmmmmmmmm"
@@ -230,3 +232,14 @@ def test_logging_keeps_httpx_request_urls_out(monkeypatch):
     monkeypatch.setattr(logging.getLogger("httpx"), "level", logging.NOTSET)
     configure_logging()
     assert not logging.getLogger("httpx").isEnabledFor(logging.INFO)
+
+
+def test_the_log_writer_writes_every_queued_line_in_order_before_it_stops():
+    """Request threads only queue their lines; one writer thread writes them, in batches."""
+    lines: queue.Queue[object] = queue.Queue()
+    stream = io.StringIO()
+    writer = LineWriter(lines, stream)
+    for number in range(1000):
+        lines.put(logging.makeLogRecord({"msg": f"line {number}"}))
+    writer.stop()
+    assert stream.getvalue().splitlines() == [f"line {number}" for number in range(1000)]
