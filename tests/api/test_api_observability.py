@@ -243,3 +243,14 @@ def test_the_log_writer_writes_every_queued_line_in_order_before_it_stops():
         lines.put(logging.makeLogRecord({"msg": f"line {number}"}))
     writer.stop()
     assert stream.getvalue().splitlines() == [f"line {number}" for number in range(1000)]
+
+
+def test_a_closed_log_stream_does_not_stop_the_writer():
+    """A process whose stderr went away still serves; its lines have nowhere to go."""
+    lines: queue.Queue[object] = queue.Queue()
+    closed = io.StringIO()
+    closed.close()
+    writer = LineWriter(lines, closed)
+    lines.put(logging.makeLogRecord({"msg": "lost"}))
+    writer.stop()
+    assert not writer._thread.is_alive()
