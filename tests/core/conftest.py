@@ -7,14 +7,12 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from core_helpers import START, TTL_SECONDS, FakeClock, ms, provision, usd
-from pg_testing import POOL_SIZE, POOL_TIMEOUT_SECONDS, PgRaw
+from core_helpers import START, TTL_SECONDS, FakeClock, ms, open_test_store, provision, usd
+from pg_testing import PgRaw
 
 from core.ledger import Ledger
 from core.prices import load_price_table
 from core.store.base import LedgerStore, Product, UserView
-from core.store.postgres import PostgresStore
-from core.store.sqlite import SqliteStore
 
 
 @pytest.fixture
@@ -33,14 +31,6 @@ def database_url(backend: str, db_path: Path, request: pytest.FixtureRequest) ->
     if backend == "sqlite":
         return f"sqlite:///{db_path}"
     return request.getfixturevalue("postgres").fresh_schema("core_store")
-
-
-def open_test_store(database_url: str, clock: FakeClock) -> LedgerStore:
-    if database_url.startswith("sqlite:"):
-        return SqliteStore(Path(database_url.removeprefix("sqlite:///")), clock, "FULL")
-    return PostgresStore(
-        database_url, clock, pool_size=POOL_SIZE, pool_timeout_seconds=POOL_TIMEOUT_SECONDS
-    )
 
 
 @pytest.fixture

@@ -2,10 +2,15 @@
 
 import threading
 from datetime import UTC, datetime
+from pathlib import Path
+
+from pg_testing import POOL_SIZE, POOL_TIMEOUT_SECONDS
 
 from core.ledger import Ledger
 from core.money import Money, money_from_input
-from core.store.base import UserView
+from core.store.base import LedgerStore, UserView
+from core.store.postgres import PostgresStore
+from core.store.sqlite import SqliteStore
 
 START = datetime(2026, 3, 15, 12, 0, tzinfo=UTC)
 TTL_SECONDS = 600
@@ -54,4 +59,12 @@ def provision(
         product_id,
         tenant_id,
         user_id,
+    )
+
+
+def open_test_store(database_url: str, clock: FakeClock) -> LedgerStore:
+    if database_url.startswith("sqlite:"):
+        return SqliteStore(Path(database_url.removeprefix("sqlite:///")), clock, "FULL")
+    return PostgresStore(
+        database_url, clock, pool_size=POOL_SIZE, pool_timeout_seconds=POOL_TIMEOUT_SECONDS
     )

@@ -8,7 +8,7 @@ from collections import Counter
 
 import psycopg
 import pytest
-from core_helpers import provision, usd
+from core_helpers import open_test_store, provision, usd
 
 from core.budget import BudgetStatus, UserStatus
 from core.errors import LedgerError, Unavailable
@@ -329,3 +329,15 @@ def test_writes_racing_resets_land_wholly_in_one_period(ledger, basic, clock, ra
     assert usage_total > 0
     assert history_total + open_total == usage_total
     assert raw.execute("SELECT COUNT(*) FROM reservations WHERE state = 'open'").fetchone() == (0,)
+
+
+def test_store_data_survives_a_reopen(ledger, alice, store, database_url, clock):
+    ledger.check_budget("alice", None, 0, 0, usd(2), "r1")
+    ledger.log_usage("alice", "m", "r2", 1, 1, usd(3), None)
+    before = ledger.user("alice")
+    store.close()
+    reopened = open_test_store(database_url, clock)
+    try:
+        assert reopened.read_user("alice", clock()) == before
+    finally:
+        reopened.close()

@@ -96,24 +96,6 @@ def test_stores_opening_at_once_migrate_once(new_url, clock):
             store.close()
 
 
-def test_store_data_survives_a_reopen(new_url, clock):
-    store = open_pg(new_url, clock)
-    ledger = Ledger(store, load_price_table(), ZoneInfo("UTC"), TTL_SECONDS, clock_ms=clock)
-    try:
-        ledger.put_product(Product("basic", "Basic", usd(10)))
-        provision(ledger, "alice")
-        ledger.check_budget("alice", None, 0, 0, usd(2), "r1")
-        ledger.log_usage("alice", "m", "r2", 1, 1, usd(3), None)
-        before = ledger.user("alice")
-    finally:
-        store.close()
-    reopened = open_pg(new_url, clock)
-    try:
-        assert reopened.read_user("alice", clock()) == before
-    finally:
-        reopened.close()
-
-
 def test_open_store_takes_both_url_schemes(new_url, clock):
     for url in (new_url, new_url.replace("postgresql://", "postgres://", 1)):
         store = open_store(url, clock, "FULL", database_pool_size=1)

@@ -8,7 +8,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from core_helpers import TTL_SECONDS, provision, usd
+from core_helpers import TTL_SECONDS, usd
 
 from core.errors import ConfigurationError, Unavailable
 from core.ledger import Ledger
@@ -59,25 +59,6 @@ def test_two_stores_open_at_once_migrate_once(tmp_path, clock):
     finally:
         second.close()
         first.close()
-
-
-def test_store_data_survives_a_reopen(tmp_path, clock):
-    path = tmp_path / "l.db"
-    store = SqliteStore(path, clock, "FULL")
-    ledger = Ledger(store, load_price_table(), ZoneInfo("UTC"), TTL_SECONDS, clock_ms=clock)
-    try:
-        ledger.put_product(Product("basic", "Basic", usd(10)))
-        provision(ledger, "alice")
-        ledger.check_budget("alice", None, 0, 0, usd(2), "r1")
-        ledger.log_usage("alice", "m", "r2", 1, 1, usd(3), None)
-        before = ledger.user("alice")
-    finally:
-        store.close()
-    reopened = SqliteStore(path, clock, "FULL")
-    try:
-        assert reopened.read_user("alice", clock()) == before
-    finally:
-        reopened.close()
 
 
 @pytest.mark.parametrize(
