@@ -5,10 +5,9 @@ callers pass only the fields they mean to publish (``extra={"fields": {...}}``).
 """
 
 import atexit
+import collections
 import json
 import logging
-import logging.handlers
-import queue
 import sys
 import threading
 import time
@@ -16,49 +15,91 @@ from typing import TextIO
 
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
 _ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
-# Lines formatted and waiting for the writer thread; a request waits when it is full.
-LOG_QUEUE_RECORDS_MAX = 10_000
-# Lines the writer joins into one write; each write lets the other threads take the GIL.
-LOG_WRITE_LINES_MAX = 256
+# Lines formatted and waiting for the writer; past this a line is dropped and counted, so a
+# stalled stderr reader never stalls a request.
+LOG_BUFFER_LINES_MAX = 10_000
+# How long the writer sleeps between writes: lines reach stderr at most this late.
+LOG_FLUSH_INTERVAL_SECONDS = 0.05
+# Lines joined into one write; the writer takes the rest at once in further writes.
+LOG_WRITE_LINES_MAX = 1_000
 LOG_STOP_WAIT_SECONDS = 5.0
 
 
-class LineWriter:
-    """One thread that writes the queued lines to a stream, all that are waiting in one write.
+class LineBuffer:
+    """Formatted lines waiting for the writer: a deque, appended to without a lock or a wake-up.
 
-    Request threads only format their line and queue it. With every thread writing itself,
-    16 request threads queued on the handler's lock behind each write (a convoy: check-budget
-    fell to a third of its throughput at 32 connections).
+    Request threads must not wait on logging: with every thread writing itself they convoyed on
+    the handler's lock (check-budget fell to a third of its throughput at 32 connections), and
+    with a queue each line woke the writer thread (a context switch per request).
     """
 
-    _STOP = object()
+    def __init__(self, lines_max: int = LOG_BUFFER_LINES_MAX) -> None:
+        self._lines: collections.deque[str] = collections.deque()
+        self._lines_max = lines_max
+        self._dropped_lock = threading.Lock()  # taken only when a line is dropped
+        self._dropped = 0
 
-    def __init__(self, lines: "queue.Queue[object]", stream: TextIO | None = None) -> None:
+    def append(self, line: str) -> None:
+        # The length check and the append are not one step: the bound may be passed by at most
+        # one line per thread, which keeps it a bound.
+        if len(self._lines) < self._lines_max:
+            self._lines.append(line)
+            return
+        with self._dropped_lock:
+            self._dropped += 1
+
+    def take(self, lines_max: int) -> list[str]:
+        """Up to ``lines_max`` lines in the order they came, and a notice of any dropped since."""
+        taken = []
+        while len(taken) < lines_max:
+            try:
+                taken.append(self._lines.popleft())
+            except IndexError:
+                break
+        with self._dropped_lock:
+            dropped, self._dropped = self._dropped, 0
+        if dropped:
+            taken.append(_dropped_notice(dropped))
+        return taken
+
+    def __len__(self) -> int:
+        return len(self._lines)
+
+
+def _dropped_notice(count: int) -> str:
+    return _ENCODER.encode(
+        {
+            "time": _utc_text(time.time()),
+            "level": "warning",
+            "logger": __name__,
+            "message": "log lines dropped: the buffer was full",
+            "count": count,
+        }
+    )
+
+
+class LineWriter:
+    """One thread that wakes every ``LOG_FLUSH_INTERVAL_SECONDS`` and writes what is buffered."""
+
+    def __init__(self, lines: LineBuffer, stream: TextIO | None = None) -> None:
         """Write to ``stream``, or to whatever ``sys.stderr`` is at each write when None."""
         self._lines = lines
         self._stream = stream
+        self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        """Write what is queued, then end the thread (bounded wait)."""
-        self._lines.put(self._STOP)
+        """Write what is buffered, then end the thread (bounded wait)."""
+        self._stopping.set()
         self._thread.join(LOG_STOP_WAIT_SECONDS)
 
     def _run(self) -> None:
         stopping = False
         while not stopping:
-            batch = [self._lines.get()]
-            while len(batch) < LOG_WRITE_LINES_MAX:
-                try:
-                    batch.append(self._lines.get_nowait())
-                except queue.Empty:
-                    break
-            if self._STOP in batch:
-                stopping = True
-                batch = [item for item in batch if item is not self._STOP]
-            if batch:
-                self._write("".join(f"{record.getMessage()}\n" for record in batch))
+            stopping = self._stopping.wait(LOG_FLUSH_INTERVAL_SECONDS)
+            while batch := self._lines.take(LOG_WRITE_LINES_MAX):
+                self._write("".join(f"{line}\n" for line in batch))
 
     def _write(self, text: str) -> None:
         stream = self._stream if self._stream is not None else sys.stderr
@@ -71,7 +112,32 @@ class LineWriter:
             pass
 
 
+class BufferHandler(logging.Handler):
+    """Formats a record in the thread that logs it and appends the line to a ``LineBuffer``."""
+
+    def __init__(self, lines: LineBuffer) -> None:
+        super().__init__()
+        self._lines = lines
+
+    def createLock(self) -> None:
+        # No handler lock: formatting is thread-safe and a deque append is atomic, and a lock
+        # held while formatting is where request threads convoyed.
+        self.lock = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._lines.append(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+
 _writer: LineWriter | None = None
+
+
+def _utc_text(created: float) -> str:
+    seconds = int(created)
+    milliseconds = int((created - seconds) * 1000)
+    return f"{time.strftime(_TIME_FORMAT, time.gmtime(seconds))}.{milliseconds:03d}Z"
 
 
 class JsonFormatter(logging.Formatter):
@@ -110,15 +176,18 @@ def configure_logging(level: int = logging.INFO) -> None:
     global _writer
     if _writer is not None:
         _writer.stop()
-    lines: queue.Queue[object] = queue.Queue(LOG_QUEUE_RECORDS_MAX)
-    handler = logging.handlers.QueueHandler(lines)
+    lines = LineBuffer()
+    handler = BufferHandler(lines)
     handler.setFormatter(JsonFormatter())
     _writer = LineWriter(lines)
-    atexit.register(_writer.stop)  # the lines still queued are written before exit
+    atexit.register(_writer.stop)  # the lines still buffered are written before exit
     root = logging.getLogger()
     for previous in list(root.handlers):
         root.removeHandler(previous)
     root.addHandler(handler)
     root.setLevel(level)
+    # No line names a thread or a process: skip looking them up for every record.
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     # httpx logs every request's URL at INFO; PocketBase lookups carry a user's email in theirs.
     logging.getLogger("httpx").setLevel(max(level, logging.WARNING))

@@ -3,7 +3,6 @@
 import io
 import json
 import logging
-import queue
 from decimal import Decimal
 
 import pytest
@@ -22,7 +21,13 @@ from api_helpers import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.logs import JsonFormatter, LineWriter, configure_logging
+from api.logs import (
+    LOG_WRITE_LINES_MAX,
+    JsonFormatter,
+    LineBuffer,
+    LineWriter,
+    configure_logging,
+)
 from api.observe import REQUEST_ID_LENGTH_MAX
 
 METRICS_KEY = "metrics-key-mmmmmmmmmmmmmmmm"
@@ -234,23 +239,38 @@ def test_logging_keeps_httpx_request_urls_out(monkeypatch):
     assert not logging.getLogger("httpx").isEnabledFor(logging.INFO)
 
 
-def test_the_log_writer_writes_every_queued_line_in_order_before_it_stops():
-    """Request threads only queue their lines; one writer thread writes them, in batches."""
-    lines: queue.Queue[object] = queue.Queue()
+def test_the_log_writer_writes_every_buffered_line_in_order_before_it_stops():
+    """Request threads only append their lines; one writer thread writes them, in batches."""
+    lines = LineBuffer()
     stream = io.StringIO()
     writer = LineWriter(lines, stream)
-    for number in range(1000):
-        lines.put(logging.makeLogRecord({"msg": f"line {number}"}))
+    for number in range(3 * LOG_WRITE_LINES_MAX):
+        lines.append(f"line {number}")
     writer.stop()
-    assert stream.getvalue().splitlines() == [f"line {number}" for number in range(1000)]
+    assert stream.getvalue().splitlines() == [
+        f"line {number}" for number in range(3 * LOG_WRITE_LINES_MAX)
+    ]
+
+
+def test_a_full_log_buffer_drops_lines_and_says_how_many():
+    """A stalled stderr must not stall requests: past the bound, lines are counted, not kept."""
+    lines = LineBuffer(lines_max=3)
+    for number in range(5):
+        lines.append(f"line {number}")
+    assert len(lines) == 3
+    taken = lines.take(10)
+    assert taken[:3] == ["line 0", "line 1", "line 2"]
+    notice = json.loads(taken[3])
+    assert notice["level"] == "warning" and notice["count"] == 2
+    assert lines.take(10) == []
 
 
 def test_a_closed_log_stream_does_not_stop_the_writer():
     """A process whose stderr went away still serves; its lines have nowhere to go."""
-    lines: queue.Queue[object] = queue.Queue()
+    lines = LineBuffer()
     closed = io.StringIO()
     closed.close()
     writer = LineWriter(lines, closed)
-    lines.put(logging.makeLogRecord({"msg": "lost"}))
+    lines.append("lost")
     writer.stop()
     assert not writer._thread.is_alive()
