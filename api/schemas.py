@@ -11,10 +11,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSche
 from pydantic_core import PydanticCustomError
 
 from core.money import AMOUNT_MAX, Money, MoneyError, money_from_input
-from core.provisioning import EMAIL_PATTERN
+from core.provisioning import EMAIL_PATTERN, ID_LENGTH_MAX
 
 TOKENS_MAX = 1_000_000_000
-ID_LENGTH_MAX = 256
 TEXT_LENGTH_MAX = 1024
 
 

@@ -22,6 +22,8 @@ from core.store.base import UserView
 log = logging.getLogger(__name__)
 
 EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+$"
+# The longest id of a user, plan or tenant that the API and the provision-user flow accept.
+ID_LENGTH_MAX = 256
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,9 +15,14 @@ from prefect.cache_policies import NONE
 from pydantic import Field, SecretStr
 
 from adapters.pocketbase import open_identity_store
-from api.schemas import ID_LENGTH_MAX
 from core.passwords import one_time_password
-from core.provisioning import EMAIL_PATTERN, Provisioner, ProvisionOutcome, ProvisionRequest
+from core.provisioning import (
+    EMAIL_PATTERN,
+    ID_LENGTH_MAX,
+    Provisioner,
+    ProvisionOutcome,
+    ProvisionRequest,
+)
 from core.service import open_ledger
 from core.settings import Settings
 from flows.mail import mail_credentials, send_mail
