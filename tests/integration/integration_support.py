@@ -260,6 +260,33 @@ def usage_body(user_id: str, request_id: str, cost: Decimal | int, model: str = 
     }
 
 
+def hold_then_log(client: httpx.Client, user_id: str, request_id: str, denied_status: str) -> bool:
+    """One gateway cycle: a $1 hold, then the $1 log when the hold was placed (True).
+
+    A refused hold must carry ``denied_status`` and no reservation (False).
+    """
+    check = client.post(
+        "/api/check-budget",
+        content=dumps(
+            {"user_id": user_id, "model": "gpt-4o", "cost_estimate": 1, "request_id": request_id}
+        ),
+        headers=api_headers(),
+    )
+    assert check.status_code == 200, check.text
+    checked = loads(check)
+    if not checked["allowed"]:
+        assert checked["status"] == denied_status, checked
+        assert "reservation" not in checked
+        return False
+    assert checked["reservation"]["amount"] == 1
+    logged = client.post(
+        "/api/log-usage", content=dumps(usage_body(user_id, request_id, 1)), headers=api_headers()
+    )
+    assert logged.status_code == 201, logged.text
+    assert loads(logged)["result"] == "created"
+    return True
+
+
 def user_budget(client: httpx.Client, user_id: str) -> dict:
     response = client.get(f"/api/users/{user_id}/budget", headers=api_headers())
     assert response.status_code == 200, response.text

@@ -15,6 +15,7 @@ from integration_support import (
     create_product,
     dollars,
     dumps,
+    hold_then_log,
     loads,
     provision_user,
     read_only,
@@ -71,28 +72,9 @@ def run_concurrently(servers, jobs: list, work) -> list:
 
 
 def reserve_then_log(client: httpx.Client, job: tuple[str, str]) -> tuple[str, Decimal | None]:
-    """One gateway cycle: a $1 hold, and the $1 log if the hold was placed."""
     user_id, request_id = job
-    check = client.post(
-        "/api/check-budget",
-        content=dumps(
-            {"user_id": user_id, "model": "gpt-4o", "cost_estimate": 1, "request_id": request_id}
-        ),
-        headers=api_headers(),
-    )
-    assert check.status_code == 200, check.text
-    checked = loads(check)
-    if not checked["allowed"]:
-        assert checked["status"] == "exceeded", checked
-        assert "reservation" not in checked
-        return request_id, None
-    assert checked["reservation"]["amount"] == 1
-    logged = client.post(
-        "/api/log-usage", content=dumps(usage_body(user_id, request_id, 1)), headers=api_headers()
-    )
-    assert logged.status_code == 201, logged.text
-    assert loads(logged)["result"] == "created"
-    return request_id, Decimal(1)
+    placed = hold_then_log(client, user_id, request_id, denied_status="exceeded")
+    return request_id, Decimal(1) if placed else None
 
 
 def test_two_processes_admit_exactly_the_budget(servers, database: Database) -> None:

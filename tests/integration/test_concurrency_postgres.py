@@ -10,14 +10,12 @@ import pytest
 from integration_support import (
     BillingServer,
     admin_headers,
-    api_headers,
     create_product,
     dollars,
     dumps,
-    loads,
+    hold_then_log,
     provision_user,
     read_only,
-    usage_body,
     user_budget,
 )
 
@@ -43,24 +41,7 @@ def servers(launch, database: str) -> list[BillingServer]:
 
 
 def cycle(client: httpx.Client, request_id: str) -> bool:
-    """A gateway cycle: a $1 hold, then the $1 log when the hold was placed."""
-    check = client.post(
-        "/api/check-budget",
-        content=dumps(
-            {"user_id": USER_ID, "model": "gpt-4o", "cost_estimate": 1, "request_id": request_id}
-        ),
-        headers=api_headers(),
-    )
-    assert check.status_code == 200, check.text
-    checked = loads(check)
-    if not checked["allowed"]:
-        assert checked["status"] == "tenant_exceeded", checked
-        return False
-    logged = client.post(
-        "/api/log-usage", content=dumps(usage_body(USER_ID, request_id, 1)), headers=api_headers()
-    )
-    assert logged.status_code == 201, logged.text
-    return True
+    return hold_then_log(client, USER_ID, request_id, denied_status="tenant_exceeded")
 
 
 def test_a_thousand_cycles_on_two_instances_respect_the_tenant_cap(servers, database) -> None:
