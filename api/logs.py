@@ -8,6 +8,7 @@ import atexit
 import collections
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -72,6 +73,7 @@ def _dropped_notice(count: int) -> str:
             "time": _utc_text(time.time()),
             "level": "warning",
             "logger": __name__,
+            "pid": os.getpid(),
             "message": "log lines dropped: the buffer was full",
             "count": count,
         }

@@ -261,6 +261,7 @@ def test_a_full_log_buffer_drops_lines_and_says_how_many():
     taken = lines.take(10)
     assert taken[:3] == ["line 0", "line 1", "line 2"]
     notice = json.loads(taken[3])
+    assert set(notice) >= {"time", "level", "logger", "pid", "message"}
     assert notice["level"] == "warning" and notice["count"] == 2
     assert lines.take(10) == []
 
