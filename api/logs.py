@@ -8,7 +8,6 @@ import atexit
 import collections
 import json
 import logging
-import os
 import sys
 import threading
 import time
@@ -68,16 +67,17 @@ class LineBuffer:
 
 
 def _dropped_notice(count: int) -> str:
-    return _ENCODER.encode(
+    """A warning line in the same shape as every other, made by the same formatter."""
+    record = logging.makeLogRecord(
         {
-            "time": _utc_text(time.time()),
-            "level": "warning",
-            "logger": __name__,
-            "pid": os.getpid(),
-            "message": "log lines dropped: the buffer was full",
-            "count": count,
+            "name": __name__,
+            "levelno": logging.WARNING,
+            "levelname": "WARNING",
+            "msg": "log lines dropped: the buffer was full",
+            "fields": {"count": count},
         }
     )
+    return JsonFormatter().format(record)
 
 
 class LineWriter:
@@ -134,12 +134,6 @@ class BufferHandler(logging.Handler):
 
 
 _writer: LineWriter | None = None
-
-
-def _utc_text(created: float) -> str:
-    seconds = int(created)
-    milliseconds = int((created - seconds) * 1000)
-    return f"{time.strftime(_TIME_FORMAT, time.gmtime(seconds))}.{milliseconds:03d}Z"
 
 
 class JsonFormatter(logging.Formatter):
