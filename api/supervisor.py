@@ -35,7 +35,7 @@ from types import FrameType
 from prometheus_client.multiprocess import mark_process_dead
 
 from api.metrics import MULTIPROC_DIR_VARIABLE
-from api.server import WAITRESS_BACKLOG
+from api.server import WAITRESS_BACKLOG, worker_cpu
 from core.settings import Settings
 
 log = logging.getLogger("billing.supervisor")
@@ -44,8 +44,10 @@ WORKER_RESTARTS_MAX = 5
 WORKER_RESTART_WINDOW_SECONDS = 60.0
 WORKER_STOP_WAIT_SECONDS = 8.0
 SUPERVISOR_POLL_SECONDS = 0.2
-# Each worker runs this with two more arguments: the listening socket's fd, the supervisor's pid.
+# Each worker runs this with three more arguments: the listening socket's fd, the supervisor's
+# pid, and the CPU to pin itself to ("-" for none).
 WORKER_COMMAND = (sys.executable, "-m", "api.worker")
+NO_CPU = "-"
 
 
 def supervise(settings: Settings) -> int:
@@ -59,7 +61,10 @@ def supervise(settings: Settings) -> int:
             settings.port,
             settings.workers,
         )
-        return Supervisor(listener, metrics_dir, settings.workers).run()
+        supervisor = Supervisor(
+            listener, metrics_dir, settings.workers, pin_to_cpus=settings.pin_workers_to_cpus
+        )
+        return supervisor.run()
     finally:
         listener.close()
         shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -79,13 +84,17 @@ class Supervisor:
         metrics_dir: Path,
         workers: int,
         worker_command: Sequence[str] = WORKER_COMMAND,
+        *,
+        pin_to_cpus: bool = False,
     ) -> None:
         assert workers >= 1
         self._listener = listener
         self._worker_command = tuple(worker_command)
         self._metrics_dir = metrics_dir
         self._worker_count = workers
+        self._pin_to_cpus = pin_to_cpus
         self._workers: dict[int, subprocess.Popen[bytes]] = {}
+        self._slots: dict[int, int] = {}  # worker pid → its slot; a replacement keeps the slot
         self._restarts_at: deque[float] = deque()
         self._stop_signal: int | None = None
 
@@ -93,8 +102,8 @@ class Supervisor:
         handled = (signal.SIGTERM, signal.SIGINT)
         previous = {number: signal.signal(number, self._on_signal) for number in handled}
         try:
-            for _ in range(self._worker_count):
-                self._spawn()
+            for slot in range(self._worker_count):
+                self._spawn(slot)
             while self._stop_signal is None:
                 if not self._replace_exited():
                     return 1
@@ -111,16 +120,21 @@ class Supervisor:
     def _on_signal(self, number: int, frame: FrameType | None) -> None:
         self._stop_signal = number
 
-    def _spawn(self) -> None:
+    def _spawn(self, slot: int) -> None:
         fd = self._listener.fileno()
+        cpu = worker_cpu(slot) if self._pin_to_cpus else None
         process = subprocess.Popen(
-            [*self._worker_command, str(fd), str(os.getpid())],
+            [*self._worker_command, str(fd), str(os.getpid()), NO_CPU if cpu is None else str(cpu)],
             pass_fds=(fd,),
             env={**os.environ, MULTIPROC_DIR_VARIABLE: str(self._metrics_dir)},
             stdin=subprocess.DEVNULL,
         )
         self._workers[process.pid] = process
-        log.info("started worker %d", process.pid)
+        self._slots[process.pid] = slot
+        if cpu is None:
+            log.info("started worker %d", process.pid)
+        else:
+            log.info("started worker %d on CPU %d", process.pid, cpu)
 
     def _replace_exited(self) -> bool:
         """Replace each worker that exited; False once the restart budget is spent."""
@@ -128,6 +142,7 @@ class Supervisor:
             status = process.poll()
             if status is None:
                 continue
+            slot = self._slots[pid]
             self._forget(pid)
             if self._stop_signal is not None:
                 continue
@@ -145,11 +160,12 @@ class Supervisor:
                 return False
             self._restarts_at.append(now)
             log.warning("worker %d exited with status %d; starting another", pid, status)
-            self._spawn()
+            self._spawn(slot)
         return True
 
     def _forget(self, pid: int) -> None:
         del self._workers[pid]
+        del self._slots[pid]
         mark_process_dead(pid, str(self._metrics_dir))
 
     def _stop_all(self) -> None:

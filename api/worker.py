@@ -1,8 +1,9 @@
 """One worker process of ``billing serve``; started by ``api.supervisor``, not by hand.
 
-``python -m api.worker <listening socket fd> <supervisor pid>``: reads the same settings and
-kept keys as the supervisor, opens its own store, and serves the inherited socket with waitress
-until ``SIGTERM`` (requests in flight finish, then the store closes).
+``python -m api.worker <listening socket fd> <supervisor pid> <cpu or ->``: pins itself to the
+CPU it is given (see ``api.server.pin_to_cpu``), reads the same settings and kept keys as the
+supervisor, opens its own store, and serves the inherited socket with waitress until ``SIGTERM``
+(requests in flight finish, then the store closes).
 """
 
 import ctypes
@@ -18,7 +19,8 @@ from api.app import create_app
 from api.cli import load_settings
 from api.logs import configure_logging
 from api.metrics import Metrics, multiprocess_dir_from_environment
-from api.server import run_waitress
+from api.server import pin_to_cpu, run_waitress
+from api.supervisor import NO_CPU
 from core.service import open_ledger
 from core.settings import resolve_keys
 
@@ -47,8 +49,10 @@ def _stop(number: int, frame: FrameType | None) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     arguments = sys.argv[1:] if argv is None else argv
-    assert len(arguments) == 2, "usage: python -m api.worker <listening fd> <supervisor pid>"
+    assert len(arguments) == 3, "usage: python -m api.worker <listening fd> <supervisor pid> <cpu>"
     listener_fd, supervisor_pid = int(arguments[0]), int(arguments[1])
+    if arguments[2] != NO_CPU:
+        pin_to_cpu(int(arguments[2]))
     signal.signal(signal.SIGTERM, _stop)
     exit_with_supervisor(supervisor_pid)
     configure_logging()

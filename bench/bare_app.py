@@ -3,7 +3,8 @@
 It does what every request to the service must do at the least — waitress parses the request,
 Falcon routes it, the body is read — and nothing else: no auth, no validation, no database.
 Served through ``api.server.run_waitress`` with ``Settings()`` (``PORT``, ``HOST``, ``THREADS``
-from the environment, as for ``billing serve``), so threads and limits are the service's.
+from the environment, as for ``billing serve``), so threads and limits are the service's, and
+pinned to the CPU the service's first worker gets when ``PIN_WORKERS_TO_CPUS`` is on.
 
     PORT=3100 THREADS=8 python -m bench.bare_app
 """
@@ -12,7 +13,7 @@ import logging
 
 import falcon
 
-from api.server import run_waitress
+from api.server import pin_to_cpu, run_waitress, worker_cpu
 from core.settings import Settings
 
 # About the size of a check-budget answer, so the reference writes a comparable response.
@@ -46,11 +47,15 @@ def create_bare_app() -> falcon.App:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = Settings()
+    cpu = worker_cpu(0) if settings.pin_workers_to_cpus else None
+    if cpu is not None:
+        pin_to_cpu(cpu)
     logging.getLogger("bench.bare_app").info(
-        "bare reference app listening on %s:%d (threads=%d)",
+        "bare reference app listening on %s:%d (threads=%d, cpu=%s)",
         settings.host,
         settings.port,
         settings.threads,
+        "any" if cpu is None else cpu,
     )
     run_waitress(create_bare_app(), settings)
 

@@ -62,6 +62,7 @@ class Settings(BaseSettings):
     )
     # Serving: worker processes, rate limits (Redis when set), who may read /metrics.
     workers: int = Field(default_factory=_cpu_count, ge=1, le=WORKERS_MAX)
+    pin_workers_to_cpus: bool = True
     rate_limit: str | None = Field(None, max_length=RATE_LIMIT_TEXT_LENGTH_MAX)
     rate_limit_per_user: str | None = Field(None, max_length=RATE_LIMIT_TEXT_LENGTH_MAX)
     rate_limit_redis_failure: Literal["open", "closed"] = "open"

@@ -1,5 +1,6 @@
-"""`billing serve --workers 2`: both workers serve, a dead worker is replaced, signals stop all;
-two servers share a Redis rate limit; the JSON logs carry no key or password."""
+"""`billing serve --workers 2`: both workers serve, each pinned to a CPU of its own, a dead worker
+is replaced on its CPU, signals stop all; two servers share a Redis rate limit; the JSON logs
+carry no key or password."""
 
 import json
 import os
@@ -24,6 +25,8 @@ from integration_support import (
     provision_user,
 )
 from prometheus_client.parser import text_string_to_metric_families
+
+from api.server import worker_cpu
 
 WAIT_SECONDS = 20.0
 POLL_SECONDS = 0.1
@@ -125,12 +128,52 @@ def test_both_workers_serve_requests_on_one_port(server: BillingServer) -> None:
     assert wait_until(lambda: worker_pids_in_metrics(server) == workers, "both workers in /metrics")
 
 
+def cpus_of_every_thread(pid: int) -> set[frozenset[int]]:
+    """The CPU sets the threads of process ``pid`` may run on, one entry per distinct set."""
+    return {
+        frozenset(os.sched_getaffinity(int(task.name)))
+        for task in Path(f"/proc/{pid}/task").iterdir()
+    }
+
+
+def pinned_cpu(pid: int) -> int:
+    """The one CPU every thread of worker ``pid`` runs on, once it has pinned itself.
+
+    A new interpreter pins itself first thing in its main, a moment after it appears.
+    """
+
+    def one_cpu() -> frozenset[int] | None:
+        sets = cpus_of_every_thread(pid)
+        only = next(iter(sets))
+        return only if len(sets) == 1 and len(only) == 1 else None
+
+    (cpu,) = wait_until(one_cpu, f"worker {pid} pinned")
+    return cpu
+
+
+def test_each_worker_and_all_its_threads_run_on_a_cpu_of_its_own(server: BillingServer) -> None:
+    used = sorted(pinned_cpu(pid) for pid in workers_of(server, 2))
+    assert used == sorted([worker_cpu(0), worker_cpu(1)])
+
+
+def test_workers_roam_when_pinning_is_off(launch, workdir: Path) -> None:
+    server = launch(
+        workdir / "roam.db", "roam", workers=2, extra_env={"PIN_WORKERS_TO_CPUS": "false"}
+    )
+    everywhere = frozenset(os.sched_getaffinity(0))
+    for pid in workers_of(server, 2):
+        assert cpus_of_every_thread(pid) == {everywhere}
+
+
 def test_a_killed_worker_is_replaced_and_marked_dead(server: BillingServer) -> None:
     before = workers_of(server, 2)
     victim = min(before)
+    victim_cpu = pinned_cpu(victim)
     os.kill(victim, signal.SIGKILL)
     after = workers_of(server, 2, without=victim)
     assert len(after & before) == 1
+    (replacement,) = after - before
+    assert pinned_cpu(replacement) == victim_cpu
     assert wait_until(lambda: worker_pids_in_metrics(server) == after, "metrics without the dead")
     reported = [
         entry
