@@ -21,12 +21,15 @@ from api_helpers import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
+import api.logs
 from api.logs import (
     LOG_WRITE_LINES_MAX,
+    BufferHandler,
     JsonFormatter,
     LineBuffer,
     LineWriter,
     configure_logging,
+    log_fields,
 )
 from api.observe import REQUEST_ID_LENGTH_MAX
 
@@ -237,6 +240,44 @@ def test_logging_keeps_httpx_request_urls_out(monkeypatch):
     monkeypatch.setattr(logging.getLogger("httpx"), "level", logging.NOTSET)
     configure_logging()
     assert not logging.getLogger("httpx").isEnabledFor(logging.INFO)
+
+
+@pytest.fixture
+def only_our_handler(monkeypatch) -> LineBuffer:
+    """The root logger with nothing but this module's buffer handler, as configure_logging
+    leaves it in a server; the buffer is returned to read the lines from."""
+    lines = LineBuffer()
+    handler = BufferHandler(lines)
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [handler])
+    monkeypatch.setattr(root, "level", logging.INFO)
+    monkeypatch.setattr(api.logs, "_handler", handler)
+    return lines
+
+
+def test_log_fields_writes_the_line_logging_would(only_our_handler):
+    """The request line skips logging's LogRecord; it must not differ from one that did not."""
+    logger = logging.getLogger("billing.request")
+    fields = {"route": "/api/check-budget", "status": 200, "duration_ms": 0.5}
+    log_fields(logger, logging.INFO, "request", fields)
+    logger.info("request", extra={"fields": fields})
+    direct, through_logging = (json.loads(line) for line in only_our_handler.take(10))
+    assert direct.pop("time")[:4] == through_logging.pop("time")[:4]
+    assert direct == through_logging
+    assert direct["logger"] == "billing.request" and direct["level"] == "info"
+
+
+def test_log_fields_goes_through_logging_when_another_handler_listens(only_our_handler, caplog):
+    logger = logging.getLogger("billing.request")
+    with caplog.at_level(logging.INFO):
+        log_fields(logger, logging.INFO, "request", {"status": 200})
+    assert [record.fields for record in caplog.records] == [{"status": 200}]
+    assert len(only_our_handler) == 1  # our handler still got its line, through logging
+
+
+def test_log_fields_below_the_level_writes_nothing(only_our_handler):
+    log_fields(logging.getLogger("billing.request"), logging.DEBUG, "request", {"status": 200})
+    assert len(only_our_handler) == 0
 
 
 def test_the_log_writer_writes_every_buffered_line_in_order_before_it_stops():
