@@ -38,9 +38,10 @@ def pin_to_cpu(cpu: int) -> None:
     spread over cores every such hand-off wakes a thread on another core, an inter-processor
     interrupt (a VM exit on a virtual machine); on one core it is an ordinary switch. Measured
     on 2 cores: context switches per check-budget 42 → 5, requests per second 2.6× (README,
-    Benchmark).
+    Benchmark). ``OSError`` when ``cpu`` is not one this process may use.
     """
     assert sys.platform.startswith("linux"), "pinning needs Linux"
+    os.sched_setaffinity(0, {cpu})  # this thread first: an unusable CPU raises OSError here
     for name in os.listdir("/proc/self/task"):
         try:
             os.sched_setaffinity(int(name), {cpu})

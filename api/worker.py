@@ -51,11 +51,14 @@ def main(argv: list[str] | None = None) -> None:
     arguments = sys.argv[1:] if argv is None else argv
     assert len(arguments) == 3, "usage: python -m api.worker <listening fd> <supervisor pid> <cpu>"
     listener_fd, supervisor_pid = int(arguments[0]), int(arguments[1])
-    if arguments[2] != NO_CPU:
-        pin_to_cpu(int(arguments[2]))
     signal.signal(signal.SIGTERM, _stop)
     exit_with_supervisor(supervisor_pid)
     configure_logging()
+    if arguments[2] != NO_CPU:
+        try:
+            pin_to_cpu(int(arguments[2]))
+        except OSError as error:  # the CPU left this process's set (a changed cpuset)
+            log.warning("not pinned to CPU %s: %s; threads may run on any CPU", arguments[2], error)
     settings = load_settings()
     keys = resolve_keys(settings)
     identities = open_identity_store(settings)
