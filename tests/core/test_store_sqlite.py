@@ -1,6 +1,8 @@
 """The SQLite store: migrations once, URLs, WAL, and the write path's limits (the guards and
 counters both stores share are in test_store_guards.py)."""
 
+import fcntl
+import os
 import sqlite3
 import threading
 import time
@@ -15,7 +17,7 @@ from core.ledger import Ledger
 from core.prices import load_price_table
 from core.store import open_store
 from core.store.base import Product
-from core.store.sqlite import SqliteStore, sqlite_path_from_url
+from core.store.sqlite import PROCESS_LOCK_SUFFIX, SqliteStore, sqlite_path_from_url
 
 
 @pytest.fixture(scope="module")
@@ -143,4 +145,29 @@ def test_writes_that_cannot_get_the_lock_are_refused_and_change_nothing(tmp_path
         ledger.put_product(Product("after", "After", usd(1)))
         assert [product.id for product in ledger.list_products()] == ["after", "basic"]
     finally:
+        store.close()
+
+
+def test_a_write_waits_for_another_process_writer_and_is_refused_past_the_busy_timeout(
+    tmp_path, clock
+):
+    """Writers of several processes queue on a lock file beside the database, not in SQLite's
+    busy handler (retries after sleeps of up to 100 ms): a write runs as soon as the other
+    process's batch is done, and is refused, unwritten, when that takes past the busy timeout."""
+    path = tmp_path / "l.db"
+    store = SqliteStore(path, clock, "FULL", busy_timeout_ms=1_000)
+    ledger = Ledger(store, load_price_table(), ZoneInfo("UTC"), TTL_SECONDS, clock_ms=clock)
+    other_process = os.open(f"{path}{PROCESS_LOCK_SUFFIX}", os.O_RDWR)
+    try:
+        ledger.put_product(Product("basic", "Basic", usd(10)))
+        fcntl.flock(other_process, fcntl.LOCK_EX)
+        with pytest.raises(Unavailable, match="busy"):
+            ledger.put_product(Product("refused", "Refused", usd(1)))
+        done = threading.Timer(0.05, fcntl.flock, args=(other_process, fcntl.LOCK_UN))
+        done.start()
+        ledger.put_product(Product("waited", "Waited", usd(1)))
+        done.join()
+        assert [product.id for product in ledger.list_products()] == ["basic", "waited"]
+    finally:
+        os.close(other_process)
         store.close()
