@@ -615,16 +615,22 @@ def _drop_postgres(admin_url: str, name: str) -> None:
 
 
 def _check_ledger(database_url: str) -> None:
-    """After the run the counters still match the rows: the load changed nothing it should not."""
+    """After the run the counters still match the rows: the load changed nothing it should not.
+
+    A SQLite file is opened read-write, as a restarted server would (a read-only connection
+    cannot recover a WAL its last writer left), and must pass ``PRAGMA quick_check``.
+    """
     queries = (
         "SELECT COALESCE(SUM(cost), 0) FROM usage",
         "SELECT COALESCE(SUM(used), 0), COALESCE(SUM(held), 0) FROM users",
         "SELECT COALESCE(SUM(amount), 0) FROM reservations WHERE state = 'open'",
     )
     if database_url.startswith("sqlite:"):
-        path = database_url.removeprefix("sqlite:///")
-        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        connection = sqlite3.connect(database_url.removeprefix("sqlite:///"))
         try:
+            problems = [row[0] for row in connection.execute("PRAGMA quick_check")]
+            if problems != ["ok"]:
+                raise BenchFailure(f"the database fails quick_check after the run: {problems[:5]}")
             rows = [connection.execute(query).fetchone() for query in queries]
         finally:
             connection.close()
