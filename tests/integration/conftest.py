@@ -1,5 +1,6 @@
 """Integration fixtures: a work folder per module and real servers, all stopped at teardown."""
 
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,9 +34,11 @@ class Launcher:
 
 @pytest.fixture(scope="module")
 def database(backend: str, request: pytest.FixtureRequest, workdir: Path) -> Database:
-    """The module's database, new: a SQLite file in its work folder, or a PostgreSQL schema."""
+    """The module's database, new: a SQLite file in a folder of its own (a module may ask for one
+    per parameter), or a PostgreSQL schema."""
     if backend == "sqlite":
-        return workdir / f"{request.module.__name__.rsplit('.', 1)[-1]}.db"
+        folder = Path(tempfile.mkdtemp(prefix="db-", dir=workdir))
+        return folder / f"{request.module.__name__.rsplit('.', 1)[-1]}.db"
     return request.getfixturevalue("postgres").new_schema()
 
 

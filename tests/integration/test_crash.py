@@ -1,5 +1,6 @@
 """Every write acknowledged before a SIGKILL under load is there after restart; counters agree
-(on a SQLite file and on PostgreSQL with one worker, and on PostgreSQL with two workers).
+(on a SQLite file and on PostgreSQL, each with one worker and with two; two SQLite workers share
+the file and its write lock).
 
 The kill hits every process of the server: the supervisor is stopped first (so it replaces no
 worker and signals none), then each worker and the supervisor get SIGKILL.
@@ -43,6 +44,7 @@ KILL_WAIT_SECONDS = 10.0
 # The store and the number of `billing serve` workers of each variant.
 VARIANTS = {
     "sqlite": ("sqlite", 1),
+    "sqlite-2-workers": ("sqlite", 2),
     "postgres": ("postgres", 1),
     "postgres-2-workers": ("postgres", 2),
 }
