@@ -36,8 +36,8 @@ def pin_to_cpu(cpu: int) -> None:
     A CPython process runs Python on one core at a time (the GIL), and each time a thread lets
     the GIL go (a socket call, every SQLite step) a waiting thread takes it. With the threads
     spread over cores every such hand-off wakes a thread on another core, an inter-processor
-    interrupt (a VM exit on a virtual machine); on one core it is an ordinary switch. Measured
-    on 2 cores: context switches per check-budget 42 → 5, requests per second 2.6× (README,
+    interrupt (dear on a virtual machine); on one core it is an ordinary switch. Measured on 2
+    cores: context switches per check-budget 42 → 5, requests per second 2–3× (README,
     Benchmark). ``OSError`` when ``cpu`` is not one this process may use.
     """
     assert sys.platform.startswith("linux"), "pinning needs Linux"

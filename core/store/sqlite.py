@@ -149,7 +149,9 @@ class _ProcessWriteLock:
     """
 
     def __init__(self, path: Path) -> None:
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        # Read-only and world-readable: flock needs no write access, so a process of another
+        # user that may write the database (a migration run as another account) can open it too.
+        self._fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
 
     def acquire(self, timeout_ms: int) -> bool:
         """True once held; False after ``timeout_ms``, or at once when the store is closed."""

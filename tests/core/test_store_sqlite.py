@@ -157,7 +157,7 @@ def test_a_write_waits_for_another_process_writer_and_is_refused_past_the_busy_t
     path = tmp_path / "l.db"
     store = SqliteStore(path, clock, "FULL", busy_timeout_ms=1_000)
     ledger = Ledger(store, load_price_table(), ZoneInfo("UTC"), TTL_SECONDS, clock_ms=clock)
-    other_process = os.open(f"{path}{PROCESS_LOCK_SUFFIX}", os.O_RDWR)
+    other_process = os.open(f"{path}{PROCESS_LOCK_SUFFIX}", os.O_RDONLY)
     try:
         ledger.put_product(Product("basic", "Basic", usd(10)))
         fcntl.flock(other_process, fcntl.LOCK_EX)
