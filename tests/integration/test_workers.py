@@ -130,16 +130,20 @@ def test_both_workers_serve_requests_on_one_port(server: BillingServer) -> None:
 
 def cpus_of_every_thread(pid: int) -> set[frozenset[int]]:
     """The CPU sets the threads of process ``pid`` may run on, one entry per distinct set."""
-    return {
-        frozenset(os.sched_getaffinity(int(task.name)))
-        for task in Path(f"/proc/{pid}/task").iterdir()
-    }
+    found = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found.add(frozenset(os.sched_getaffinity(int(task.name))))
+        except ProcessLookupError:
+            continue  # the thread ended between the listing and the look-up
+    return found
 
 
 def pinned_cpu(pid: int) -> int:
     """The one CPU every thread of worker ``pid`` runs on, once it has pinned itself.
 
-    A new interpreter pins itself first thing in its main, a moment after it appears.
+    A new interpreter pins itself early in its main (after logging is set up), a moment after
+    the process appears.
     """
 
     def one_cpu() -> frozenset[int] | None:
