@@ -7,7 +7,8 @@ is due. Times inside the ledger are integer milliseconds since the Unix epoch (U
 """
 
 import re
-from datetime import UTC, date, datetime, timedelta
+import time
+from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
 PERIOD_LABEL_PATTERN = re.compile(r"([0-9]{4})-(0[1-9]|1[0-2])")
@@ -41,12 +42,21 @@ def to_ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
 
 
+# The last second formatted by iso_from_ms and its text: a hold's expiry is formatted on every
+# check that places one, and consecutive holds mostly fall in the same second. A tuple is
+# swapped whole, so threads never see a second paired with another second's text.
+_last_second_text: tuple[int, str] = (0, "1970-01-01T00:00:00")
+
+
 def iso_from_ms(time_ms: int) -> str:
     """UTC ISO 8601 with milliseconds and a ``Z``: the one time format of the API."""
-    moment = datetime.fromtimestamp(time_ms // 1000, tz=UTC) + timedelta(
-        milliseconds=time_ms % 1000
-    )
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{time_ms % 1000:03d}Z"
+    global _last_second_text
+    seconds, milliseconds = divmod(time_ms, 1000)
+    last_second, text = _last_second_text
+    if last_second != seconds:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        _last_second_text = (seconds, text)
+    return f"{text}.{milliseconds:03d}Z"
 
 
 def local_day(time_ms: int, zone: ZoneInfo) -> date:

@@ -112,6 +112,14 @@ def test_iso_from_ms_is_utc_with_milliseconds_and_z(time_ms, text):
     assert iso_from_ms(time_ms) == text
 
 
+def test_iso_from_ms_is_right_when_seconds_alternate():
+    """The last formatted second is reused; a different second must never get its text."""
+    first = ms(datetime(2026, 11, 30, 23, 59, 59, tzinfo=UTC))
+    for time_ms in (first, first + 1, first + 1_000, first + 999, first - 1, first + 86_400_000):
+        expected = datetime.fromtimestamp(time_ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
+        assert iso_from_ms(time_ms) == expected.replace("+00:00", "Z")
+
+
 def test_iso_from_ms_ignores_the_local_zone_of_the_moment():
     berlin_midnight = ms(datetime(2026, 12, 1, tzinfo=BERLIN))
     assert iso_from_ms(berlin_midnight) == "2026-11-30T23:00:00.000Z"
