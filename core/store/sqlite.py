@@ -121,9 +121,16 @@ def sqlite_path_from_url(database_url: str) -> Path:
 
 
 class _PendingWrite:
-    """A write waiting for its commit; ``wake`` is set when it is done or is to lead."""
+    """A write waiting for its commit; its thread is woken once: when it is done or is to lead.
 
-    __slots__ = ("operation", "one_statement", "queued", "lead", "done", "wake", "result", "error")
+    The wake-up is a lock held from birth and released once: cheaper than an ``Event``, whose
+    condition variable builds a lock for every wait.
+    """
+
+    __slots__ = (
+        "operation", "one_statement", "queued", "lead", "done", "result", "error", "_gate",
+        "_woken",
+    )  # fmt: skip
 
     def __init__(
         self, operation: Callable[[sqlite3.Connection, int], object], one_statement: bool
@@ -133,9 +140,26 @@ class _PendingWrite:
         self.queued = True
         self.lead = False
         self.done = False
-        self.wake = threading.Event()
         self.result: object = None
         self.error: BaseException | None = None
+        self._gate = threading.Lock()
+        self._gate.acquire()
+        self._woken = False
+
+    def wake(self) -> None:
+        """Let the waiting thread go; later calls do nothing.
+
+        Only one thread wakes a write at a time: the one that makes it leader (under the
+        store's write lock, while it is queued) or the leader that ran its batch (after it
+        left the queue), and a leader settling its own write was woken before, in its thread.
+        """
+        if not self._woken:
+            self._woken = True
+            self._gate.release()
+
+    def wait(self, timeout_seconds: float = -1) -> bool:
+        """True once woken; False after ``timeout_seconds`` (no timeout: -1)."""
+        return self._gate.acquire(timeout=timeout_seconds)
 
 
 class _ProcessWriteLock:
@@ -276,13 +300,13 @@ class SqliteStore:
             if not self._leader_active:
                 self._leader_active = True
                 pending.lead = True
-                pending.wake.set()
-        if not pending.wake.wait(self._write_wait_seconds_max):
+                pending.wake()
+        if not pending.wait(self._write_wait_seconds_max):
             with self._write_lock:
                 if pending.queued and not pending.lead:
                     self._pending.remove(pending)
                     raise Unavailable("database is busy; nothing was written, retry shortly")
-            pending.wake.wait()  # its batch is running, or it was just made leader
+            pending.wait()  # its batch is running, or it was just made leader
         if not pending.done:
             assert pending.lead
             self._lead(pending)
@@ -308,7 +332,7 @@ class SqliteStore:
                 if self._pending:
                     successor = self._pending[0]
                     successor.lead = True
-                    successor.wake.set()
+                    successor.wake()
                 else:
                     self._leader_active = False
 
@@ -781,7 +805,7 @@ def _finish(batch: list[_PendingWrite], error: LedgerError | None) -> None:
         if error is not None:
             pending.result, pending.error = None, error
         pending.done = True
-        pending.wake.set()
+        pending.wake()
 
 
 def _sweep_expired(connection: sqlite3.Connection, now_ms: int) -> None:
