@@ -7,8 +7,11 @@ imported) and a scrape adds them up; otherwise the metrics live in one private r
 
 import hmac
 import logging
+import math
 import os
+import threading
 import time
+from bisect import bisect_left
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,10 +42,84 @@ NOT_FOUND_REASON = "not_found"
 LOG_USAGE_RESULTS = ("created", "exists", "conflict")
 RATE_LIMIT_SCOPES = ("key", "user")
 _KNOWN_METHODS = frozenset(falcon.COMBINED_METHODS)
+# How often a worker adds what it counted to the files a scrape reads (multiprocess mode). A
+# scrape adds the answering process's own counts first; another worker's may be this late.
+METRICS_FLUSH_INTERVAL_SECONDS = 1.0
+METRICS_STOP_WAIT_SECONDS = 5.0
+
+
+class _Tally:
+    """Counts taken on the request path and added to the Prometheus metrics in one go.
+
+    prometheus-client's multiprocess values take a process-wide lock, look up the pid and write
+    the mmap for every increment: the four of a check-budget cost it about 19 µs in the
+    server (7% of its throughput). Here a request adds to a dict under a short lock, and
+    ``flush`` makes one increment per label set. Histogram buckets are filled through the
+    child's ``_sum`` and ``_buckets`` (prometheus-client has no public call to add many
+    observations); ``latency_histogram`` checks their shape once, when the metric is made.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._counts: dict[Counter, int] = {}
+        self._latencies: dict[Histogram, list[float]] = {}
+
+    def count(self, counter: Counter) -> None:
+        with self._lock:
+            self._counts[counter] = self._counts.get(counter, 0) + 1
+
+    def observe(self, histogram: Histogram, seconds: float) -> None:
+        # Prometheus's bucket of an observation is the first bound it does not exceed.
+        bucket = bisect_left(LATENCY_BUCKETS_SECONDS, seconds)
+        with self._lock:
+            entry = self._latencies.get(histogram)
+            if entry is None:
+                entry = [0.0] * (len(LATENCY_BUCKETS_SECONDS) + 2)
+                self._latencies[histogram] = entry
+            entry[0] += seconds
+            entry[1 + bucket] += 1
+
+    def flush(self) -> None:
+        """Add every count taken so far; a flush running elsewhere finishes first, so a scrape
+        that flushes sees everything counted before it."""
+        with self._flush_lock:
+            with self._lock:
+                counts, self._counts = self._counts, {}
+                latencies, self._latencies = self._latencies, {}
+            for counter, count in counts.items():
+                counter.inc(count)
+            for histogram, (total_seconds, *buckets) in latencies.items():
+                histogram._sum.inc(total_seconds)
+                for value, count in zip(histogram._buckets, buckets, strict=True):
+                    if count:
+                        value.inc(count)
+
+
+class _Flusher:
+    """A thread that flushes a tally every ``METRICS_FLUSH_INTERVAL_SECONDS`` until stopped."""
+
+    def __init__(self, tally: _Tally) -> None:
+        self._tally = tally
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="metrics-flush", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopping.wait(METRICS_FLUSH_INTERVAL_SECONDS):
+            self._tally.flush()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(METRICS_STOP_WAIT_SECONDS)
 
 
 class Metrics:
-    """The service's metrics; one per process. Label values come from small fixed sets only."""
+    """The service's metrics; one per process. Label values come from small fixed sets only.
+
+    Counts go through a ``_Tally``: flushed before every exposition, and in multiprocess mode
+    also every ``METRICS_FLUSH_INTERVAL_SECONDS`` by a thread, and by ``close``.
+    """
 
     def __init__(self, multiprocess_dir: Path | None = None) -> None:
         self.multiprocess_dir = multiprocess_dir
@@ -103,6 +180,8 @@ class Metrics:
         }
         self._rejection_children = {scope: rejections.labels(scope) for scope in RATE_LIMIT_SCOPES}
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._tally = _Tally()
+        self._flusher = None if multiprocess_dir is None else _Flusher(self._tally)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         if method not in _KNOWN_METHODS:
@@ -112,27 +191,34 @@ class Metrics:
         if children is None:
             children = (
                 self._requests.labels(method, route, str(status)),
-                self._latency.labels(method, route),
+                latency_histogram(self._latency.labels(method, route)),
             )
             self._request_children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        self._tally.count(children[0])
+        self._tally.observe(children[1], seconds)
 
     def budget_decision(self, reason: str) -> None:
         """One check-budget answer: ``active`` is allowed, any other status a denial."""
-        self._decision_children[reason].inc()
+        self._tally.count(self._decision_children[reason])
 
     def log_usage_result(self, result: str) -> None:
-        self._log_usage_children[result].inc()
+        self._tally.count(self._log_usage_children[result])
 
     def rate_limit_rejection(self, scope: str) -> None:
-        self._rejection_children[scope].inc()
+        self._tally.count(self._rejection_children[scope])
 
     def redis_failure(self) -> None:
-        self._redis_failures.inc()
+        self._tally.count(self._redis_failures)
+
+    def close(self) -> None:
+        """Stop the flushing thread and flush what is left (a worker's last counts count)."""
+        if self._flusher is not None:
+            self._flusher.stop()
+        self._tally.flush()
 
     def exposition(self, ledger: Ledger) -> bytes:
         """The text format of every metric, with the open holds read from the store now."""
+        self._tally.flush()
         registry = CollectorRegistry()
         if self.registry is not None:
             registry.register(self.registry)
@@ -140,6 +226,15 @@ class Metrics:
             MultiProcessCollector(registry, path=str(self.multiprocess_dir))
         registry.register(_OpenHolds(ledger))
         return generate_latest(registry)
+
+
+def latency_histogram(child: Histogram) -> Histogram:
+    """``child``, once checked to have the buckets ``_Tally.flush`` fills: one value per bound
+    of ``LATENCY_BUCKETS_SECONDS`` and one for +Inf, and a sum."""
+    bounds = [*LATENCY_BUCKETS_SECONDS, math.inf]
+    assert child._upper_bounds == bounds, "prometheus-client's histogram changed shape"
+    assert len(child._buckets) == len(bounds) and hasattr(child._sum, "inc")
+    return child
 
 
 class _OpenHolds:

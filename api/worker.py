@@ -66,8 +66,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         listener = socket.socket(fileno=listener_fd)
         metrics = Metrics(multiprocess_dir_from_environment())
-        app = create_app(settings, keys, ledger, identities, metrics)
-        run_waitress(app, settings, listener)
+        try:
+            app = create_app(settings, keys, ledger, identities, metrics)
+            run_waitress(app, settings, listener)
+        finally:
+            metrics.close()  # the counts since its last flush
     finally:
         store.close()
         if identities is not None:

@@ -31,6 +31,7 @@ from api.logs import (
     configure_logging,
     log_fields,
 )
+from api.metrics import LATENCY_BUCKETS_SECONDS, Metrics
 from api.observe import REQUEST_ID_LENGTH_MAX
 
 METRICS_KEY = "metrics-key-mmmmmmmmmmmmmmmm"
@@ -85,6 +86,35 @@ def test_metrics_count_requests_by_route_template_decisions_holds_and_log_result
     ]
     assert value(samples, "billing_reservations_open") == 1
     assert not any(alice in str(labels) for _, labels in samples), "no user id in any label"
+
+
+def test_latency_lands_in_the_bucket_of_its_first_bound_not_exceeded(env):
+    """Counts are tallied and flushed in one go: each observation must still fall where
+    prometheus-client's own ``observe`` would put it (``le`` is inclusive)."""
+    metrics = Metrics()
+    observed = [0.0001, 0.0005, 0.0007, 0.0025, 10.0, 11.0]
+    for seconds in observed:
+        metrics.observe_request("POST", "/api/check-budget", 200, seconds)
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(metrics.exposition(env.ledger).decode())
+        for sample in family.samples
+    }
+    route = {"method": "POST", "route": "/api/check-budget"}
+    bucket = "billing_http_request_duration_seconds_bucket"
+
+    def cumulative(bound: str) -> float:
+        return value(samples, bucket, le=bound, **route)
+
+    assert cumulative("0.0005") == 2
+    assert cumulative("0.001") == 3
+    assert cumulative("0.0025") == 4
+    assert cumulative(str(LATENCY_BUCKETS_SECONDS[-1])) == 5
+    assert cumulative("+Inf") == 6
+    assert value(samples, "billing_http_request_duration_seconds_count", **route) == 6
+    assert value(samples, "billing_http_request_duration_seconds_sum", **route) == sum(observed)
+    requests = "billing_http_requests_total"
+    assert value(samples, requests, status="200", **route) == 6
 
 
 def test_open_holds_gauge_follows_settle_and_expiry(env, alice):

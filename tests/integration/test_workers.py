@@ -66,6 +66,20 @@ def worker_pids_in_metrics(server: BillingServer) -> set[int]:
     }
 
 
+def requests_in_metrics(server: BillingServer, route: str) -> float:
+    """``billing_http_requests_total`` of ``route`` with status 200, over every worker."""
+    response = httpx.get(f"{server.base_url}/metrics", timeout=10.0)
+    assert response.status_code == 200, response.text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+        if sample.name == "billing_http_requests_total"
+        and sample.labels["route"] == route
+        and sample.labels["status"] == "200"
+    )
+
+
 def workers_of(server: BillingServer, count: int, without: int | None = None) -> set[int]:
     """The supervisor's workers once there are ``count`` of them (and ``without`` is gone)."""
 
@@ -167,6 +181,23 @@ def test_workers_roam_when_pinning_is_off(launch, workdir: Path) -> None:
     everywhere = frozenset(os.sched_getaffinity(0))
     for pid in workers_of(server, 2):
         assert cpus_of_every_thread(pid) == {everywhere}
+
+
+def test_every_worker_s_requests_reach_metrics(server: BillingServer) -> None:
+    """A worker adds its counts to the shared files about once a second, so a scrape answered
+    by one worker soon counts every request the other answered too."""
+    workers = workers_of(server, 2)
+    assert served_by_every_worker(server, workers, "/openapi.json") == workers
+
+    def counted_everywhere() -> bool:
+        logged = sum(
+            1
+            for entry in log_entries(server)
+            if entry.get("route") == "/openapi.json" and entry.get("status") == 200
+        )
+        return requests_in_metrics(server, "/openapi.json") == logged
+
+    assert wait_until(counted_everywhere, "every logged /openapi.json request in /metrics", server)
 
 
 def test_a_killed_worker_is_replaced_and_marked_dead(server: BillingServer) -> None:
