@@ -14,9 +14,14 @@ from core.settings import Settings
 WAITRESS_BODY_MARGIN_BYTES = 1024 * 1024
 WAITRESS_CONNECTION_LIMIT = 1000
 WAITRESS_CHANNEL_TIMEOUT_SECONDS = 60
-
-
 WAITRESS_BACKLOG = 1024
+# Responses shorter than this are left for waitress's main loop to send, with the others that
+# are ready, instead of being sent by the thread that made them (waitress's default, 1). On 2
+# cores at 32 connections: 36-42% more requests per second and half the p99 latency, for the
+# bare app and for every gateway call alike; at 1 connection each answer takes ~30 µs longer
+# (one hand-off to the main loop). Waitress has deprecated the setting since 1.3 but still
+# honours it in 3.x (a DeprecationWarning at start-up); pyproject keeps waitress below 4.
+WAITRESS_SEND_BYTES = 18_000
 
 
 def worker_cpu(slot: int) -> int | None:
@@ -70,5 +75,6 @@ def run_waitress(app: object, settings: Settings, listener: socket.socket | None
         connection_limit=WAITRESS_CONNECTION_LIMIT,
         channel_timeout=WAITRESS_CHANNEL_TIMEOUT_SECONDS,
         max_request_body_size=settings.body_bytes_max + WAITRESS_BODY_MARGIN_BYTES,
+        send_bytes=WAITRESS_SEND_BYTES,
         ident="cloudfreedom-billing",
     )
