@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     budget_timezone: str = "UTC"
     reservation_ttl_seconds: int = Field(600, ge=1, le=7 * 24 * 3600)
     body_bytes_max: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
-    threads: int = Field(16, ge=1, le=256)
+    threads: int = Field(32, ge=1, le=256)
     model_prices_path: Path | None = None
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
     database_pool_size: int = Field(DATABASE_POOL_SIZE_DEFAULT, ge=1, le=1000)
