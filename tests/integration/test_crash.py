@@ -1,9 +1,12 @@
-"""Every write acknowledged before a SIGKILL under load is there after restart; counters agree
-(on a SQLite file and on PostgreSQL, each with one worker and with two; two SQLite workers share
-the file and its write lock).
+"""Every write acknowledged before a SIGKILL, or before a SIGTERM, under load is there after
+restart; counters agree and a SQLite file passes ``integrity_check`` (on a SQLite file and on
+PostgreSQL, each with one worker and with two; two SQLite workers share the file and its write
+lock).
 
 The kill hits every process of the server: the supervisor is stopped first (so it replaces no
-worker and signals none), then each worker and the supervisor get SIGKILL.
+worker and signals none), then each worker and the supervisor get SIGKILL. The SIGTERM goes to
+the supervisor, which stops its workers while writes are in flight: each finishes its requests
+and closes its store.
 """
 
 import os
@@ -32,15 +35,14 @@ from integration_support import (
 )
 
 LOAD_THREADS = 8
-ACKNOWLEDGED_BEFORE_KILL = 200
+ACKNOWLEDGED_BEFORE_STOP = 200
 REQUESTS_PER_THREAD_MAX = 5_000
 ACK_WAIT_SECONDS = 30.0
 JOIN_WAIT_SECONDS = 30.0
 REPLAYS = 20
 COST = Decimal("0.001")
-USER_ID = "usr_crash"
-TENANT_ID = "tenant_crash"
 KILL_WAIT_SECONDS = 10.0
+TERM_WAIT_SECONDS = 20.0
 # The store and the number of `billing serve` workers of each variant.
 VARIANTS = {
     "sqlite": ("sqlite", 1),
@@ -81,11 +83,26 @@ def kill_server(server: BillingServer, workers: int) -> None:
     assert not any(alive(pid) for pid in pids)
 
 
-class WriteLoad:
-    """Threads logging usage with unique request_ids; records every one acknowledged with 201."""
+def terminate_server(server: BillingServer, workers: int) -> None:
+    """SIGTERM the supervisor, as docker or systemd stop it; it must stop its workers and exit 0."""
+    pids = children_of(server.pid)
+    assert len(pids) == workers, (pids, server.output())
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(timeout=TERM_WAIT_SECONDS) == 0, server.output()
+    assert not any(alive(pid) for pid in pids)
 
-    def __init__(self, server: BillingServer) -> None:
+
+STOPS = {"sigkill": kill_server, "sigterm": terminate_server}
+
+
+class WriteLoad:
+    """Threads logging usage for ``user_id`` with unique request_ids (``prefix``-thread-n);
+    records every one acknowledged with 201."""
+
+    def __init__(self, server: BillingServer, user_id: str, prefix: str) -> None:
         self._server = server
+        self._user_id = user_id
+        self._prefix = prefix
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.acknowledged: list[str] = []
@@ -118,11 +135,11 @@ class WriteLoad:
             for sequence in range(REQUESTS_PER_THREAD_MAX):
                 if self._stop.is_set():
                     return
-                request_id = f"crash-{thread_index}-{sequence}"
+                request_id = f"{self._prefix}-{thread_index}-{sequence}"
                 try:
                     response = client.post(
                         "/api/log-usage",
-                        content=dumps(usage_body(USER_ID, request_id, COST)),
+                        content=dumps(usage_body(self._user_id, request_id, COST)),
                         headers=api_headers(),
                     )
                 except httpx.TransportError:
@@ -141,44 +158,49 @@ class WriteLoad:
                         )
 
 
-def test_acknowledged_writes_survive_sigkill(launch, database: Database, variant: str) -> None:
+@pytest.mark.parametrize("stop", list(STOPS))
+def test_acknowledged_writes_survive_a_stop_under_load(
+    launch, database: Database, variant: str, stop: str
+) -> None:
+    """Both stops of a variant share its database, each with its own plan, tenant and user."""
     _, workers = VARIANTS[variant]
-    victim = launch(database, f"victim-{variant}", workers=workers)
+    user_id, tenant_id, plan = f"usr_{stop}", f"tenant_{stop}", f"unlimited_{stop}"
+    victim = launch(database, f"victim-{variant}-{stop}", workers=workers)
     with victim.client() as admin:
-        create_product(admin, "unlimited", 1_000_000)
-        provision_user(admin, USER_ID, "unlimited", TENANT_ID)
+        create_product(admin, plan, 1_000_000)
+        provision_user(admin, user_id, plan, tenant_id)
 
-    load = WriteLoad(victim)
+    load = WriteLoad(victim, user_id, stop)
     load.start()
     try:
         deadline = time.monotonic() + ACK_WAIT_SECONDS
-        while load.acknowledged_count() < ACKNOWLEDGED_BEFORE_KILL and time.monotonic() < deadline:
+        while load.acknowledged_count() < ACKNOWLEDGED_BEFORE_STOP and time.monotonic() < deadline:
             assert victim.process.poll() is None, victim.output()
             time.sleep(0.01)
-        acknowledged_at_kill = load.acknowledged_count()
-        assert acknowledged_at_kill >= ACKNOWLEDGED_BEFORE_KILL, (
-            f"only {acknowledged_at_kill} writes acknowledged within {ACK_WAIT_SECONDS} s"
+        acknowledged_at_stop = load.acknowledged_count()
+        assert acknowledged_at_stop >= ACKNOWLEDGED_BEFORE_STOP, (
+            f"only {acknowledged_at_stop} writes acknowledged within {ACK_WAIT_SECONDS} s"
         )
-        assert load.running(), "the load ended before the kill"
-        kill_server(victim, workers)
+        assert load.running(), "the load ended before the stop"
+        STOPS[stop](victim, workers)
     finally:
         load.stop()
 
     assert load.unexpected == []
     acknowledged = list(load.acknowledged)
-    assert len(acknowledged) >= acknowledged_at_kill
+    assert len(acknowledged) >= acknowledged_at_stop
 
-    survivor = launch(database, f"survivor-{variant}", workers=workers)
+    survivor = launch(database, f"survivor-{variant}-{stop}", workers=workers)
     with read_only(database) as connection:
         stored = {row[0] for row in connection.execute("SELECT request_id FROM usage")}
         rows, cost_sum = connection.execute(
-            "SELECT COUNT(*), COALESCE(SUM(cost), 0) FROM usage WHERE user_id = ?", (USER_ID,)
+            "SELECT COUNT(*), COALESCE(SUM(cost), 0) FROM usage WHERE user_id = ?", (user_id,)
         ).fetchone()
         used, held = connection.execute(
-            "SELECT used, held FROM users WHERE id = ?", (USER_ID,)
+            "SELECT used, held FROM users WHERE id = ?", (user_id,)
         ).fetchone()
         tenant_used, tenant_held = connection.execute(
-            "SELECT used, held FROM tenants WHERE id = ?", (TENANT_ID,)
+            "SELECT used, held FROM tenants WHERE id = ?", (tenant_id,)
         ).fetchone()
         if isinstance(database, Path):
             assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -191,14 +213,14 @@ def test_acknowledged_writes_survive_sigkill(launch, database: Database, variant
     assert dollars(used) == COST * rows
 
     with survivor.client() as client:
-        assert user_budget(client, USER_ID)["used"] == COST * rows
+        assert user_budget(client, user_id)["used"] == COST * rows
         sample = acknowledged[:: max(1, len(acknowledged) // REPLAYS)] + [acknowledged[-1]]
         for request_id in sample:
             replay = client.post(
                 "/api/log-usage",
-                content=dumps(usage_body(USER_ID, request_id, COST)),
+                content=dumps(usage_body(user_id, request_id, COST)),
                 headers=api_headers(),
             )
             assert replay.status_code == 200, replay.text
             assert loads(replay)["result"] == "exists"
-        assert user_budget(client, USER_ID)["used"] == COST * rows
+        assert user_budget(client, user_id)["used"] == COST * rows
