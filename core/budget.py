@@ -4,7 +4,7 @@ Every store reads a ``BudgetSnapshot`` inside the transaction that will act on t
 asks ``decide`` here; no other module compares money against a budget.
 """
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import StrEnum
 
 from core.money import Money
@@ -57,12 +57,16 @@ class BudgetSnapshot:
 
     def moved(self, used: int = 0, held: int = 0) -> "BudgetSnapshot":
         """The figures after usage and holds change by these amounts, user and tenant alike."""
-        return replace(
-            self,
-            used=Money(self.used + used),
-            held=Money(self.held + held),
-            tenant_used=Money(self.tenant_used + used),
-            tenant_held=Money(self.tenant_held + held),
+        # Built field by field: dataclasses.replace costs twice as much, on every write.
+        return BudgetSnapshot(
+            self.user_status,
+            self.plan_budget,
+            self.credits,
+            Money(self.used + used),
+            Money(self.held + held),
+            self.tenant_cap,
+            Money(self.tenant_used + used),
+            Money(self.tenant_held + held),
         )
 
     @property

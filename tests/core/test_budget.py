@@ -35,6 +35,18 @@ def test_total_and_remaining():
     assert figures.remaining == usd("8.25")
 
 
+def test_moved_shifts_used_and_held_for_user_and_tenant_and_keeps_the_rest():
+    before = snapshot(
+        status=UserStatus.SUSPENDED, plan="10", credits="2", used="3", held="1",
+        tenant_cap="100", tenant_used="30", tenant_held="4",
+    )  # fmt: skip
+    after = before.moved(used=usd("0.5"), held=-usd("1"))
+    assert after == snapshot(
+        status=UserStatus.SUSPENDED, plan="10", credits="2", used="3.5", held="0",
+        tenant_cap="100", tenant_used="30.5", tenant_held="3",
+    )  # fmt: skip
+
+
 def test_remaining_is_not_clamped():
     figures = snapshot(plan="10", used="11", held="0.5")
     assert figures.remaining == -usd("1.5")
