@@ -5,6 +5,9 @@ carry no key or password."""
 import json
 import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -20,9 +23,11 @@ from integration_support import (
     api_headers,
     children_of,
     create_product,
+    database_url,
     dumps,
     loads,
     provision_user,
+    server_env,
 )
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -198,6 +203,49 @@ def test_every_worker_s_requests_reach_metrics(server: BillingServer) -> None:
         return requests_in_metrics(server, "/openapi.json") == logged
 
     assert wait_until(counted_everywhere, "every logged /openapi.json request in /metrics", server)
+
+
+def test_a_worker_that_cannot_be_pinned_warns_and_serves(workdir: Path) -> None:
+    """A worker given a CPU outside its set (a cpuset changed under a running server) logs a
+    warning and serves unpinned. Started as the supervisor starts it: the listening socket's fd,
+    the supervisor's pid (here, this test's), the CPU."""
+    unusable_cpu = max(os.sched_getaffinity(0)) + 4096
+    errors_path = workdir / "unpinned.stderr"
+    env = server_env(
+        DATA_DIR=str(workdir / "unpinned-data"),
+        DATABASE_URL=database_url(workdir / "unpinned.db"),
+        BILLING_API_KEY=API_KEY,
+        ADMIN_SECRET_KEY=ADMIN_KEY,
+    )
+    with socket.create_server(("127.0.0.1", 0)) as listener, open(errors_path, "wb") as errors:
+        port = listener.getsockname()[1]
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "api.worker", str(listener.fileno()), str(os.getpid()),
+             str(unusable_cpu)],
+            env=env,
+            pass_fds=[listener.fileno()],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+        )  # fmt: skip
+
+        def answers() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/", timeout=2.0).status_code == 200
+            except httpx.TransportError:
+                return worker.poll() is not None  # dead: stop waiting, fail below
+
+        try:
+            assert wait_until(answers, "the unpinned worker answering GET /")
+            assert worker.poll() is None, errors_path.read_text()
+            assert len(os.sched_getaffinity(worker.pid)) == len(os.sched_getaffinity(0))
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(timeout=WAIT_SECONDS)
+    output = errors_path.read_text()
+    assert worker.returncode == 0, output
+    messages = [json.loads(line)["message"] for line in output.splitlines() if line.startswith("{")]
+    assert any(f"not pinned to CPU {unusable_cpu}" in message for message in messages), output
 
 
 def test_a_killed_worker_is_replaced_and_marked_dead(server: BillingServer) -> None:
