@@ -2,24 +2,36 @@
 # and `make test` (install with the test extras, then run the whole suite). .ci/run calls `make test`.
 PYTHON ?= python3
 VENV := .venv
-STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+PYPROJECT_SUM := $(shell cksum pyproject.toml | cut -d' ' -f1)
+# `make serve` installs what the service runs on (SQLite, and PostgreSQL or Redis when
+# configured); `make test` adds Prefect, PocketBase and the test tools, which serving never loads.
+SERVE_STAMP := $(VENV)/.installed-serve-$(PYPROJECT_SUM)
+TEST_STAMP := $(VENV)/.installed-test-$(PYPROJECT_SUM)
 # The LiteLLM proxy is heavy and pins its own dependencies: it lives in its own virtualenv, used
 # only by tests/integration/test_litellm_*.py, with this project installed so the proxy can
 # import client.litellm. Never 1.107.0 (a compromised release).
 LITELLM_VERSION := 1.106.12
 LITELLM_VENV := .venv-litellm
-LITELLM_STAMP := $(LITELLM_VENV)/.installed-$(LITELLM_VERSION)-$(shell cksum pyproject.toml | cut -d' ' -f1)
+LITELLM_STAMP := $(LITELLM_VENV)/.installed-$(LITELLM_VERSION)-$(PYPROJECT_SUM)
 
 .PHONY: serve test install litellm-proxy
 
-install: $(STAMP)
+install: $(TEST_STAMP)
 
-$(STAMP): pyproject.toml
+$(SERVE_STAMP): pyproject.toml
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet --editable '.[postgres,redis]'
+	rm -f $(VENV)/.installed-serve-*
+	touch $@
+
+$(TEST_STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet --editable '.[test]'
-	rm -f $(VENV)/.installed-*
+	rm -f $(VENV)/.installed-test-*
 	touch $@
 
 litellm-proxy: $(LITELLM_STAMP)
@@ -32,8 +44,8 @@ $(LITELLM_STAMP): pyproject.toml
 	rm -f $(LITELLM_VENV)/.installed-*
 	touch $@
 
-serve: $(STAMP)
+serve: $(SERVE_STAMP)
 	$(VENV)/bin/billing serve
 
-test: $(STAMP) $(LITELLM_STAMP)
+test: $(TEST_STAMP) $(LITELLM_STAMP)
 	$(VENV)/bin/python -m pytest
