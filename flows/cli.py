@@ -14,6 +14,8 @@ from pathlib import Path
 from core.settings import Settings
 
 FLOW_COMMANDS = ("reset", "reconcile", "flows")
+# The top-level modules of the ``flows`` extra (pyproject.toml) that the flow modules import.
+FLOWS_EXTRA_MODULES = frozenset({"prefect", "prefect_email", "yaml"})
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -33,7 +35,22 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def run_command(arguments: argparse.Namespace, settings: Settings) -> None:
-    """Run one of ``FLOW_COMMANDS``; a failed flow run exits with status 1."""
+    """Run one of ``FLOW_COMMANDS``; a failed flow run exits with status 1, and so does a
+    checkout installed without the ``flows`` extra (``make serve`` installs none)."""
+    try:
+        _run_command(arguments, settings)
+    except ModuleNotFoundError as error:
+        if error.name not in FLOWS_EXTRA_MODULES:
+            raise
+        print(
+            f"billing: {arguments.command} needs Prefect ({error.name} is not installed):"
+            " pip install 'cloudfreedom-billing[flows]', or make test",
+            file=sys.stderr,
+        )
+        raise SystemExit(1) from None
+
+
+def _run_command(arguments: argparse.Namespace, settings: Settings) -> None:
     if arguments.command == "reset":
         from flows.reset import monthly_budget_reset
 

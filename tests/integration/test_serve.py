@@ -1,7 +1,9 @@
-"""`billing serve`/`migrate` as processes: gateway flow over HTTP, first-run keys, short keys."""
+"""`billing serve`/`migrate` as processes: gateway flow over HTTP, first-run keys, short keys;
+a flow command without Prefect installed."""
 
 import stat
 import subprocess
+import sys
 from decimal import Decimal
 from pathlib import Path
 
@@ -195,6 +197,33 @@ def test_migrate_on_postgresql_applies_once_then_reports_up_to_date(
     second = run_billing("migrate", env, workdir)
     assert second.returncode == 0, second.stderr
     assert "up to date" in second.stdout
+
+
+# `billing` with Prefect made unimportable, as after `make serve` (which installs no flows extra).
+WITHOUT_PREFECT = (
+    "import sys; sys.modules['prefect'] = None; from api.cli import main; main(sys.argv[1:])"
+)
+
+
+@pytest.mark.parametrize("command", ["reset", "reconcile"])
+def test_a_flow_command_without_prefect_says_what_to_install(workdir: Path, command: str) -> None:
+    env = server_env(
+        DATABASE_URL=database_url(workdir / "no-prefect" / "billing.db"),
+        DATA_DIR=str(workdir / "no-prefect"),
+        BILLING_API_KEY=API_KEY,
+        ADMIN_SECRET_KEY=ADMIN_KEY,
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_PREFECT, command],
+        env=env,
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_WAIT_SECONDS,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "needs Prefect" in result.stderr and "cloudfreedom-billing[flows]" in result.stderr
 
 
 def test_a_database_url_that_cannot_connect_stops_start_up_naming_it(workdir: Path) -> None:
