@@ -18,20 +18,16 @@ LITELLM_STAMP := $(LITELLM_VENV)/.installed-$(LITELLM_VERSION)-$(PYPROJECT_SUM)
 
 install: $(TEST_STAMP)
 
-$(SERVE_STAMP): pyproject.toml
+$(SERVE_STAMP): KIND := serve
+$(SERVE_STAMP): EXTRAS := postgres,redis
+$(TEST_STAMP): KIND := test
+$(TEST_STAMP): EXTRAS := test
+$(SERVE_STAMP) $(TEST_STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet --editable '.[postgres,redis]'
-	rm -f $(VENV)/.installed-serve-*
-	touch $@
-
-$(TEST_STAMP): pyproject.toml
-	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
-	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet --editable '.[test]'
-	rm -f $(VENV)/.installed-test-*
+	$(VENV)/bin/pip install --quiet --editable '.[$(EXTRAS)]'
+	rm -f $(VENV)/.installed-$(KIND)-*
 	touch $@
 
 litellm-proxy: $(LITELLM_STAMP)
