@@ -60,9 +60,14 @@ def dumps(body: object) -> bytes:
 
 
 def respond(resp: falcon.Response, body: object, status: str = falcon.HTTP_200) -> None:
+    respond_text(resp, dumps(body), status)
+
+
+def respond_text(resp: falcon.Response, text: bytes, status: str = falcon.HTTP_200) -> None:
+    """Answer with a body already written as JSON."""
     resp.status = status
     resp.content_type = JSON
-    resp.data = dumps(body)
+    resp.data = text
 
 
 def read_model(req: falcon.Request, model: type[ModelT], body_bytes_max: int) -> ModelT:

@@ -4,14 +4,13 @@ from decimal import ROUND_HALF_EVEN, Decimal
 
 import falcon
 
-from api.http import read_model, respond
+from api.http import read_model, respond, respond_text
 from api.metrics import NOT_FOUND_REASON, Metrics
-from api.render import budget_json, money_json
+from api.render import check_answer, log_answer, money_json
 from api.schemas import CheckBudgetRequest, LogUsageRequest, ReleaseReservationRequest
 from core.errors import IdempotencyConflict, NotFound
 from core.ledger import Ledger
 from core.money import Money
-from core.periods import iso_from_ms
 from core.rate_limits import RateLimiter
 
 _NOT_FOUND_BUDGET = {"total": 0, "used": 0, "remaining": 0}
@@ -53,19 +52,7 @@ class CheckBudgetResource:
             respond(resp, not_found, falcon.HTTP_404)
             return
         self._metrics.budget_decision(result.status.value)
-        answer = {
-            "allowed": result.allowed,
-            "budget": budget_json(result.budget),
-            "status": result.status.value,
-            "message": result.message,
-        }
-        if result.reservation is not None:
-            answer["reservation"] = {
-                "request_id": result.reservation.request_id,
-                "amount": money_json(result.reservation.amount),
-                "expires_at": iso_from_ms(result.reservation.expires_at_ms),
-            }
-        respond(resp, answer)
+        respond_text(resp, check_answer(result))
 
 
 def _whole_ms(response_time: Decimal) -> int:
@@ -102,8 +89,7 @@ class LogUsageResource:
         else:
             message, result, status = _ALREADY_LOGGED, "exists", falcon.HTTP_200
         self._metrics.log_usage_result(result)
-        answer = {"message": message, "result": result, "budget": budget_json(outcome.budget)}
-        respond(resp, answer, status)
+        respond_text(resp, log_answer(message, result, outcome), status)
 
 
 class ReleaseReservationResource:
