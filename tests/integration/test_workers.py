@@ -60,28 +60,29 @@ def log_entries(server: BillingServer) -> list[dict]:
     return entries
 
 
-def worker_pids_in_metrics(server: BillingServer) -> set[int]:
+def scraped_samples(server: BillingServer, name: str) -> list:
+    """The samples named ``name`` in one ``GET /metrics`` (answered by whichever worker)."""
     response = httpx.get(f"{server.base_url}/metrics", timeout=10.0)
     assert response.status_code == 200, response.text
-    return {
-        int(sample.labels["pid"])
+    return [
+        sample
         for family in text_string_to_metric_families(response.text)
         for sample in family.samples
-        if sample.name == "billing_worker_start_time_seconds"
-    }
+        if sample.name == name
+    ]
+
+
+def worker_pids_in_metrics(server: BillingServer) -> set[int]:
+    samples = scraped_samples(server, "billing_worker_start_time_seconds")
+    return {int(sample.labels["pid"]) for sample in samples}
 
 
 def requests_in_metrics(server: BillingServer, route: str) -> float:
     """``billing_http_requests_total`` of ``route`` with status 200, over every worker."""
-    response = httpx.get(f"{server.base_url}/metrics", timeout=10.0)
-    assert response.status_code == 200, response.text
     return sum(
         sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-        if sample.name == "billing_http_requests_total"
-        and sample.labels["route"] == route
-        and sample.labels["status"] == "200"
+        for sample in scraped_samples(server, "billing_http_requests_total")
+        if sample.labels["route"] == route and sample.labels["status"] == "200"
     )
 
 
