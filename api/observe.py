@@ -9,7 +9,7 @@ import time
 import falcon
 
 from api.http import ApiError
-from api.logs import log_fields
+from api.logs import log_request
 from api.metrics import UNROUTED, Metrics
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -55,14 +55,7 @@ class RequestObserver:
         route = req.uri_template or UNROUTED
         status = resp.status_code
         self._metrics.observe_request(req.method, route, status, elapsed_ns / 1e9)
-        fields = {
-            "method": req.method,
-            "route": route,
-            "status": status,
-            "duration_ms": round(elapsed_ns / 1e6, 3),
-            "request_id": request_id,
-        }
-        log_fields(log, logging.INFO, "request", fields)
+        log_request(log, req.method, route, status, round(elapsed_ns / 1e6, 3), request_id)
 
 
 def handle_unexpected_error(

@@ -29,7 +29,7 @@ from api.logs import (
     LineBuffer,
     LineWriter,
     configure_logging,
-    log_fields,
+    log_request,
 )
 from api.metrics import LATENCY_BUCKETS_SECONDS, Metrics
 from api.observe import REQUEST_ID_LENGTH_MAX
@@ -285,28 +285,68 @@ def only_our_handler(monkeypatch) -> LineBuffer:
     return lines
 
 
-def test_log_fields_writes_the_line_logging_would(only_our_handler):
+REQUEST_FIELDS = {
+    "method": "POST",
+    "route": "/api/check-budget",
+    "status": 200,
+    "duration_ms": 0.5,
+    "request_id": "req-1",
+}
+
+
+def test_log_request_writes_the_line_logging_would(only_our_handler):
     """The request line skips logging's LogRecord; it must not differ from one that did not."""
     logger = logging.getLogger("billing.request")
-    fields = {"route": "/api/check-budget", "status": 200, "duration_ms": 0.5}
-    log_fields(logger, logging.INFO, "request", fields)
-    logger.info("request", extra={"fields": fields})
+    log_request(logger, *REQUEST_FIELDS.values())
+    logger.info("request", extra={"fields": REQUEST_FIELDS})
     direct, through_logging = (json.loads(line) for line in only_our_handler.take(10))
     assert direct.pop("time")[:4] == through_logging.pop("time")[:4]
     assert direct == through_logging
     assert direct["logger"] == "billing.request" and direct["level"] == "info"
 
 
-def test_log_fields_goes_through_logging_when_another_handler_listens(only_our_handler, caplog):
+@pytest.mark.parametrize(
+    ("method", "route", "status", "duration_ms", "request_id"),
+    [
+        ("POST", "/api/check-budget", 200, 0.123, "0123456789abcdef-1a"),
+        ("GET", "/api/users/{user_id}/budget", 404, 12.5, "a.b:c/d+e=f@g-h_i"),
+        ('PO"S\\T', "unrouted", 405, 1e-05, "x"),
+        ("PATCH", "/api/admin/users/{user_id}", 500, 61234.0, "\u00e9t\u00e9\n"),
+        ("DELETE", "/", 201, 3, "-"),
+    ],
+)
+def test_the_request_line_template_writes_the_text_line_writes(
+    method, route, status, duration_ms, request_id
+):
+    """Byte for byte, escapes and number forms included, at the same instant."""
+    formatter = JsonFormatter()
+    created = 1_795_000_000.0421
+    fields = {
+        "method": method,
+        "route": route,
+        "status": status,
+        "duration_ms": duration_ms,
+        "request_id": request_id,
+    }
+    generic = formatter.line(created, "INFO", "billing.request", 4321, "request", fields)
+    templated = formatter.request_line(
+        created, "billing.request", 4321, method, route, status, duration_ms, request_id
+    )
+    assert templated == generic
+
+
+def test_log_request_goes_through_logging_when_another_handler_listens(only_our_handler, caplog):
     logger = logging.getLogger("billing.request")
     with caplog.at_level(logging.INFO):
-        log_fields(logger, logging.INFO, "request", {"status": 200})
-    assert [record.fields for record in caplog.records] == [{"status": 200}]
+        log_request(logger, *REQUEST_FIELDS.values())
+    assert [record.fields for record in caplog.records] == [REQUEST_FIELDS]
     assert len(only_our_handler) == 1  # our handler still got its line, through logging
 
 
-def test_log_fields_below_the_level_writes_nothing(only_our_handler):
-    log_fields(logging.getLogger("billing.request"), logging.DEBUG, "request", {"status": 200})
+def test_log_request_below_its_level_writes_nothing(only_our_handler, monkeypatch):
+    logger = logging.getLogger("billing.request")
+    monkeypatch.setattr(logger, "level", logging.WARNING)
+    log_request(logger, *REQUEST_FIELDS.values())
     assert len(only_our_handler) == 0
 
 
