@@ -27,6 +27,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
 from bench.run import ADMIN_KEY, API_KEY, SCENARIOS, SMALL_USERS
@@ -65,6 +66,8 @@ def request_body(scenario: str, number: int, pick: random.Random) -> tuple[str, 
 
 
 def _environ(path: str, body: bytes) -> dict:
+    """A WSGI environ as waitress builds it, written out: ``falcon.testing.create_environ``
+    would do the same with many more instructions, all counted in every request."""
     return {
         "REQUEST_METHOD": "POST",
         "PATH_INFO": path,
@@ -103,29 +106,35 @@ def _driver(app: Callable, scenario: str) -> Callable[[int], None]:
     return send
 
 
-def child(scenario: str, requests: int, data_dir: Path) -> None:
-    """Build the app as a server worker does and send ``WARMUP_REQUESTS + requests``."""
+def _app(scenario: str, data_dir: Path, cleanup: ExitStack) -> Callable:
+    """The bare app, or the service's app built as a server worker builds it."""
     if scenario == "bare":
         from bench.bare_app import create_bare_app
 
-        send = _driver(create_bare_app(), scenario)
-    else:
-        from api.app import create_app
-        from api.logs import configure_logging
-        from core.service import open_ledger
-        from core.settings import Settings, resolve_keys
+        return create_bare_app()
+    from api.app import create_app
+    from api.logs import configure_logging
+    from core.service import open_ledger
+    from core.settings import Settings, resolve_keys
 
-        configure_logging()
-        settings = Settings(
-            database_url=f"sqlite:///{(data_dir / 'billing.db').resolve()}",
-            data_dir=data_dir,
-            billing_api_key=API_KEY,
-            admin_secret_key=ADMIN_KEY,
-        )
-        store, ledger = open_ledger(settings)
-        send = _driver(create_app(settings, resolve_keys(settings), ledger), scenario)
-    for number in range(WARMUP_REQUESTS + requests):
-        send(number)
+    configure_logging()
+    settings = Settings(
+        database_url=f"sqlite:///{(data_dir / 'billing.db').resolve()}",
+        data_dir=data_dir,
+        billing_api_key=API_KEY,
+        admin_secret_key=ADMIN_KEY,
+    )
+    store, ledger = open_ledger(settings)
+    cleanup.callback(store.close)
+    return create_app(settings, resolve_keys(settings), ledger)
+
+
+def child(scenario: str, requests: int, data_dir: Path) -> None:
+    """Send ``WARMUP_REQUESTS + requests`` to the scenario's app; close its store after."""
+    with ExitStack() as cleanup:
+        send = _driver(_app(scenario, data_dir, cleanup), scenario)
+        for number in range(WARMUP_REQUESTS + requests):
+            send(number)
 
 
 def count_instructions(scenario: str, requests: int, seed: Path) -> int:
