@@ -49,7 +49,10 @@ def _reject_constant(name: str) -> None:
 
 
 # One encoder and one decoder for the process: simplejson.dumps/loads with options would build
-# a new one per call, a measurable share of a check-budget request.
+# a new one per call, a measurable share of a check-budget request. Bodies are decoded here,
+# not by pydantic's ``model_validate_json`` (about 4 µs faster on a check): its parser reads a
+# JSON number with a fraction as a float first, so a cost of more than 17 significant digits
+# would be rounded twice (pydantic-core issue 1688); ``parse_float=Decimal`` keeps it exact.
 _ENCODER = simplejson.JSONEncoder(use_decimal=True, separators=(",", ":"))
 _DECODER = simplejson.JSONDecoder(parse_float=Decimal, parse_constant=_reject_constant)
 

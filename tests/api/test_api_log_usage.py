@@ -170,6 +170,8 @@ def test_a_binary_float_cost_is_rounded_to_nine_places(client, alice):
         ("0.0000000015", "0.000000002"),
         ("0.0000000025", "0.000000002"),
         ("0.0000000025000001", "0.000000003"),
+        # Above a tie only in its 27th digit: read through a float, it would be the tie itself.
+        ("0.00000000250000000000000001", "0.000000003"),
         ("1.1234567894", "1.123456789"),
     ],
 )
