@@ -21,6 +21,7 @@ with the same rows as the SQLite seed and dropped afterwards (small database onl
 
 import argparse
 import json
+import math
 import os
 import platform
 import re
@@ -43,6 +44,7 @@ from pathlib import Path
 import falcon
 import psycopg
 
+from api.logs import REQUEST_MESSAGE
 from bench.seed import seeded_database
 from core.ledger import wall_clock_ms
 from core.settings import Settings
@@ -133,6 +135,9 @@ class Sample:
     p99_ms: float
     max_ms: float
     foreign_cpu: float  # share of all cores used by processes other than the bench's own
+    # The service's own request log over the run (None for the bare app): see in_app_latency.
+    app_p50_ms: float | None = None
+    app_p99_ms: float | None = None
 
 
 @dataclass
@@ -163,6 +168,12 @@ class Measurement:
     def p99_ms(self) -> float:
         return self._median("p99_ms")
 
+    def app_ms(self, name: str) -> float | None:
+        """The median of an in-app figure over the samples that have it (the service's)."""
+        values = [getattr(sample, name) for sample in self.samples]
+        known = [value for value in values if value is not None]
+        return statistics.median(known) if known else None
+
     def summary(self) -> dict:
         rates = [sample.requests_per_sec for sample in self.samples]
         return {
@@ -177,9 +188,15 @@ class Measurement:
             "requests_per_sec_max": round(max(rates), 1),
             "p50_ms": round(self.p50_ms, 3),
             "p99_ms": round(self.p99_ms, 3),
+            "app_p50_ms": _rounded(self.app_ms("app_p50_ms")),
+            "app_p99_ms": _rounded(self.app_ms("app_p99_ms")),
             "ratio_to_bare": None if self.ratio_to_bare is None else round(self.ratio_to_bare, 3),
             "samples": [asdict(sample) for sample in self.samples],
         }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
 @dataclass
@@ -415,6 +432,37 @@ def run_wrk(
     return result
 
 
+def in_app_latency(log_path: Path, offset: int, route: str) -> tuple[float, float] | None:
+    """p50 and p99 (ms) of the 2xx requests to ``route`` the service logged after ``offset``.
+
+    Each request line carries the time from the app's first middleware to its last
+    (``api.observe``): what the service's own code took, without waitress, loopback or wrk.
+    Beside wrk's figures it shows how much of a one-connection p99 is the app's. None when
+    the log has no such line (the bare app logs none).
+    """
+    durations_ms = []
+    with open(log_path, "rb") as log:
+        log.seek(offset)
+        for line in log:
+            if f'"message":"{REQUEST_MESSAGE}"'.encode() not in line:
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line cut by the run's end, or one not of ours
+                continue
+            if record.get("route") == route and 200 <= record.get("status", 0) < 300:
+                durations_ms.append(float(record["duration_ms"]))
+    if not durations_ms:
+        return None
+    durations_ms.sort()
+    return _nearest_rank(durations_ms, 0.50), _nearest_rank(durations_ms, 0.99)
+
+
+def _nearest_rank(ordered: list[float], fraction: float) -> float:
+    assert ordered and 0 < fraction <= 1
+    return ordered[math.ceil(len(ordered) * fraction) - 1]
+
+
 # -- one database size -----------------------------------------------------------------------
 
 
@@ -508,6 +556,7 @@ def run_size(
                             picked,
                             tag + "-warm",
                         )
+                    log_offset = target.log_path.stat().st_size
                     meter = CpuMeter(server_pids, postgres="postgres" in databases)
                     result = run_wrk(
                         scenario,
@@ -527,16 +576,29 @@ def run_size(
                         max_ms=result["max_us"] / 1000,
                         foreign_cpu=meter.foreign_share(),
                     )
+                    in_app = (
+                        in_app_latency(target.log_path, log_offset, scenario.path)
+                        if label
+                        else None
+                    )
+                    if in_app is not None:
+                        sample.app_p50_ms, sample.app_p99_ms = in_app
                     measurements[(scenario.name, label, connections)].samples.append(sample)
                     note = ""
                     if sample.foreign_cpu > BUSY_FRACTION_MAX:
                         note = (
                             f"  WARNING: other processes used {sample.foreign_cpu:.0%} of the CPUs"
                         )
+                    in_app_note = (
+                        ""
+                        if sample.app_p99_ms is None
+                        else f"  (in app p50 {sample.app_p50_ms:.2f}, p99 {sample.app_p99_ms:.2f})"
+                    )
                     print(
                         f"   [{round_index + 1}/{arguments.repeat}] {scenario.label:<27}"
                         f" {label:<11} c={connections:<3} {sample.requests_per_sec:>8,.0f} req/s"
-                        f"  p50 {sample.p50_ms:6.2f} ms  p99 {sample.p99_ms:6.2f} ms{note}",
+                        f"  p50 {sample.p50_ms:6.2f} ms  p99 {sample.p99_ms:6.2f} ms"
+                        f"{in_app_note}{note}",
                         flush=True,
                     )
         size_run.measurements.extend(measurements.values())
@@ -887,10 +949,16 @@ def table_rows(runs: list[SizeRun]) -> list[list[str]]:
                     f"{min(rates):,.0f}–{max(rates):,.0f}",
                     f"{m.p50_ms:.2f}",
                     f"{m.p99_ms:.2f}",
+                    _ms_text(m.app_ms("app_p50_ms")),
+                    _ms_text(m.app_ms("app_p99_ms")),
                     "—" if m.scenario == "bare" else f"{m.ratio_to_bare:.2f}×",
                 ]
             )
     return rows
+
+
+def _ms_text(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
 
 
 HEADER = [
@@ -902,13 +970,15 @@ HEADER = [
     "req/s range",
     "p50 ms",
     "p99 ms",
+    "in app p50 ms",
+    "in app p99 ms",
     "× bare",
 ]
 
 
 def text_table(rows: list[list[str]]) -> str:
     widths = [max(len(row[i]) for row in [HEADER, *rows]) for i in range(len(HEADER))]
-    right = {3, 4, 5, 6, 7, 8}
+    right = set(range(3, len(HEADER)))
 
     def line(row: list[str]) -> str:
         return "  ".join(
@@ -946,7 +1016,7 @@ def markdown(report: dict, runs: list[SizeRun], checks: list[dict]) -> str:
         " measured run.",
         "",
         "| " + " | ".join(HEADER) + " |",
-        "|" + "|".join(["---", "---", "---", "---:", "---:", "---:", "---:", "---:", "---:"]) + "|",
+        "|" + "|".join(["---"] * 3 + ["---:"] * (len(HEADER) - 3)) + "|",
     ]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(runs)]
     lines += ["", "| size, server | target | measured | |", "|---|---|---:|---|"]
