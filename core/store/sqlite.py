@@ -48,6 +48,7 @@ from core.reservations import (
 )
 from core.store import sqlite_checks, sqlite_outbox
 from core.store.base import (
+    USER_VIEW_COLUMNS,
     CheckOutcome,
     CreditGrant,
     GroupBy,
@@ -86,7 +87,7 @@ PROCESS_LOCK_POLL_SECONDS = 0.0002
 PROCESS_LOCK_SUFFIX = "-writelock"
 USAGE_BUCKET_MS = 15 * 60 * 1000
 
-_USER_VIEW_SQL = """
+_USER_VIEW_COLUMNS_SQL = """
 SELECT u.id, u.email, u.product_id, u.tenant_id, u.status, u.period_label, u.period_start,
        u.created_at, p.monthly_budget, u.credits, u.used, u.held,
        (SELECT COALESCE(SUM(r.amount), 0) FROM reservations r
@@ -95,18 +96,32 @@ SELECT u.id, u.email, u.product_id, u.tenant_id, u.status, u.period_label, u.per
        CASE WHEN t.monthly_budget IS NULL THEN 0 ELSE
          (SELECT COALESCE(SUM(r.amount), 0) FROM reservations r
            WHERE r.tenant_id = u.tenant_id AND r.state = 'open' AND r.expires_at <= :now) END
+"""
+_USER_VIEW_FROM_SQL = """
   FROM users u
   JOIN products p ON p.id = u.product_id
   JOIN tenants t ON t.id = u.tenant_id
- WHERE u.id = :user_id
 """
+_USER_VIEW_SQL = f"{_USER_VIEW_COLUMNS_SQL}{_USER_VIEW_FROM_SQL} WHERE u.id = :user_id"
 
-_REQUEST_SQL = """
-SELECT r.user_id, r.amount, r.state, r.expires_at,
-       u.user_id, u.model, u.tokens_input, u.tokens_output, u.cost
+# The hold and the usage already recorded under one request_id (NULLs where there is none).
+_REQUEST_COLUMNS_SQL = """
+       rk.user_id, rk.amount, rk.state, rk.expires_at,
+       uk.user_id, uk.model, uk.tokens_input, uk.tokens_output, uk.cost
+"""
+_REQUEST_SQL = f"""
+SELECT {_REQUEST_COLUMNS_SQL}
   FROM (SELECT :request_id AS request_id) AS k
-  LEFT JOIN reservations r ON r.request_id = k.request_id
-  LEFT JOIN usage u ON u.request_id = k.request_id
+  LEFT JOIN reservations rk ON rk.request_id = k.request_id
+  LEFT JOIN usage uk ON uk.request_id = k.request_id
+"""
+# Both in one statement, for the writes that read both (a hold, a usage): one SQLite round trip
+# fewer on every such write. No row: no such user.
+_USER_AND_REQUEST_SQL = f"""
+{_USER_VIEW_COLUMNS_SQL}, {_REQUEST_COLUMNS_SQL}{_USER_VIEW_FROM_SQL}
+  LEFT JOIN reservations rk ON rk.request_id = :request_id
+  LEFT JOIN usage uk ON uk.request_id = :request_id
+ WHERE u.id = :user_id
 """
 
 
@@ -495,8 +510,9 @@ class SqliteStore:
         self, user_id: str, request_id: str, amount: Money, expires_at_ms: int, now_ms: int
     ) -> CheckOutcome:
         def operation(connection: sqlite3.Connection, _: int) -> CheckOutcome:
-            view = _require_user(connection, user_id, now_ms)
-            existing, logged = _read_request(connection, request_id)
+            view, existing, logged = _require_user_and_request(
+                connection, user_id, request_id, now_ms
+            )
             if existing is not None:
                 held = check_retry(existing, user_id, amount, now_ms)
                 return CheckOutcome(BudgetStatus.ACTIVE, view.budget, held)
@@ -704,8 +720,9 @@ def _log_usage_operation(
     """Append usage, settle its hold, record the alerts it raises; audited when backfilled."""
 
     def operation(connection: sqlite3.Connection, _: int) -> LogOutcome:
-        view = _require_user(connection, record.user_id, now_ms)
-        reservation, logged = _read_request(connection, record.request_id)
+        view, reservation, logged = _require_user_and_request(
+            connection, record.user_id, record.request_id, now_ms
+        )
         if logged is not None:
             check_replay(logged, record)
             return LogOutcome(False, view.budget)
@@ -760,6 +777,22 @@ def _read_request(
 ) -> tuple[Reservation | None, UsageRecord | None]:
     """The hold and the usage already recorded under ``request_id``, in one query."""
     row = connection.execute(_REQUEST_SQL, {"request_id": request_id}).fetchone()
+    return _request_from_row(request_id, row)
+
+
+def _require_user_and_request(
+    connection: sqlite3.Connection, user_id: str, request_id: str, now_ms: int
+) -> tuple[UserView, Reservation | None, UsageRecord | None]:
+    """``_require_user`` and ``_read_request`` in one query: the user first (unknown: 404)."""
+    parameters = {"user_id": user_id, "request_id": request_id, "now": now_ms}
+    row = connection.execute(_USER_AND_REQUEST_SQL, parameters).fetchone()
+    if row is None:
+        raise NotFound("unknown user", user_id=user_id)
+    split = len(USER_VIEW_COLUMNS)
+    return (user_view_from_row(row[:split]), *_request_from_row(request_id, row[split:]))
+
+
+def _request_from_row(request_id: str, row: tuple) -> tuple[Reservation | None, UsageRecord | None]:
     r_user, r_amount, r_state, r_expires, u_user, model, tokens_in, tokens_out, cost = row
     reservation = (
         None
