@@ -23,14 +23,18 @@ _LEDGER_STATUS = {
     "identity_store_error": falcon.HTTP_502,
 }
 
-_FALCON_CODES = {
+# The stable ``error`` code of an HTTP error raised by Falcon (404, 405, …) or by waitress
+# before the app sees the request (400, 413, 431, 501; ``api.server``).
+HTTP_ERROR_CODES = {
     400: "bad_request",
     401: "unauthorized",
     404: "not_found",
     405: "method_not_allowed",
     413: "payload_too_large",
     415: "unsupported_media_type",
+    431: "headers_too_large",
     500: "internal_error",
+    501: "not_implemented",
     503: "unavailable",
 }
 
@@ -141,7 +145,7 @@ def serialize_error(req: falcon.Request, resp: falcon.Response, error: falcon.HT
     if isinstance(error, ApiError):
         body = {"error": error.code, "message": error.description, **error.fields}
     else:
-        code = _FALCON_CODES.get(error.status_code, "http_error")
+        code = HTTP_ERROR_CODES.get(error.status_code, "http_error")
         body = {"error": code, "message": error.description or error.title}
     resp.content_type = JSON
     resp.data = dumps(body)

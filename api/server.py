@@ -6,11 +6,15 @@ import socket
 import sys
 
 import waitress
+from waitress.channel import HTTPChannel
+from waitress.task import ErrorTask
 
+from api.http import HTTP_ERROR_CODES, dumps
 from core.settings import Settings
 
 # Waitress buffers a whole body before the app sees it; past this margin over BODY_BYTES_MAX it
-# refuses the request itself (plain-text 413), below it the app answers with a JSON 413.
+# refuses the request itself (``JsonErrorTask``: 413 as soon as Content-Length says so), below it
+# the app answers with its own JSON 413.
 WAITRESS_BODY_MARGIN_BYTES = 1024 * 1024
 WAITRESS_CONNECTION_LIMIT = 1000
 WAITRESS_CHANNEL_TIMEOUT_SECONDS = 60
@@ -22,6 +26,26 @@ WAITRESS_BACKLOG = 1024
 # (one hand-off to the main loop). Waitress has deprecated the setting since 1.3 but still
 # honours it in 3.x (a DeprecationWarning at start-up); pyproject keeps waitress below 4.
 WAITRESS_SEND_BYTES = 18_000
+
+
+class JsonErrorTask(ErrorTask):
+    """Waitress's own refusals, made before the app sees a request (a body past its limit,
+    headers too large, a malformed request, a Transfer-Encoding it cannot read), answered as the
+    API's JSON errors ``{"error", "message"}`` instead of waitress's plain text."""
+
+    def execute(self) -> None:
+        error = self.request.error
+        if error.code == 413:
+            body_bytes_max = self.channel.server.adj.max_request_body_size
+            message = f"request body exceeds {body_bytes_max - WAITRESS_BODY_MARGIN_BYTES} bytes"
+        else:
+            message = f"{error.reason}: {error.body}"
+        body = dumps({"error": HTTP_ERROR_CODES.get(error.code, "http_error"), "message": message})
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers.append(("Content-Type", "application/json"))
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
 
 
 def worker_cpu(slot: int) -> int | None:
@@ -62,6 +86,8 @@ def run_waitress(app: object, settings: Settings, listener: socket.socket | None
     """
     # Under saturation waitress warns once per queued request; that is load, not news.
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+    # Waitress takes no error renderer; every channel makes its error answers with this class.
+    HTTPChannel.error_task_class = JsonErrorTask
     where: dict[str, object] = (
         {"host": settings.host, "port": settings.port}
         if listener is None

@@ -1,6 +1,7 @@
-"""`billing serve`/`migrate` as processes: gateway flow over HTTP, first-run keys, short keys;
-a flow command without Prefect installed."""
+"""`billing serve`/`migrate` as processes: gateway flow over HTTP, waitress's own refusals as
+JSON, first-run keys, short keys; a flow command without Prefect installed."""
 
+import socket
 import stat
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from integration_support import (
 )
 
 COMMAND_WAIT_SECONDS = 20.0
+RAW_READS_MAX = 100
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +154,54 @@ def test_gateway_flow_with_exact_figures(client: httpx.Client) -> None:
     assert replay.status_code == 200, replay.text
     assert loads(replay)["result"] == "exists"
     assert user_budget(client, "usr_flow")["used"] == Decimal("0.55")
+
+
+def _raw_exchange(port: int, request: bytes) -> tuple[int, str, dict]:
+    """Send bytes httpx would refuse to send; the status, Content-Type and JSON body answered."""
+    with socket.create_connection(("127.0.0.1", port), timeout=COMMAND_WAIT_SECONDS) as sock:
+        sock.sendall(request)
+        received = b""
+        for _ in range(RAW_READS_MAX):  # waitress closes the connection after an error
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in header_lines)
+    return int(status_line.split()[1]), headers["Content-Type"], simplejson.loads(body)
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "code", "message"),
+    [
+        (
+            b"POST /api/log-usage HTTP/1.1\r\nHost: t\r\nContent-Length: 999999999\r\n\r\n",
+            413,
+            "payload_too_large",
+            "request body exceeds 65536 bytes",
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: twelve\r\n\r\n",
+            400,
+            "bad_request",
+            "Bad Request: Content-Length is invalid",
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n",
+            501,
+            "not_implemented",
+            "Not Implemented: Transfer-Encoding requested is not supported.",
+        ),
+    ],
+)
+def test_what_waitress_refuses_itself_is_answered_as_json(
+    server: BillingServer, request_bytes: bytes, status: int, code: str, message: str
+) -> None:
+    """A body declared far past BODY_BYTES_MAX is refused before it is read, like a request
+    waitress cannot parse: with the API's JSON error, not waitress's plain text."""
+    answered = _raw_exchange(server.port, request_bytes)
+    assert answered == (status, "application/json", {"error": code, "message": message})
 
 
 def test_keys_are_required_on_api_routes(client: httpx.Client) -> None:
