@@ -39,7 +39,10 @@ class JsonErrorTask(ErrorTask):
             body_bytes_max = self.channel.server.adj.max_request_body_size
             message = f"request body exceeds {body_bytes_max - WAITRESS_BODY_MARGIN_BYTES} bytes"
         else:
-            message = f"{error.reason}: {error.body}"
+            # Never the request's own text: waitress quotes a malformed header line, which can
+            # be a key's.
+            detail = error.body.split(' "', 1)[0]
+            message = f"{error.reason}: {detail}"
         body = dumps({"error": HTTP_ERROR_CODES.get(error.code, "http_error"), "message": message})
         self.status = f"{error.code} {error.reason}"
         self.response_headers.append(("Content-Type", "application/json"))

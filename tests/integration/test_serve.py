@@ -187,6 +187,12 @@ def _raw_exchange(port: int, request: bytes) -> tuple[int, str, dict]:
             "bad_request",
             "Bad Request: Content-Length is invalid",
         ),
+        (  # waitress would quote the line, key and all
+            b"GET / HTTP/1.1\r\nHost: t\r\nX-API-Key: " + API_KEY.encode() + b"\rx\r\n\r\n",
+            400,
+            "bad_request",
+            "Bad Request: Bare CR or LF found in header line",
+        ),
         (
             b"GET / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n",
             501,
@@ -199,7 +205,8 @@ def test_what_waitress_refuses_itself_is_answered_as_json(
     server: BillingServer, request_bytes: bytes, status: int, code: str, message: str
 ) -> None:
     """A body declared far past BODY_BYTES_MAX is refused before it is read, like a request
-    waitress cannot parse: with the API's JSON error, not waitress's plain text."""
+    waitress cannot parse: with the API's JSON error, not waitress's plain text, and without
+    echoing what was sent."""
     answered = _raw_exchange(server.port, request_bytes)
     assert answered == (status, "application/json", {"error": code, "message": message})
 
