@@ -101,10 +101,13 @@ def read_body(req: falcon.Request, body_bytes_max: int) -> bytes:
     return raw
 
 
+def too_large_message(body_bytes_max: int) -> str:
+    """What a 413 says, whether the app or waitress (``api.server``) refuses the body."""
+    return f"request body exceeds {body_bytes_max} bytes"
+
+
 def _too_large(body_bytes_max: int) -> ApiError:
-    return ApiError(
-        falcon.HTTP_413, "payload_too_large", f"request body exceeds {body_bytes_max} bytes"
-    )
+    return ApiError(falcon.HTTP_413, "payload_too_large", too_large_message(body_bytes_max))
 
 
 def validate(model: type[ModelT], payload: object) -> ModelT:

@@ -9,7 +9,7 @@ import waitress
 from waitress.channel import HTTPChannel
 from waitress.task import ErrorTask
 
-from api.http import HTTP_ERROR_CODES, dumps
+from api.http import HTTP_ERROR_CODES, JSON, dumps, too_large_message
 from core.settings import Settings
 
 # Waitress buffers a whole body before the app sees it; past this margin over BODY_BYTES_MAX it
@@ -36,8 +36,8 @@ class JsonErrorTask(ErrorTask):
     def execute(self) -> None:
         error = self.request.error
         if error.code == 413:
-            body_bytes_max = self.channel.server.adj.max_request_body_size
-            message = f"request body exceeds {body_bytes_max - WAITRESS_BODY_MARGIN_BYTES} bytes"
+            waitress_body_bytes_max = self.channel.server.adj.max_request_body_size
+            message = too_large_message(waitress_body_bytes_max - WAITRESS_BODY_MARGIN_BYTES)
         else:
             # Never the request's own text: waitress quotes a malformed header line, which can
             # be a key's.
@@ -45,7 +45,7 @@ class JsonErrorTask(ErrorTask):
             message = f"{error.reason}: {detail}"
         body = dumps({"error": HTTP_ERROR_CODES.get(error.code, "http_error"), "message": message})
         self.status = f"{error.code} {error.reason}"
-        self.response_headers.append(("Content-Type", "application/json"))
+        self.response_headers.append(("Content-Type", JSON))
         self.set_close_on_finish()
         self.content_length = len(body)
         self.write(body)
