@@ -138,6 +138,8 @@ class Sample:
     # The service's own request log over the run (None for the bare app): see in_app_latency.
     app_p50_ms: float | None = None
     app_p99_ms: float | None = None
+    # CPU time (user + system) the server under test used per request answered, in µs.
+    cpu_us_per_request: float = 0.0
 
 
 @dataclass
@@ -168,6 +170,10 @@ class Measurement:
     def p99_ms(self) -> float:
         return self._median("p99_ms")
 
+    @property
+    def cpu_us_per_request(self) -> float:
+        return self._median("cpu_us_per_request")
+
     def app_ms(self, name: str) -> float | None:
         """The median of an in-app figure over the samples that have it (the service's)."""
         values = [getattr(sample, name) for sample in self.samples]
@@ -190,6 +196,7 @@ class Measurement:
             "p99_ms": round(self.p99_ms, 3),
             "app_p50_ms": _rounded(self.app_ms("app_p50_ms")),
             "app_p99_ms": _rounded(self.app_ms("app_p99_ms")),
+            "cpu_us_per_request": round(self.cpu_us_per_request, 1),
             "ratio_to_bare": None if self.ratio_to_bare is None else round(self.ratio_to_bare, 3),
             "samples": [asdict(sample) for sample in self.samples],
         }
@@ -539,6 +546,13 @@ def run_size(
             for scenario, label, _ in targets
         }
         server_pids = tuple(p.popen.pid for p in (bare, *services.values()))
+        # The processes whose CPU a request of each server costs: it, its workers and, on
+        # PostgreSQL, the database's own server processes.
+        postgres_pids = _processes_named("postgres") if "postgres" in databases else ()
+        cost_pids = {bare: _with_descendants((bare.popen.pid,))}
+        for variant, service in services.items():
+            extra = postgres_pids if variant.database == "postgres" else ()
+            cost_pids[service] = _with_descendants((service.popen.pid,)) + extra
         # Rounds interleave the scenarios, so a slow spell of the machine hits bare and service
         # alike instead of one scenario's every run.
         for round_index in range(arguments.repeat):
@@ -558,6 +572,7 @@ def run_size(
                         )
                     log_offset = target.log_path.stat().st_size
                     meter = CpuMeter(server_pids, postgres="postgres" in databases)
+                    cpu_seconds_before = cpu_seconds(cost_pids[target])
                     result = run_wrk(
                         scenario,
                         target.base_url,
@@ -567,6 +582,7 @@ def run_size(
                         picked,
                         tag,
                     )
+                    cpu_used_seconds = cpu_seconds(cost_pids[target]) - cpu_seconds_before
                     sample = Sample(
                         requests=result["requests"],
                         requests_per_sec=result["requests_per_sec"],
@@ -575,6 +591,7 @@ def run_size(
                         p99_ms=result["p99_us"] / 1000,
                         max_ms=result["max_us"] / 1000,
                         foreign_cpu=meter.foreign_share(),
+                        cpu_us_per_request=cpu_used_seconds * 1e6 / result["requests"],
                     )
                     in_app = (
                         in_app_latency(target.log_path, log_offset, scenario.path)
@@ -598,7 +615,7 @@ def run_size(
                         f"   [{round_index + 1}/{arguments.repeat}] {scenario.label:<27}"
                         f" {label:<11} c={connections:<3} {sample.requests_per_sec:>8,.0f} req/s"
                         f"  p50 {sample.p50_ms:6.2f} ms  p99 {sample.p99_ms:6.2f} ms"
-                        f"{in_app_note}{note}",
+                        f"  CPU {sample.cpu_us_per_request:4.0f} µs/req{in_app_note}{note}",
                         flush=True,
                     )
         size_run.measurements.extend(measurements.values())
@@ -724,13 +741,7 @@ class CpuMeter:
     def _sample(self) -> tuple[float, float, float]:
         fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
         total, busy = sum(fields[:8]), sum(fields[:8]) - fields[3] - fields[4]
-        ours = 0.0
-        for pid in self._pids:  # utime + stime of every thread of the process
-            try:
-                stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:  # a process that ended between two samples
-                continue
-            ours += int(stat[11]) + int(stat[12])
+        ours = cpu_seconds(self._pids) * self._ticks
         for who in (resource.RUSAGE_CHILDREN, resource.RUSAGE_SELF):  # wrk (waited for), us
             usage = resource.getrusage(who)
             ours += (usage.ru_utime + usage.ru_stime) * self._ticks
@@ -741,6 +752,18 @@ class CpuMeter:
             after - before for after, before in zip(self._sample(), self._start, strict=True)
         )
         return max(0.0, (busy - ours) / total) if total > 0 else 0.0
+
+
+def cpu_seconds(pids: tuple[int, ...]) -> float:
+    """CPU time (user + system, every thread) these processes have used so far."""
+    ticks = 0
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # a process that ended between two samples
+            continue
+        ticks += int(stat[11]) + int(stat[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _with_descendants(pids: tuple[int, ...]) -> tuple[int, ...]:
@@ -951,6 +974,7 @@ def table_rows(runs: list[SizeRun]) -> list[list[str]]:
                     f"{m.p99_ms:.2f}",
                     _ms_text(m.app_ms("app_p50_ms")),
                     _ms_text(m.app_ms("app_p99_ms")),
+                    f"{m.cpu_us_per_request:,.0f}",
                     "—" if m.scenario == "bare" else f"{m.ratio_to_bare:.2f}×",
                 ]
             )
@@ -972,6 +996,7 @@ HEADER = [
     "p99 ms",
     "in app p50 ms",
     "in app p99 ms",
+    "CPU µs/req",
     "× bare",
 ]
 
