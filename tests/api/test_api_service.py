@@ -1,6 +1,7 @@
 """Service routes: health (200 and 503), OpenAPI against the app's routes, and CORS."""
 
 import falcon
+import falcon.inspect
 import pytest
 from api_helpers import API, Reply, assert_error_shape, call, check_contract
 from pydantic import ValidationError
@@ -66,18 +67,14 @@ def test_openapi_document_is_3_1_and_lists_every_operation(client):
 
 
 def _served_routes(app: falcon.App) -> set[tuple[str, str]]:
-    """Every (method, URI template) the app has a responder for, read from its router."""
-    served: set[tuple[str, str]] = set()
-    pending = list(app._router._roots)
-    while pending:
-        node = pending.pop()
-        pending.extend(node.children)
-        if node.resource is None:
-            continue
-        for method in falcon.COMBINED_METHODS:
-            if hasattr(node.resource, f"on_{method.lower()}"):
-                served.add((method.lower(), node.uri_template))
-    return served
+    """Every (method, URI template) the app has a responder of ours for (``falcon.inspect``;
+    Falcon's own OPTIONS and 405 responders are left out)."""
+    return {
+        (method.method.lower(), route.path)
+        for route in falcon.inspect.inspect_routes(app)
+        for method in route.methods
+        if not method.internal
+    }
 
 
 def test_every_route_the_app_serves_has_an_operation(env):
