@@ -1,6 +1,8 @@
-"""Fixtures every test folder shares: the store backends the store and API suites run on, and
-the real Redis on loopback with one key prefix per test."""
+"""Fixtures every test folder shares: the store backends the store and API suites run on, the
+real Redis on loopback with one key prefix per test, and process logging put back after a test
+that runs the CLI in process."""
 
+import logging
 import os
 import socket
 import uuid
@@ -10,6 +12,8 @@ import psycopg
 import pytest
 import redis
 from pg_testing import ScratchDatabase, unavailable
+
+import api.logs
 
 BACKENDS = ["sqlite", "postgres"]
 
@@ -81,3 +85,21 @@ def dead_redis_url() -> str:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     return f"redis://:{REDIS_PASSWORD}@127.0.0.1:{port}/0"
+
+
+@pytest.fixture
+def process_logging_restored(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """For a test that calls ``api.cli.main`` in process: its ``configure_logging`` replaces the
+    root logger's handlers and starts a log-writer thread; afterwards both are as they were."""
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(root, "level", root.level)
+    monkeypatch.setattr(logging, "logThreads", logging.logThreads)
+    monkeypatch.setattr(logging, "logMultiprocessing", logging.logMultiprocessing)
+    monkeypatch.setattr(logging.getLogger("httpx"), "level", logging.getLogger("httpx").level)
+    monkeypatch.setattr(api.logs, "_handler", api.logs._handler)
+    monkeypatch.setattr(api.logs, "_writer", api.logs._writer)
+    writer_before = api.logs._writer
+    yield
+    if api.logs._writer is not writer_before and api.logs._writer is not None:
+        api.logs._writer.stop()

@@ -77,7 +77,9 @@ def test_a_consistent_ledger_reports_nothing_and_mails_nobody(flow_settings, smt
     assert smtp_inbox.messages == []
 
 
-def test_drift_is_reported_then_repaired_with_audit(flow_settings, smtp_inbox: Inbox, capsys):
+def test_drift_is_reported_then_repaired_with_audit(
+    flow_settings, smtp_inbox: Inbox, capsys, process_logging_restored
+):
     with opened_ledger(flow_settings) as ledger:
         seed_users(ledger, {"ann": "1.5", "bob": "2"})
     connection = database(flow_settings)

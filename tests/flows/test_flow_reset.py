@@ -103,7 +103,9 @@ def test_a_refused_label_fails_the_run_and_the_admin_hears_of_it(flow_settings, 
     assert any("monthly-budget-reset is Failed" in subject for subject in subjects[1:])
 
 
-def test_billing_reset_runs_the_flow_once(flow_settings, smtp_inbox: Inbox, capsys):
+def test_billing_reset_runs_the_flow_once(
+    flow_settings, smtp_inbox: Inbox, capsys, process_logging_restored
+):
     with opened_ledger(flow_settings) as ledger:
         seed_users(ledger, {"ann": "4"})
     billing(["reset", "--period", "2026-12"])
