@@ -51,6 +51,10 @@ class JsonErrorTask(ErrorTask):
         self.write(body)
 
 
+# How the supervisor tells a worker to leave itself unpinned (its CPU argument).
+NO_CPU = "-"
+
+
 def worker_cpu(slot: int) -> int | None:
     """The CPU for worker ``slot``: the slot-th CPU this process may run on, wrapping around.
 

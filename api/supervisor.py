@@ -35,7 +35,7 @@ from types import FrameType
 from prometheus_client.multiprocess import mark_process_dead
 
 from api.metrics import MULTIPROC_DIR_VARIABLE
-from api.server import WAITRESS_BACKLOG, worker_cpu
+from api.server import NO_CPU, WAITRESS_BACKLOG, worker_cpu
 from core.settings import Settings
 
 log = logging.getLogger("billing.supervisor")
@@ -45,9 +45,8 @@ WORKER_RESTART_WINDOW_SECONDS = 60.0
 WORKER_STOP_WAIT_SECONDS = 8.0
 SUPERVISOR_POLL_SECONDS = 0.2
 # Each worker runs this with three more arguments: the listening socket's fd, the supervisor's
-# pid, and the CPU to pin itself to ("-" for none).
+# pid, and the CPU to pin itself to (``NO_CPU`` for none).
 WORKER_COMMAND = (sys.executable, "-m", "api.worker")
-NO_CPU = "-"
 
 
 def supervise(settings: Settings) -> int:

@@ -19,8 +19,7 @@ from api.app import create_app
 from api.cli import load_settings
 from api.logs import configure_logging
 from api.metrics import Metrics, multiprocess_dir_from_environment
-from api.server import pin_to_cpu, run_waitress
-from api.supervisor import NO_CPU
+from api.server import NO_CPU, pin_to_cpu, run_waitress
 from core.service import open_ledger
 from core.settings import resolve_keys
 
