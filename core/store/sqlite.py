@@ -768,8 +768,12 @@ def _read_user(connection: sqlite3.Connection, user_id: str, now_ms: int) -> Use
 def _require_user(connection: sqlite3.Connection, user_id: str, now_ms: int) -> UserView:
     view = _read_user(connection, user_id, now_ms)
     if view is None:
-        raise NotFound("unknown user", user_id=user_id)
+        raise _unknown_user(user_id)
     return view
+
+
+def _unknown_user(user_id: str) -> NotFound:
+    return NotFound("unknown user", user_id=user_id)
 
 
 def _read_request(
@@ -787,7 +791,7 @@ def _require_user_and_request(
     parameters = {"user_id": user_id, "request_id": request_id, "now": now_ms}
     row = connection.execute(_USER_AND_REQUEST_SQL, parameters).fetchone()
     if row is None:
-        raise NotFound("unknown user", user_id=user_id)
+        raise _unknown_user(user_id)
     split = len(USER_VIEW_COLUMNS)
     return (user_view_from_row(row[:split]), *_request_from_row(request_id, row[split:]))
 
