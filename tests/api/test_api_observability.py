@@ -262,11 +262,8 @@ def test_an_unexpected_error_is_a_json_500_and_one_json_log_record(env, caplog):
     assert "RuntimeError: a bug" in entry["exception"]
 
 
-def test_logging_keeps_httpx_request_urls_out(monkeypatch):
+def test_logging_keeps_httpx_request_urls_out(monkeypatch, process_logging_restored):
     """httpx logs each URL at INFO, and a PocketBase lookup's URL holds the user's email."""
-    root = logging.getLogger()
-    monkeypatch.setattr(root, "handlers", list(root.handlers))
-    monkeypatch.setattr(root, "level", root.level)
     monkeypatch.setattr(logging.getLogger("httpx"), "level", logging.NOTSET)
     configure_logging()
     assert not logging.getLogger("httpx").isEnabledFor(logging.INFO)
