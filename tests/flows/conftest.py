@@ -1,13 +1,12 @@
 """Shared by the flow tests: one Prefect harness per session, a real SMTP server per module."""
 
-import socket
 from collections.abc import Iterator
-from email.message import Message
 
 import pytest
 from aiosmtpd.controller import Controller
-from aiosmtpd.handlers import Message as MessageHandler
+from flow_helpers import Inbox
 from pocketbase_server import PocketBaseServer, running_pocketbase
+from ports import free_port
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from prefect.testing.utilities import prefect_test_harness
 
@@ -25,24 +24,6 @@ def prefect_harness() -> Iterator[None]:
         temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
     ):
         yield
-
-
-class Inbox(MessageHandler):
-    """Keeps every message the SMTP server receives, in order."""
-
-    def __init__(self, port: int) -> None:
-        super().__init__()
-        self.port = port
-        self.messages: list[Message] = []
-
-    def handle_message(self, message: Message) -> None:
-        self.messages.append(message)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

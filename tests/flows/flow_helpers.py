@@ -1,4 +1,9 @@
-"""Helpers shared by the flow tests: money and users seeded in the file the flows open."""
+"""Helpers shared by the flow tests: money and users seeded in the file the flows open, and
+the inbox of the test SMTP server."""
+
+from email.message import Message
+
+from aiosmtpd.handlers import Message as MessageHandler
 
 from core.ledger import Ledger
 from core.money import Money, money_from_input
@@ -18,3 +23,15 @@ def seed_users(ledger: Ledger, spend: dict[str, str], budget: str = "10") -> Non
         ledger.provision_user(f"{user_id}@example.com", PASSWORD, "basic", "t1", user_id)
         if usd(amount) > 0:
             ledger.log_usage(user_id, "gpt-4o", f"{user_id}-r1", 10, 20, usd(amount), None)
+
+
+class Inbox(MessageHandler):
+    """Keeps every message the SMTP server receives, in order."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__()
+        self.port = port
+        self.messages: list[Message] = []
+
+    def handle_message(self, message: Message) -> None:
+        self.messages.append(message)

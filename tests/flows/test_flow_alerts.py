@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import Inbox, free_port
-from flow_helpers import PASSWORD, usd
+from flow_helpers import PASSWORD, Inbox, usd
+from ports import free_port
 
 from core.store.base import Product, Tenant
 from flows.alerts import DEDUP_HEADER, deliver_alerts

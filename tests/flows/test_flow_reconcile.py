@@ -12,8 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-from conftest import Inbox, free_port
-from flow_helpers import seed_users, usd
+from flow_helpers import Inbox, seed_users, usd
+from ports import free_port
 
 from api.cli import main as billing
 from flows.common import opened_ledger

@@ -5,8 +5,7 @@ import sqlite3
 from datetime import UTC, datetime
 
 import pytest
-from conftest import Inbox
-from flow_helpers import seed_users, usd
+from flow_helpers import Inbox, seed_users, usd
 from prefect import get_client
 from prefect.flow_engine import run_flow
 from prefect.states import Scheduled

@@ -1,7 +1,7 @@
 """Mail leaves through prefect-email's block and arrives at a real SMTP server (aiosmtpd)."""
 
 import pytest
-from conftest import Inbox
+from flow_helpers import Inbox
 
 from core.errors import ConfigurationError
 from core.settings import Settings

@@ -12,7 +12,7 @@ from pathlib import Path
 from uuid import UUID
 
 import pytest
-from conftest import Inbox
+from flow_helpers import Inbox
 from pocketbase_server import PocketBaseServer
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (

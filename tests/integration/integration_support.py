@@ -6,7 +6,6 @@ A server's database is a SQLite file (a ``Path``) or a PostgreSQL URL (a ``str``
 import json
 import os
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 import httpx
 import simplejson
 from pg_testing import PgRaw
+from ports import free_port
 
 from core.settings import Settings
 
@@ -44,12 +44,6 @@ def billing_command(*arguments: str) -> list[str]:
     if found is None:
         return [sys.executable, "-m", "api.cli", *arguments]
     return [found, *arguments]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 Database = Path | str

@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from integration_support import API_KEY, BillingServer, free_port, read_only, server_env
+from integration_support import API_KEY, BillingServer, read_only, server_env
+from ports import free_port
 
 from api.schemas import BudgetWithReserved
 from client import BillingClient

@@ -20,13 +20,13 @@ from integration_support import (
     create_product,
     database_url,
     dumps,
-    free_port,
     loads,
     provision_user,
     server_env,
     usage_body,
     user_budget,
 )
+from ports import free_port
 
 COMMAND_WAIT_SECONDS = 20.0
 RAW_READS_MAX = 100

