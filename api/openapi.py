@@ -4,7 +4,7 @@
 a test checks it against the app's routes and against the responses the API really sends.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
@@ -21,7 +21,7 @@ class Operation:
     security: str | None
     request: type[BaseModel] | None
     responses: dict[int, type[BaseModel]]
-    query: tuple[str, ...] = field(default=())
+    query: type[BaseModel] | None = None
 
 
 _COMMON = {401: s.Error, 413: s.Error, 400: s.Error, 422: s.Error, 503: s.Error}
@@ -99,7 +99,7 @@ OPERATIONS = (
         "api_key",
         None,
         {200: s.UsageResponse, 404: s.Error, 401: s.Error, 422: s.Error, **_LIMITED},
-        query=("from", "to", "group_by"),
+        query=s.UsageQuery,
     ),
     Operation(
         "post",
@@ -193,7 +193,7 @@ def openapi_document() -> dict:
         parameters = [
             {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
             for name in _path_parameters(op.path)
-        ] + [{"name": name, "in": "query", "schema": {"type": "string"}} for name in op.query]
+        ] + _query_parameters(op.query)
         if parameters:
             entry["parameters"] = parameters
         if op.request is not None:
@@ -219,6 +219,28 @@ def openapi_document() -> dict:
             "securitySchemes": _SECURITY_SCHEMES,
         },
     }
+
+
+def _query_parameters(query: type[BaseModel] | None) -> list[dict]:
+    """One parameter per field of the query's model, named by its alias (``from``)."""
+    if query is None:
+        return []
+    schema = query.model_json_schema(by_alias=True)
+    required = set(schema.get("required", ()))
+    return [
+        {"name": name, "in": "query", "required": name in required, "schema": _not_null(field)}
+        for name, field in schema["properties"].items()
+    ]
+
+
+def _not_null(field: dict) -> dict:
+    """A query parameter is left out, never null: ``X | None`` is published as ``X``."""
+    options = field.get("anyOf", ())
+    kept = [option for option in options if option != {"type": "null"}]
+    if len(options) != 2 or len(kept) != 1:
+        return field
+    rest = {key: value for key, value in field.items() if key not in ("anyOf", "default")}
+    return {**kept[0], **rest}
 
 
 def _path_parameters(path: str) -> list[str]:

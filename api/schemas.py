@@ -7,10 +7,17 @@ are checked against these models in the tests.
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+)
 from pydantic_core import PydanticCustomError
 
-from core.money import AMOUNT_MAX, Money, MoneyError, money_from_input
+from core.money import AMOUNT_MAX, MONEY_ZERO, Money, MoneyError, money_from_input, money_to_text
 from core.provisioning import EMAIL_PATTERN, ID_LENGTH_MAX
 
 TOKENS_MAX = 1_000_000_000
@@ -24,17 +31,26 @@ def _money(value: object) -> Money:
         raise PydanticCustomError("invalid_amount", str(error)) from None
 
 
-MoneyIn = Annotated[
+def _positive(amount: Money) -> Money:
+    if amount == MONEY_ZERO:
+        raise PydanticCustomError("greater_than", "must be greater than 0")
+    return amount
+
+
+_MONEY_IN_SCHEMA = {
+    "type": "number",
+    "minimum": 0,
+    "maximum": int(AMOUNT_MAX),
+    "description": "US dollars: a JSON number or decimal string, half-even to 9 places",
+}
+MoneyIn = Annotated[int, BeforeValidator(_money), WithJsonSchema(_MONEY_IN_SCHEMA)]
+# An amount that must not round to zero: its least is one nano-dollar (a smaller positive
+# amount the server would round up is left out of the document, which stays on the safe side).
+PositiveMoneyIn = Annotated[
     int,
     BeforeValidator(_money),
-    WithJsonSchema(
-        {
-            "type": "number",
-            "minimum": 0,
-            "maximum": int(AMOUNT_MAX),
-            "description": "US dollars: a JSON number or decimal string, half-even to 9 places",
-        }
-    ),
+    AfterValidator(_positive),
+    WithJsonSchema({**_MONEY_IN_SCHEMA, "minimum": Decimal(money_to_text(Money(1)))}),
 ]
 MoneyOut = Annotated[
     Decimal, WithJsonSchema({"type": "number", "description": "US dollars, exact"})
@@ -56,6 +72,14 @@ def _whole_count(value: object) -> object:
 
 
 Tokens = Annotated[int, BeforeValidator(_whole_count), Field(ge=0, le=TOKENS_MAX)]
+RESPONSE_TIME_MS_MAX = 86_400_000
+# A decimal string is accepted too, as for amounts; the document names only the number, since
+# pydantic would publish any string as valid.
+ResponseTime = Annotated[
+    Decimal,
+    Field(ge=0, le=RESPONSE_TIME_MS_MAX, allow_inf_nan=False),
+    WithJsonSchema({"type": "number", "minimum": 0, "maximum": RESPONSE_TIME_MS_MAX}),
+]
 Label = Annotated[str, Field(pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$", examples=["2026-12"])]
 
 
@@ -79,9 +103,7 @@ class LogUsageRequest(Request):
     tokens_input: Tokens = 0
     tokens_output: Tokens = 0
     cost_total: MoneyIn | None = None
-    response_time: Annotated[Decimal, Field(ge=0, le=86_400_000, allow_inf_nan=False)] | None = (
-        Field(None, description="milliseconds")
-    )
+    response_time: ResponseTime | None = Field(None, description="milliseconds")
 
 
 class ReleaseReservationRequest(Request):
@@ -113,12 +135,41 @@ class TenantRequest(Request):
 
 
 class UserPatchRequest(Request):
+    """At least one of status and product_id, not null."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["status"], "properties": {"status": {"type": "string"}}},
+                {"required": ["product_id"], "properties": {"product_id": {"type": "string"}}},
+            ]
+        }
+    )
+
     status: Literal["active", "suspended"] | None = None
     product_id: Identifier | None = None
 
 
+UsageTime = Annotated[
+    str,
+    Field(
+        description="a date (midnight in BUDGET_TIMEZONE) or an ISO 8601 time (without an"
+        " offset: in BUDGET_TIMEZONE)",
+        json_schema_extra={"anyOf": [{"format": "date"}, {"format": "date-time"}]},
+    ),
+]
+
+
+class UsageQuery(Request):
+    """The query of ``GET /api/users/{id}/usage``; the times are read in the budget zone."""
+
+    from_: UsageTime | None = Field(None, alias="from")
+    to: UsageTime | None = None
+    group_by: Literal["model", "day"] = "model"
+
+
 class CreditRequest(Request):
-    amount: MoneyIn
+    amount: PositiveMoneyIn
     reason: Annotated[str, Field(min_length=1, max_length=TEXT_LENGTH_MAX)]
     grant_id: Identifier | None = Field(None, description="idempotency key: a retry adds nothing")
 

@@ -111,8 +111,6 @@ class UserResource(_AdminResource):
 class CreditsResource(_AdminResource):
     def on_post(self, req: falcon.Request, resp: falcon.Response, user_id: str) -> None:
         body = read_model(req, CreditRequest, self._body_bytes_max)
-        if body.amount == 0:
-            raise Invalid("amount: must be greater than 0", field="amount")
         created, user, grant_id = self._ledger.grant_credit(
             user_id, Money(body.amount), body.reason, body.grant_id
         )

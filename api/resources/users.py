@@ -5,14 +5,13 @@ from zoneinfo import ZoneInfo
 
 import falcon
 
-from api.http import respond
+from api.http import respond, validate
 from api.render import budget_json, money_json
+from api.schemas import UsageQuery
 from core.errors import Invalid
 from core.ledger import Ledger
 from core.money import Money
 from core.periods import iso_from_ms, to_ms
-
-GROUP_BY_VALUES = ("model", "day")
 
 
 class UserBudgetResource:
@@ -43,13 +42,11 @@ class UserUsageResource:
         self._ledger = ledger
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, user_id: str) -> None:
-        group_by = req.get_param("group_by") or "model"
-        if group_by not in GROUP_BY_VALUES:
-            raise Invalid("group_by: must be model or day", field="group_by")
+        query = validate(UsageQuery, req.params)
         zone = self._ledger.zone
-        from_ms = _parse_time(req.get_param("from"), "from", zone)
-        to_ms_ = _parse_time(req.get_param("to"), "to", zone)
-        summary = self._ledger.usage_summary(user_id, from_ms, to_ms_, group_by)
+        from_ms = _parse_time(query.from_, "from", zone)
+        to_ms_ = _parse_time(query.to, "to", zone)
+        summary = self._ledger.usage_summary(user_id, from_ms, to_ms_, query.group_by)
         groups = [
             {
                 "key": str(group.key),
@@ -73,7 +70,7 @@ class UserUsageResource:
                 "user_id": user_id,
                 "from": iso_from_ms(summary.from_ms),
                 "to": iso_from_ms(summary.to_ms),
-                "group_by": group_by,
+                "group_by": query.group_by,
                 "groups": groups,
                 "total": total,
             },
