@@ -1,9 +1,11 @@
-"""Service routes: health (200 and 503), OpenAPI against the app's routes, and CORS."""
+"""Service routes: health (200 and 503), OpenAPI against the app's routes and bounds, and CORS."""
+
+from decimal import Decimal
 
 import falcon
 import falcon.inspect
 import pytest
-from api_helpers import API, Reply, assert_error_shape, call, check_contract
+from api_helpers import ADMIN, API, Reply, assert_error_shape, call, check_contract
 from pydantic import ValidationError
 
 from api import __version__
@@ -156,3 +158,47 @@ def test_the_contract_check_catches_unlisted_statuses_wrong_bodies_and_extra_fie
         )
     with pytest.raises(AssertionError, match="no operation"):
         check_contract("get", "/api/users/u1/budget/extra", 200, {})
+
+
+def _document(client) -> dict:
+    return call(client, "GET", "/openapi.json").body
+
+
+def test_a_credit_of_the_documented_minimum_is_granted(client, alice):
+    """The document's least credit is one nano-dollar; the server grants it and no less."""
+    schema = _document(client)["components"]["schemas"]["CreditRequest"]
+    least = schema["properties"]["amount"]["minimum"]
+    assert least == Decimal("0.000000001")
+    path = "/api/admin/users/alice/credits"
+    granted = call(client, "POST", path, headers=ADMIN, json_body={"amount": least, "reason": "r"})
+    assert granted.status == 201
+    nothing = call(client, "POST", path, headers=ADMIN, json_body={"amount": 0, "reason": "r"})
+    assert_error_shape(nothing, 422)
+    assert nothing["field"] == "amount"
+
+
+def test_a_user_patch_needs_one_of_the_documented_alternatives(client, alice):
+    schema = _document(client)["components"]["schemas"]["UserPatchRequest"]
+    alternatives = [option["required"] for option in schema["anyOf"]]
+    assert alternatives == [["status"], ["product_id"]]
+    path = "/api/admin/users/alice"
+    for body in ({"status": "active"}, {"product_id": "basic"}):
+        assert call(client, "PATCH", path, headers=ADMIN, json_body=body).status == 200
+    for body in ({}, {"status": None, "product_id": None}):
+        assert_error_shape(call(client, "PATCH", path, headers=ADMIN, json_body=body), 422)
+
+
+def test_the_usage_query_is_documented_as_the_server_reads_it(client, alice):
+    operation = _document(client)["paths"]["/api/users/{user_id}/usage"]["get"]
+    query = {item["name"]: item for item in operation["parameters"] if item["in"] == "query"}
+    assert set(query) == {"from", "to", "group_by"}
+    assert not any(item["required"] for item in query.values())
+    assert {"type": "null"} not in query["from"]["schema"].get("anyOf", [])
+    path = "/api/users/alice/usage"
+    for group_by in query["group_by"]["schema"]["enum"]:
+        reply = call(client, "GET", path, headers=API, params={"group_by": group_by})
+        assert reply.status == 200
+        assert reply["group_by"] == group_by
+    refused = call(client, "GET", path, headers=API, params={"group_by": "week"})
+    assert_error_shape(refused, 422)
+    assert refused["field"] == "group_by"
