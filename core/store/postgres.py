@@ -14,6 +14,7 @@ SQLite.
 """
 
 import logging
+import select
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -108,6 +109,7 @@ class PostgresStore:
         assert database_url.startswith(("postgresql://", "postgres://"))
         assert pool_size > 0 and pool_timeout_seconds > 0
         self._clock_ms = clock_ms
+        self._pool_size = pool_size
         self._pool = psycopg_pool.ConnectionPool(
             database_url,
             min_size=pool_size,
@@ -150,8 +152,12 @@ class PostgresStore:
     def _connection(self) -> Iterator[psycopg.Connection[Any]]:
         """A pooled connection; failures of the database become ``Unavailable`` (a 503)."""
         try:
-            with self._pool.connection() as connection:
-                yield connection
+            connection = self._live_connection()
+            try:
+                with connection:  # what the pool's own connection() does: end the transaction
+                    yield connection
+            finally:
+                self._pool.putconn(connection)
         except psycopg_pool.TooManyRequests:
             raise Unavailable("too many requests wait for the database; retry shortly") from None
         except psycopg_pool.PoolTimeout:
@@ -163,6 +169,18 @@ class PostgresStore:
             log.warning("postgres operation failed: %s", error)
             raise Unavailable("database operation failed; retry shortly") from None
 
+    def _live_connection(self) -> psycopg.Connection[Any]:
+        """A pooled connection the server has not closed. After a restart or failover every
+        idle one is closed: each found so is dropped (the pool opens its replacement) and the
+        next taken, so no call fails on a connection that was dead before it began."""
+        for _ in range(self._pool_size + 1):
+            connection = self._pool.getconn()
+            if not _closed_by_server(connection):
+                return connection
+            connection.close()
+            self._pool.putconn(connection)
+        raise Unavailable("the database keeps closing connections; retry shortly")
+
     def _one(self, sql: str, params: tuple[object, ...]) -> tuple[Any, ...] | None:
         with self._connection() as connection:
             return connection.execute(sql, params).fetchone()
@@ -173,7 +191,7 @@ class PostgresStore:
         self._pool.close()
 
     def check_health(self) -> None:
-        with self._pool.connection() as connection:
+        with self._connection() as connection:
             connection.execute("SELECT 1").fetchone()
 
     # -- schema ------------------------------------------------------------------------------
@@ -595,6 +613,20 @@ def _configure(connection: psycopg.Connection[Any]) -> None:
     """
     connection.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
     connection.execute("SET plan_cache_mode = force_generic_plan")
+
+
+def _closed_by_server(connection: psycopg.Connection[Any]) -> bool:
+    """Whether an idle connection has been closed by the server, asked without a round trip.
+
+    An idle connection has nothing to read unless the server said goodbye (the FATAL message
+    of a shutdown or pg_terminate_backend) or closed the socket: one poll of the socket tells.
+    A healthy connection found readable for another reason is only replaced.
+    """
+    if connection.closed:
+        return True
+    poller = select.poll()
+    poller.register(connection.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _describe(database_url: str) -> str:

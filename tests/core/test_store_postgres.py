@@ -2,6 +2,7 @@
 limits, the guards SQLite has no statement for (TRUNCATE, deleting an open hold), and the alert
 thresholds its log-usage function mirrors from core."""
 
+import secrets
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -151,6 +152,40 @@ def test_a_request_that_finds_no_free_connection_is_refused_and_changes_nothing(
             raw.close()
     finally:
         locker.close()
+        store.close()
+
+
+def test_connections_the_server_closed_are_replaced_without_failing_a_call(new_url, clock):
+    """The server ends every pooled connection (a restart, a failover, a proxy cutting idle
+    ones): the next calls get fresh connections instead of a 503 each."""
+    name = f"billing-test-{secrets.token_hex(4)}"
+    store = open_pg(f"{new_url}&application_name={name}", clock, pool_size=2)
+    ledger = Ledger(store, load_price_table(), ZoneInfo("UTC"), TTL_SECONDS, clock_ms=clock)
+    admin = psycopg.connect(new_url, autocommit=True)
+    try:
+        ledger.put_product(Product("basic", "Basic", usd(10)))
+        provision(ledger, "alice")
+        # In the aggregate's FILTER, so only this store's connections can be ended: in a WHERE
+        # clause the server may call pg_terminate_backend before comparing the name.
+        ended = admin.execute(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE application_name = %s",
+            (name,),
+        ).fetchone()[0]
+        assert ended == 2
+        for _ in range(100):  # until the server has closed them (polling for an event, no timing)
+            left = admin.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (name,)
+            ).fetchone()[0]
+            if not left:
+                break
+            time.sleep(0.05)
+        for request_id in ("after-1", "after-2", "after-3"):
+            assert ledger.user("alice").budget.used >= 0
+            ledger.log_usage("alice", "m", request_id, 1, 1, usd(1), None)
+        assert ledger.user("alice").budget.used == usd(3)
+    finally:
+        admin.close()
         store.close()
 
 
