@@ -4,6 +4,8 @@ import json
 import threading
 import types
 import typing
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -112,6 +114,18 @@ def build_env(
     )
     app = create_app(settings, keys, ledger, identities)
     return Env(falcon.testing.TestClient(app), app, store, ledger, clock, settings)
+
+
+@contextmanager
+def env_with_alice(folder: Path, database_url: str | None = None) -> Iterator[Env]:
+    """An app on its own database with alice on the $10 ``basic`` plan; its store closed after."""
+    env = build_env(folder, FakeClock(START_MS), database_url=database_url)
+    try:
+        assert put_product(env.client).status == 201
+        assert provision(env.client, "alice").status == 201
+        yield env
+    finally:
+        env.store.close()
 
 
 @dataclass

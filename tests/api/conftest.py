@@ -6,7 +6,7 @@ from pathlib import Path
 
 import falcon.testing
 import pytest
-from api_helpers import START_MS, Env, FakeClock, build_env, provision, put_product
+from api_helpers import START_MS, Env, FakeClock, build_env, env_with_alice, provision, put_product
 from pocketbase_server import PocketBaseServer, running_pocketbase
 
 from core.store.base import LedgerStore
@@ -28,15 +28,8 @@ def shared_client(
     Each test that uses it compares the state before and after its own request.
     """
     database_url = database_url_for(backend, request, "api_shared")
-    env = build_env(
-        tmp_path_factory.mktemp("shared"), FakeClock(START_MS), database_url=database_url
-    )
-    try:
-        assert put_product(env.client).status == 201
-        assert provision(env.client, "alice").status == 201
+    with env_with_alice(tmp_path_factory.mktemp("shared"), database_url) as env:
         yield env.client
-    finally:
-        env.store.close()
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import falcon
 import pytest
 import schemathesis
-from api_helpers import ADMIN_KEY, API_KEY, START_MS, FakeClock, build_env, provision, put_product
+from api_helpers import ADMIN_KEY, API_KEY, env_with_alice
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import positive_data_acceptance
 
@@ -32,13 +32,8 @@ schema = schemathesis.openapi.from_dict(json.loads(dumps(openapi_document())))
 
 @pytest.fixture(scope="module")
 def contract_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[falcon.App]:
-    env = build_env(tmp_path_factory.mktemp("contract"), FakeClock(START_MS))
-    try:
-        assert put_product(env.client).status == 201
-        assert provision(env.client, "alice").status == 201
+    with env_with_alice(tmp_path_factory.mktemp("contract")) as env:
         yield env.app
-    finally:
-        env.store.close()
 
 
 @schema.parametrize()
