@@ -84,12 +84,58 @@ def read_model(req: falcon.Request, model: type[ModelT], body_bytes_max: int) ->
         payload: Any = {}
     else:
         try:
-            payload = _DECODER.decode(raw.decode("utf-8"))
+            text = raw.decode("utf-8")
+            payload = _DECODER.decode(text)
         except ValueError as error:  # JSONDecodeError, bad UTF-8, an int of too many digits
             raise ApiError(
                 falcon.HTTP_400, "invalid_json", f"malformed JSON body: {error}"
             ) from None
+        except RecursionError:  # arrays in arrays in …: the decoder recurses once per level
+            raise ApiError(
+                falcon.HTTP_400, "invalid_json", "malformed JSON body: nested too deeply"
+            ) from None
+        # A NUL can only arrive escaped (the decoder refuses raw control characters).
+        if _NUL_ESCAPE in text:
+            _refuse_nul(payload)
     return validate(model, payload)
+
+
+# U+0000 in any text of a request body is refused: PostgreSQL cannot store it in a text column
+# (it would fail as a 503, as if a retry could help), and SQLite must accept what PostgreSQL
+# does, so ids and names move between the stores.
+NUL = "\x00"
+_NUL_ESCAPE = "\\u0000"
+
+
+def _refuse_nul(payload: object) -> None:
+    """422 naming the first field whose text (or a key within it) holds NUL."""
+    pending: list[tuple[object, str | None]] = [(payload, None)]
+    while pending:
+        value, field = pending.pop()
+        if isinstance(value, str):
+            if NUL in value:
+                raise ApiError(
+                    falcon.HTTP_422,
+                    "validation_error",
+                    f"{field}: must not contain NUL (U+0000)" if field else "must not contain NUL",
+                    field=field,
+                )
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                pending.append((key, field))
+                pending.append((item, field or key))
+        elif isinstance(value, list):
+            pending.extend((item, field) for item in value)
+
+
+def refuse_nul_in_path(
+    req: falcon.Request, resp: falcon.Response, resource: object, params: dict[str, str]
+) -> None:
+    """A Falcon ``before`` hook: an id with NUL (``%00`` in the URL) names nothing that exists,
+    since no body may create one; 404, before a store is asked."""
+    for name, value in params.items():
+        if NUL in value:
+            raise ApiError(falcon.HTTP_404, "not_found", f"no such {name}: it contains NUL")
 
 
 def read_body(req: falcon.Request, body_bytes_max: int) -> bytes:

@@ -2,7 +2,7 @@
 
 import falcon
 
-from api.http import read_model, respond
+from api.http import read_model, refuse_nul_in_path, respond
 from api.render import money_json, user_json
 from api.schemas import (
     CreditRequest,
@@ -96,6 +96,7 @@ class TenantsResource(_AdminResource):
         respond(resp, answer, falcon.HTTP_201 if created else falcon.HTTP_200)
 
 
+@falcon.before(refuse_nul_in_path)
 class UserResource(_AdminResource):
     def on_get(self, req: falcon.Request, resp: falcon.Response, user_id: str) -> None:
         respond(resp, user_json(self._ledger.user(user_id)))
@@ -108,6 +109,7 @@ class UserResource(_AdminResource):
         respond(resp, user_json(self._ledger.update_user(user_id, status, body.product_id)))
 
 
+@falcon.before(refuse_nul_in_path)
 class CreditsResource(_AdminResource):
     def on_post(self, req: falcon.Request, resp: falcon.Response, user_id: str) -> None:
         body = read_model(req, CreditRequest, self._body_bytes_max)

@@ -5,7 +5,7 @@ from zoneinfo import ZoneInfo
 
 import falcon
 
-from api.http import respond, validate
+from api.http import refuse_nul_in_path, respond, validate
 from api.render import budget_json, money_json
 from api.schemas import UsageQuery
 from core.errors import Invalid
@@ -14,6 +14,7 @@ from core.money import Money
 from core.periods import iso_from_ms, to_ms
 
 
+@falcon.before(refuse_nul_in_path)
 class UserBudgetResource:
     def __init__(self, ledger: Ledger) -> None:
         self._ledger = ledger
@@ -37,6 +38,7 @@ class UserBudgetResource:
         )
 
 
+@falcon.before(refuse_nul_in_path)
 class UserUsageResource:
     def __init__(self, ledger: Ledger) -> None:
         self._ledger = ledger

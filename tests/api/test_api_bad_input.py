@@ -211,3 +211,70 @@ def test_a_huge_exponent_in_a_token_count_is_refused_quickly(tmp_path):
         pytest.fail("check-budget with tokens_input 1e999999999 hung for a minute")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("422 "), done.stdout
+
+
+# -- text PostgreSQL cannot store, JSON the decoder cannot nest -------------------------------
+
+PATH_OPERATIONS = [op for op in OPERATIONS if "{user_id}" in op.path]
+
+
+@pytest.mark.parametrize("op", WRITES, ids=lambda op: f"{op.method} {op.path}")
+def test_json_nested_too_deeply_is_400_not_a_crash(shared_client, op):
+    """Arrays in arrays, 20,000 deep (40 KB): the decoder's recursion runs out; a 400."""
+    body = '{"user_id":' + "[" * 20_000 + "]" * 20_000 + "}"
+    before = snapshot(shared_client, "alice")
+    reply = call(shared_client, op.method.upper(), _path(op), headers=_headers(op), body=body)
+    assert_rejected(reply, 400, "invalid_json")
+    assert "nested too deeply" in reply["message"]
+    assert snapshot(shared_client, "alice") == before
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/api/check-budget", '{"user_id":"al\\u0000ice","cost_estimate":1}', "user_id"),
+        ("/api/log-usage", '{"user_id":"alice","model":"m\\u0000","request_id":"r"}', "model"),
+        ("/api/release-reservation", '{"request_id":"\\u0000"}', "request_id"),
+        ("/api/check-budget", '{"user_id":"alice","cost_estimate":1,"x":["\\u0000"]}', "x"),
+        ("/api/check-budget", '{"user_id":"alice","cost_estimate":1,"\\u0000":1}', None),
+    ],
+    ids=["user id", "model", "request id", "inside an ignored field", "in a key"],
+)
+def test_nul_in_body_text_is_422_on_every_store(shared_client, path, body, field):
+    """PostgreSQL cannot store U+0000 in text (it failed as a 503); both stores refuse it."""
+    before = snapshot(shared_client, "alice")
+    reply = call(shared_client, "POST", path, headers=API, body=body)
+    assert_rejected(reply, 422, "validation_error", field=field)
+    assert "NUL" in reply["message"]
+    assert "\x00" not in reply.text
+    assert snapshot(shared_client, "alice") == before
+
+
+def test_an_escaped_backslash_before_u0000_is_text_not_nul(shared_client):
+    body = '{"user_id":"alice","cost_estimate":1,"request_id":"r-\\\\u0000"}'
+    reply = call(shared_client, "POST", "/api/check-budget", headers=API, body=body)
+    assert reply.status == 200
+    assert reply["reservation"]["request_id"] == "r-\\u0000"
+    release = call(
+        shared_client,
+        "POST",
+        "/api/release-reservation",
+        headers=API,
+        body='{"request_id":"r-\\\\u0000"}',
+    )
+    assert release.status == 200
+
+
+@pytest.mark.parametrize("op", PATH_OPERATIONS, ids=lambda op: f"{op.method} {op.path}")
+def test_an_id_with_nul_in_the_path_is_404(shared_client, op):
+    before = snapshot(shared_client, "alice")
+    body = '{"status":"active"}' if op.method == "patch" else '{"amount":1,"reason":"r"}'
+    reply = call(
+        shared_client,
+        op.method.upper(),
+        op.path.replace("{user_id}", "al%00ice"),
+        headers=_headers(op),
+        body=None if op.method == "get" else body,
+    )
+    assert_rejected(reply, 404, "not_found")
+    assert snapshot(shared_client, "alice") == before
