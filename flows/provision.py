@@ -19,6 +19,7 @@ from core.passwords import one_time_password
 from core.provisioning import (
     EMAIL_PATTERN,
     ID_LENGTH_MAX,
+    ID_PATTERN,
     Provisioner,
     ProvisionOutcome,
     ProvisionRequest,
@@ -65,12 +66,15 @@ def mail_invite(email: str, user_id: str, password: SecretStr) -> None:
     send_mail(Settings(), email, INVITE_SUBJECT, body)
 
 
+FlowId = Annotated[str, Field(min_length=1, max_length=ID_LENGTH_MAX, pattern=ID_PATTERN)]
+
+
 @flow(name="provision-user", persist_result=False)
 def provision_user(
     email: Annotated[str, Field(min_length=3, max_length=320, pattern=EMAIL_PATTERN)],
-    product_id: Annotated[str, Field(min_length=1, max_length=ID_LENGTH_MAX)],
-    tenant_id: Annotated[str, Field(min_length=1, max_length=ID_LENGTH_MAX)] = "default",
-    user_id: Annotated[str, Field(min_length=1, max_length=ID_LENGTH_MAX)] | None = None,
+    product_id: FlowId,
+    tenant_id: FlowId = "default",
+    user_id: FlowId | None = None,
     send_invite: bool = True,
 ) -> dict[str, object]:
     """Provision one user on a plan; mail them a one-time password when ``send_invite``."""

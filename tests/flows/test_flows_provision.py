@@ -215,3 +215,18 @@ def test_an_invite_without_smtp_is_refused_before_anything_is_created(monkeypatc
     assert state.is_failed()
     assert ledger_user_id(EMAIL) is None
     assert pocketbase.records() == []
+
+
+@pytest.mark.usefixtures("environment")
+@pytest.mark.parametrize(
+    "parameters",
+    [{"user_id": "a\x00b"}, {"tenant_id": "t\x00"}, {"email": "a\x00@example.com"}],
+    ids=["user id", "tenant id", "email"],
+)
+def test_nul_in_a_parameter_is_refused_before_anything_is_created(parameters, pocketbase):
+    """PostgreSQL cannot store U+0000: the flow's parameters refuse it, as the API's bodies do."""
+    arguments = {"email": EMAIL, "product_id": "basic", "send_invite": False, **parameters}
+    state = provision_user(**arguments, return_state=True)
+    assert state.is_failed()
+    assert ledger_user_id(arguments["email"]) is None
+    assert pocketbase.records() == []
