@@ -108,7 +108,7 @@ _NUL_ESCAPE = "\\u0000"
 
 
 def _refuse_nul(payload: object) -> None:
-    """422 naming the first field whose text (or a key within it) holds NUL."""
+    """422 naming a field whose text (or a key within it) holds NUL."""
     pending: list[tuple[object, str | None]] = [(payload, None)]
     while pending:
         value, field = pending.pop()
