@@ -47,8 +47,7 @@ MoneyIn = Annotated[int, BeforeValidator(_money), WithJsonSchema(_MONEY_IN_SCHEM
 # An amount that must not round to zero: its least is one nano-dollar (a smaller positive
 # amount the server would round up is left out of the document, which stays on the safe side).
 PositiveMoneyIn = Annotated[
-    int,
-    BeforeValidator(_money),
+    MoneyIn,
     AfterValidator(_positive),
     WithJsonSchema({**_MONEY_IN_SCHEMA, "minimum": Decimal(money_to_text(Money(1)))}),
 ]
