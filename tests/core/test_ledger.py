@@ -1,5 +1,6 @@
 """The ledger over a real SQLite file: provisioning, holds, usage, releases, expiry, credits, resets."""
 
+import gc
 from datetime import UTC, datetime
 
 import pytest
@@ -126,6 +127,25 @@ def test_unknown_user_is_not_found(ledger, basic):
         log(ledger, "nobody", "r1", usd(1))
     with pytest.raises(NotFound):
         ledger.grant_credit("nobody", usd(1), "x", "g1")
+
+
+def test_refused_writes_leave_no_reference_cycles(ledger, alice):
+    """A refused write is an everyday answer (404, 409). Its exception must not hold the frames
+    that raised it in a cycle: only the cyclic collector frees those, with the GIL held."""
+    log(ledger, "alice", "r1", usd(1))
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(3):
+            with pytest.raises(NotFound):
+                log(ledger, "nobody", "r2", usd(1))
+            with pytest.raises(IdempotencyConflict):
+                log(ledger, "alice", "r1", usd(2))
+            with pytest.raises(NotFound):
+                hold(ledger, "nobody", "r3", usd(1))
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
 
 
 # -- checks and holds -----------------------------------------------------------------------
