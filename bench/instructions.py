@@ -33,7 +33,8 @@ from pathlib import Path
 from bench.run import ADMIN_KEY, API_KEY, SCENARIOS, SMALL_USERS
 from bench.seed import seeded_database, user_id
 
-SCENARIO_NAMES = tuple(scenario.name for scenario in SCENARIOS)
+SCENARIO_BY_NAME = {scenario.name: scenario for scenario in SCENARIOS}
+SCENARIO_NAMES = tuple(SCENARIO_BY_NAME)
 # Requests before either measured count starts, so caches and lazy imports are warm in both.
 WARMUP_REQUESTS = 300
 REQUESTS_DEFAULT = 2_000
@@ -43,26 +44,9 @@ _COLLECTED = re.compile(r"Collected\s*:\s*([\d,]+)")
 
 
 def request_body(scenario: str, number: int, pick: random.Random) -> tuple[str, bytes]:
-    """The path and body ``bench/lua`` sends for ``scenario``; request ids unique per number."""
-    user = user_id(pick.randrange(SMALL_USERS))
-    if scenario == "bare":
-        body = f'{{"user_id":"{user}","model":"gpt-4o","tokens_input":100,"tokens_output":100}}'
-        return "/bare", body.encode()
-    if scenario == "check_budget":
-        return "/api/check-budget", (
-            f'{{"user_id":"{user}","model":"gpt-4o","tokens_input":100,'
-            f'"tokens_output":100,"cost_estimate":0.001}}'
-        ).encode()
-    if scenario == "check_reserve":
-        return "/api/check-budget", (
-            f'{{"user_id":"{user}","model":"gpt-4o","tokens_input":100,"tokens_output":100,'
-            f'"cost_estimate":0.001,"request_id":"ir-hold-{number}"}}'
-        ).encode()
-    assert scenario == "log_usage", scenario
-    return "/api/log-usage", (
-        f'{{"user_id":"{user}","model":"gpt-4o","request_id":"ir-log-{number}",'
-        f'"tokens_input":100,"tokens_output":100,"cost_total":0.001,"response_time":120}}'
-    ).encode()
+    """The path and body wrk sends for ``scenario``; request ids unique per number."""
+    spec = SCENARIO_BY_NAME[scenario]
+    return spec.path, spec.fill(user_id(pick.randrange(SMALL_USERS)), f"ir-{number}")
 
 
 def _environ(path: str, body: bytes) -> dict:
