@@ -19,6 +19,8 @@ from core.store import open_store
 from core.store.base import Product
 from core.store.sqlite import PROCESS_LOCK_SUFFIX, SqliteStore, sqlite_path_from_url
 
+CHECKPOINT_WAIT_SECONDS_MAX = 10
+
 
 @pytest.fixture(scope="module")
 def backend() -> str:
@@ -94,6 +96,18 @@ def test_open_store_by_url(tmp_path, clock):
 def test_store_runs_in_wal_mode(store, raw):
     assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     store.check_health()
+
+
+def test_a_commit_reaches_the_database_file_through_the_housekeepers_checkpoint(
+    store, clock, db_path
+):
+    """In WAL mode a commit lands in the WAL; the housekeeper copies it into the database file
+    soon after (``CHECKPOINT_INTERVAL_MS``), not at SQLite's 1,000-page automatic checkpoint."""
+    store.put_product(Product("checkpointed-plan", "Checkpointed", usd(1)), clock())
+    deadline = time.monotonic() + CHECKPOINT_WAIT_SECONDS_MAX
+    while b"checkpointed-plan" not in db_path.read_bytes():
+        assert time.monotonic() < deadline, "the commit never left the WAL"
+        time.sleep(0.01)
 
 
 # -- the write path's limits ----------------------------------------------------------------
