@@ -7,9 +7,9 @@ Register it in the proxy's ``config.yaml``::
 
 Configured by environment variables (``BILLING_*``, see ``CallbackSettings`` and
 ``examples/litellm/README.md``). The request id of every billing call is LiteLLM's
-``litellm_call_id``, so a retried hold or log is idempotent at the service. Usage the service
-cannot take now goes to a durable local spool (``client.spool``) and is re-sent in the
-background until accepted.
+``litellm_call_id``, so a retried hold or log is idempotent at the service. Usage, and the
+release of a failed call's hold, that the service cannot take now go to a durable local spool
+(``client.spool``) and are re-sent in the background until taken.
 """
 
 import asyncio
@@ -282,7 +282,7 @@ class BillingCallback(CustomLogger):
         await self._release(request_data.get("litellm_call_id"))
 
     async def _release(self, request_id: str | None) -> None:
-        """Release this process's hold; one left behind expires after the service's TTL."""
+        """Release this process's hold; unreachable, or a wrong key: spooled and re-sent."""
         if request_id is None or request_id not in self._holds:
             return
         self._holds.pop(request_id, None)
@@ -290,6 +290,12 @@ class BillingCallback(CustomLogger):
             await self.billing().release_reservation(request_id)
         except (NotFound, Conflict):
             return
+        except (Unavailable, Unauthorized) as error:
+            log.warning("release of hold %s spooled: %s", request_id, error)
+            try:
+                await asyncio.to_thread(self.spool.put_release, request_id)
+            except SpoolFull as full:
+                log.error("hold %s not released (it expires on its own): %s", request_id, full)
         except BillingError as error:
             log.warning("hold %s not released (it expires on its own): %s", request_id, error)
 

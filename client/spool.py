@@ -1,8 +1,11 @@
-"""A durable local spool of usage records the billing service has not accepted yet.
+"""A durable local spool of the usage records and hold releases the billing service has not
+taken yet.
 
-One SQLite file (WAL, ``synchronous=FULL``): a record is on disk before ``put`` returns, so a
-proxy crash or restart loses nothing. The spool holds at most ``records_max`` records; a record
-the service refused for good (404, 409, 4xx) stays in the file, marked rejected, for an operator.
+One SQLite file (WAL, ``synchronous=FULL``): a record is on disk before ``put`` (or
+``put_release``) returns, so a proxy crash or restart loses nothing. The spool holds at most
+``records_max`` records of both kinds; a usage record the service refused for good (404, 409,
+4xx) stays in the file, marked rejected, for an operator. A release the service refuses has
+nothing left to do (no such hold, or it was settled) and is dropped.
 """
 
 import json
@@ -29,6 +32,13 @@ CREATE TABLE IF NOT EXISTS usage_spool (
     rejected TEXT
 )
 """
+# A table of its own, so spool files written before releases were spooled need no migration.
+_RELEASE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS release_spool (
+    request_id TEXT PRIMARY KEY,
+    spooled_at_ms INTEGER NOT NULL
+)
+"""
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,19 @@ class UsageRecord:
 
     def send(self, client: BillingClient) -> None:
         client.log_usage(**asdict(self))
+
+
+@dataclass(frozen=True)
+class ReleaseRecord:
+    """One release-reservation call: the hold of a failed LLM call."""
+
+    request_id: str
+
+    def send(self, client: BillingClient) -> None:
+        client.release_reservation(self.request_id)
+
+
+SpooledRecord = UsageRecord | ReleaseRecord
 
 
 class SpoolFull(Exception):
@@ -64,14 +87,17 @@ class UsageSpool:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(_SCHEMA)
-        self._count = self._db.execute("SELECT count(*) FROM usage_spool").fetchone()[0]
+        self._db.execute(_RELEASE_SCHEMA)
+        self._count = self._db.execute(
+            "SELECT (SELECT count(*) FROM usage_spool) + (SELECT count(*) FROM release_spool)"
+        ).fetchone()[0]
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
     def count(self) -> int:
-        """Records in the file, pending and rejected."""
+        """Records in the file: usage pending and rejected, and releases."""
         return self._count
 
     def full(self) -> bool:
@@ -79,40 +105,54 @@ class UsageSpool:
 
     def put(self, record: UsageRecord, rejected: str | None = None) -> None:
         """Write ``record`` durably; a second record with the same request_id is ignored."""
+        self._insert(
+            "INSERT OR IGNORE INTO usage_spool VALUES (?, ?, ?, ?)",
+            (record.request_id, json.dumps(asdict(record)), _now_ms(), rejected),
+        )
+
+    def put_release(self, request_id: str) -> None:
+        """Write a release of ``request_id``'s hold durably; a second one is ignored."""
+        self._insert("INSERT OR IGNORE INTO release_spool VALUES (?, ?)", (request_id, _now_ms()))
+
+    def _insert(self, statement: str, row: tuple) -> None:
         with self._lock:
             if self._count >= self.records_max:
                 raise SpoolFull(f"{self.path} holds {self._count} records (records_max)")
-            cursor = self._db.execute(
-                "INSERT OR IGNORE INTO usage_spool VALUES (?, ?, ?, ?)",
-                (record.request_id, json.dumps(asdict(record)), _now_ms(), rejected),
-            )
-            self._count += cursor.rowcount
+            self._count += self._db.execute(statement, row).rowcount
 
-    def pending(self, limit: int) -> list[UsageRecord]:
-        """The oldest records not yet accepted nor rejected."""
+    def pending(self, limit: int) -> list[SpooledRecord]:
+        """The oldest records of both kinds not yet taken nor rejected."""
         assert 1 <= limit <= BATCH_MAX_LIMIT, limit
         with self._lock:
             rows = self._db.execute(
-                "SELECT record FROM usage_spool WHERE rejected IS NULL"
+                "SELECT record, spooled_at_ms, request_id FROM usage_spool WHERE rejected IS NULL"
+                " UNION ALL SELECT NULL, spooled_at_ms, request_id FROM release_spool"
                 " ORDER BY spooled_at_ms, request_id LIMIT ?",
                 (limit,),
             ).fetchall()
-        return [UsageRecord(**json.loads(row[0])) for row in rows]
+        return [
+            ReleaseRecord(request_id) if record is None else UsageRecord(**json.loads(record))
+            for record, _, request_id in rows
+        ]
 
-    def remove(self, request_id: str) -> None:
+    def remove(self, record: SpooledRecord) -> None:
+        table = "release_spool" if isinstance(record, ReleaseRecord) else "usage_spool"
         with self._lock:
-            cursor = self._db.execute("DELETE FROM usage_spool WHERE request_id = ?", (request_id,))
+            cursor = self._db.execute(
+                f"DELETE FROM {table} WHERE request_id = ?", (record.request_id,)
+            )
             self._count -= cursor.rowcount
 
-    def reject(self, request_id: str, reason: str) -> None:
+    def reject(self, record: UsageRecord, reason: str) -> None:
         with self._lock:
             self._db.execute(
-                "UPDATE usage_spool SET rejected = ? WHERE request_id = ?", (reason, request_id)
+                "UPDATE usage_spool SET rejected = ? WHERE request_id = ?",
+                (reason, record.request_id),
             )
 
 
 class SpoolForwarder:
-    """A daemon thread that re-sends pending records every ``retry_seconds`` until accepted."""
+    """A daemon thread that re-sends pending records every ``retry_seconds`` until taken."""
 
     def __init__(
         self, spool: UsageSpool, client: BillingClient, retry_seconds: float, batch_max: int
@@ -152,13 +192,18 @@ class SpoolForwarder:
                 return delivered
             except BillingError as error:
                 reason = f"{error.status} {error.code}: {error.message}"
-                log.error("billing spool: usage %s rejected: %s", record.request_id, reason)
-                self._spool.reject(record.request_id, reason)
+                if isinstance(record, ReleaseRecord):
+                    # No such hold any more (404), or it was settled (409): nothing to release.
+                    log.info("billing spool: release %s refused: %s", record.request_id, reason)
+                    self._spool.remove(record)
+                else:
+                    log.error("billing spool: usage %s rejected: %s", record.request_id, reason)
+                    self._spool.reject(record, reason)
                 continue
-            self._spool.remove(record.request_id)
+            self._spool.remove(record)
             delivered += 1
         if delivered:
-            log.info("billing spool: delivered %d usage records", delivered)
+            log.info("billing spool: delivered %d records", delivered)
         return delivered
 
 

@@ -49,6 +49,12 @@ model_list:
       model: openai/gpt-4o
       api_key: sk-unused
       mock_response: "litellm.InternalServerError"
+  - model_name: gpt-4o-slower-broken
+    litellm_params:
+      model: openai/gpt-4o
+      api_key: sk-unused
+      mock_response: "litellm.InternalServerError"
+      mock_delay: {OUTAGE_DELAY_SECONDS}
 litellm_settings:
   callbacks: client.litellm.billing_callback
   num_retries: 0
@@ -241,6 +247,9 @@ def holds(db_path: Path, user_id: str, state: str) -> list[int]:
 
 
 def spooled(spool_path: Path) -> int:
-    """Records waiting in the callback's spool file."""
+    """Records waiting in the callback's spool file: usage and hold releases."""
     with read_only(spool_path) as db:
-        return db.execute("SELECT count(*) FROM usage_spool WHERE rejected IS NULL").fetchone()[0]
+        return db.execute(
+            "SELECT (SELECT count(*) FROM usage_spool WHERE rejected IS NULL)"
+            " + (SELECT count(*) FROM release_spool)"
+        ).fetchone()[0]

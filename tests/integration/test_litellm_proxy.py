@@ -221,3 +221,26 @@ def test_billing_outage_spools_usage_and_delivers_it_once(
     assert rows == OUTAGE_REQUESTS
     assert holds(billing.db_path, "lt-outage", "settled") != []
     assert holds(billing.db_path, "lt-outage", "open") == []
+
+
+def test_billing_outage_spools_the_release_of_a_failed_call(
+    ai: openai.OpenAI, admin: BillingClient, billing: Billing, spool_path: Path
+) -> None:
+    """A call that fails while billing is down has its hold released once billing is back,
+    instead of the hold counting until it expires."""
+    provision(admin, "lt-unlucky")
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        call = pool.submit(chat, ai, "lt-unlucky", "gpt-4o-slower-broken")
+        eventually(lambda: len(holds(billing.db_path, "lt-unlucky", "open")) == 1, "hold placed")
+        billing.stop()
+        assert not call.done(), "the call ended before billing stopped: OUTAGE_DELAY_SECONDS"
+        with pytest.raises(openai.InternalServerError):
+            call.result()
+    eventually(lambda: spooled(spool_path) == 1, "release spooled")
+    assert holds(billing.db_path, "lt-unlucky", "open") != []
+
+    billing.start()
+    eventually(lambda: spooled(spool_path) == 0, "spool drained")
+    assert holds(billing.db_path, "lt-unlucky", "open") == []
+    assert len(holds(billing.db_path, "lt-unlucky", "released")) == 1
+    assert admin.user_budget("lt-unlucky").budget.reserved == 0

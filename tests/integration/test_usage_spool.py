@@ -1,4 +1,4 @@
-"""The usage spool on a real SQLite file, forwarding to a real `billing serve`."""
+"""The spool (usage and hold releases) on a real SQLite file, forwarding to a real `billing serve`."""
 
 import time
 from decimal import Decimal
@@ -10,7 +10,7 @@ from ports import free_port
 
 from client import BillingClient, RetryPolicy
 from client.calls import decimal_text
-from client.spool import SpoolForwarder, SpoolFull, UsageRecord, UsageSpool
+from client.spool import ReleaseRecord, SpoolForwarder, SpoolFull, UsageRecord, UsageSpool
 
 QUICK_RETRY = RetryPolicy(attempts_max=1)
 DRAIN_WAIT_SECONDS = 30.0
@@ -97,6 +97,46 @@ def test_background_forwarding_delivers_once_and_keeps_refusals(
     usage = billing.user_usage("spooler")
     assert usage.total.requests == 3
     assert usage.total.cost == Decimal("0.000675")
+
+
+def test_releases_are_kept_beside_usage_and_count_toward_the_limit(tmp_path: Path) -> None:
+    path = tmp_path / "spool.sqlite3"
+    spool = UsageSpool(path, records_max=3)
+    spool.put(record("u-1"))
+    spool.put_release("h-1")
+    spool.put_release("h-1")
+    assert spool.count() == 2
+    spool.put_release("h-2")
+    assert spool.full()
+    with pytest.raises(SpoolFull):
+        spool.put_release("h-3")
+    spool.close()
+
+    reopened = UsageSpool(path, records_max=3)
+    assert reopened.count() == 3
+    pending = {record("u-1"), ReleaseRecord("h-1"), ReleaseRecord("h-2")}
+    assert set(reopened.pending(10)) == pending
+
+
+def test_a_spooled_release_frees_its_hold_and_a_refused_one_is_dropped(
+    tmp_path: Path, billing: BillingClient
+) -> None:
+    """Refused: a hold that became usage (409) and one the service never had (404)."""
+    billing.provision_user("releaser@example.test", PASSWORD, "spool-plan", user_id="releaser")
+    billing.reserve("releaser", "rel-open", Decimal("0.5"))
+    billing.reserve("releaser", "rel-settled", Decimal("0.25"))
+    billing.log_usage("releaser", "gpt-4o", "rel-settled", 1, 1, "0.125")
+    assert billing.user_budget("releaser").budget.reserved == Decimal("0.5")
+    spool = UsageSpool(tmp_path / "spool.sqlite3", records_max=10)
+    for request_id in ("rel-open", "rel-settled", "rel-unknown"):
+        spool.put_release(request_id)
+
+    forwarder = SpoolForwarder(spool, billing, retry_seconds=1, batch_max=10)
+    assert forwarder.forward_once() == 1
+    assert spool.count() == 0
+    budget = billing.user_budget("releaser").budget
+    assert budget.reserved == 0
+    assert budget.used == Decimal("0.125")
 
 
 @pytest.mark.parametrize(
