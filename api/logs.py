@@ -127,10 +127,15 @@ class BufferHandler(logging.Handler):
         self.json_formatter = JsonFormatter()
         self.setFormatter(self.json_formatter)
 
-    def createLock(self) -> None:
-        # No handler lock: formatting is thread-safe and a deque append is atomic, and a lock
-        # held while formatting is where request threads convoyed.
-        self.lock = None
+    def handle(self, record: logging.LogRecord) -> logging.LogRecord | bool:
+        """``Handler.handle`` without its lock: formatting is thread-safe and a deque append is
+        atomic, and a lock held while formatting is where request threads convoyed. (The lock
+        itself stays: Python 3.13's ``Handler.handle`` takes it unconditionally, so a handler
+        without one fails, and flushing and closing at exit use it.)"""
+        filtered = self.filter(record)
+        if filtered:
+            self.emit(filtered if isinstance(filtered, logging.LogRecord) else record)
+        return filtered
 
     def emit(self, record: logging.LogRecord) -> None:
         try:

@@ -3,6 +3,7 @@
 import io
 import json
 import logging
+import threading
 from decimal import Decimal
 
 import pytest
@@ -280,6 +281,27 @@ def only_our_handler(monkeypatch) -> LineBuffer:
     monkeypatch.setattr(root, "level", logging.INFO)
     monkeypatch.setattr(api.logs, "_handler", handler)
     return lines
+
+
+def test_records_reach_the_buffer_without_waiting_on_the_handler_lock(only_our_handler):
+    """Request threads must not convoy on a handler lock; the lock still exists, because
+    Python 3.13's ``Handler.handle`` and logging's shutdown take it (without one,
+    ``billing serve`` on 3.13 died at its first log line)."""
+    handler = logging.getLogger().handlers[0]
+    assert handler.lock is not None
+    handled = threading.Event()
+
+    def log_elsewhere() -> None:
+        logging.getLogger("billing.test").warning("from another thread")
+        handled.set()
+
+    with handler.lock:
+        other = threading.Thread(target=log_elsewhere)
+        other.start()
+        assert handled.wait(timeout=10), "the record waited on the handler lock"
+    other.join()
+    (line,) = only_our_handler.take(10)
+    assert json.loads(line)["message"] == "from another thread"
 
 
 REQUEST_FIELDS = {
