@@ -21,6 +21,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from contextlib import ExitStack
 from importlib import resources
 from pathlib import Path
 from typing import TypeVar
@@ -245,18 +246,29 @@ class SqliteStore:
         self._path = path
         self._clock_ms = clock_ms
         self._synchronous = synchronous
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._pending: deque[_PendingWrite] = deque()
         self._write_lock = threading.Lock()
         self._leader_active = False
-        self._process_lock = _ProcessWriteLock(path.with_name(path.name + PROCESS_LOCK_SUFFIX))
-        self._writer_connection = self._connect()
-        self._writer_connection.execute("PRAGMA journal_mode=WAL")
-        self._writer_connection.execute("PRAGMA foreign_keys=ON")
-        self.applied_migrations = self._migrate_now()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with ExitStack() as opened:  # closes what was opened if a later step fails
+                self._process_lock = _ProcessWriteLock(
+                    path.with_name(path.name + PROCESS_LOCK_SUFFIX)
+                )
+                opened.callback(self._process_lock.close)
+                self._writer_connection = self._connect()
+                opened.callback(self._writer_connection.close)
+                self._writer_connection.execute("PRAGMA journal_mode=WAL")
+                self._writer_connection.execute("PRAGMA foreign_keys=ON")
+                self.applied_migrations = self._migrate_now()
+                opened.pop_all()
+        except (sqlite3.Error, OSError) as error:
+            # Not a traceback at start-up: a file that is not a database, a folder that cannot
+            # be written, a database another process keeps locked past the busy timeout.
+            raise ConfigurationError(f"DATABASE_URL: cannot open {path}: {error}") from None
         self._last_sweep_ms = 0
         self._closing = threading.Event()
         self._committed = threading.Event()  # set after a commit, for the housekeeper
@@ -269,13 +281,17 @@ class SqliteStore:
 
     def _connect(self) -> sqlite3.Connection:
         connection = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-        connection.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
-        connection.execute(f"PRAGMA synchronous={self._synchronous}")
-        connection.execute(f"PRAGMA journal_size_limit={WAL_BYTES_KEPT_MAX}")
-        connection.execute(f"PRAGMA cache_size=-{CACHE_KIB_PER_CONNECTION}")
-        # Pages are read through one memory map shared by every connection, rather than copied
-        # into each connection's own cache by a read() per page.
-        connection.execute(f"PRAGMA mmap_size={MMAP_BYTES_MAX}")
+        try:
+            connection.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
+            connection.execute(f"PRAGMA synchronous={self._synchronous}")
+            connection.execute(f"PRAGMA journal_size_limit={WAL_BYTES_KEPT_MAX}")
+            connection.execute(f"PRAGMA cache_size=-{CACHE_KIB_PER_CONNECTION}")
+            # Pages are read through one memory map shared by every connection, rather than
+            # copied into each connection's own cache by a read() per page.
+            connection.execute(f"PRAGMA mmap_size={MMAP_BYTES_MAX}")
+        except BaseException:
+            connection.close()
+            raise
         return connection
 
     def _reader(self) -> sqlite3.Connection:

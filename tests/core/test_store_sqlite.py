@@ -6,6 +6,7 @@ import os
 import sqlite3
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -45,10 +46,18 @@ def test_opening_twice_applies_each_migration_once(tmp_path, clock):
         assert second.list_products() == [Product("basic", "Basic", usd(10))]
     finally:
         second.close()
-    with sqlite3.connect(path) as connection:
+    with closing(sqlite3.connect(path)) as connection:
         rows = connection.execute("SELECT version, name FROM schema_migrations").fetchall()
-    connection.close()
     assert rows == [(1, "0001_ledger.sql"), (2, "0002_flows.sql")]
+
+
+def test_a_file_that_is_not_a_database_is_refused_and_nothing_stays_open(tmp_path, clock):
+    notes = tmp_path / "notes.db"
+    notes.write_text("not a database\n" * 100)
+    descriptors_before = sorted(os.listdir("/proc/self/fd"))
+    with pytest.raises(ConfigurationError, match="cannot open .*notes.db: file is not a database"):
+        SqliteStore(notes, clock, "FULL")
+    assert sorted(os.listdir("/proc/self/fd")) == descriptors_before
 
 
 def test_two_stores_open_at_once_migrate_once(tmp_path, clock):

@@ -296,6 +296,21 @@ def test_a_database_url_that_cannot_connect_stops_start_up_naming_it(workdir: Pa
     assert "s3cret-pw" not in refused.stderr + refused.stdout
 
 
+def test_a_sqlite_file_that_is_not_a_database_stops_start_up_naming_it(workdir: Path) -> None:
+    notes = workdir / "notes.txt"
+    notes.write_text("not a database\n" * 100)
+    env = server_env(
+        DATABASE_URL=f"sqlite:///{notes}",
+        DATA_DIR=str(workdir / "not-a-database"),
+        BILLING_API_KEY=API_KEY,
+        ADMIN_SECRET_KEY=ADMIN_KEY,
+    )
+    refused = run_billing("serve", env, workdir)
+    assert refused.returncode == 2
+    assert f"DATABASE_URL: cannot open {notes}: file is not a database" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
 def test_first_run_without_keys_generates_a_private_key_file(launch, workdir: Path) -> None:
     server = launch(workdir / "keyless.db", "keyless", keys=False)
     keys_path = server.data_dir / "keys.json"
