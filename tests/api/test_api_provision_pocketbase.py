@@ -8,6 +8,7 @@ trigger make the ledger refuse on cue.
 import logging
 import sqlite3
 from collections.abc import Iterator
+from contextlib import closing
 
 import pytest
 from api_helpers import ADMIN, PASSWORD, Env, assert_rejected, call, provision, put_product
@@ -76,7 +77,7 @@ def test_pocketbase_down_is_502_and_leaves_no_user(pb_env, pocketbase):
 
 
 def test_a_ledger_refusal_after_the_record_removes_the_record(pb_env, pocketbase):
-    with sqlite3.connect(sqlite_path_from_url(pb_env.settings.database_url)) as raw:
+    with closing(sqlite3.connect(sqlite_path_from_url(pb_env.settings.database_url))) as raw:
         raw.execute(
             "CREATE TRIGGER refuse BEFORE INSERT ON users BEGIN SELECT RAISE(ABORT, 'no'); END"
         )

@@ -6,6 +6,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Iterator
+from contextlib import closing
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -71,7 +72,7 @@ def receiver() -> Iterator[Receiver]:
 
 def alert_states(settings) -> list[tuple]:
     path = settings.database_url.removeprefix("sqlite:///")
-    with sqlite3.connect(path) as connection:
+    with closing(sqlite3.connect(path)) as connection:
         return connection.execute(
             "SELECT subject, subject_id, threshold_percent, state, attempts,"
             " mailed_at IS NOT NULL, posted_at IS NOT NULL, last_error IS NOT NULL"
@@ -156,7 +157,7 @@ def test_a_refusing_receiver_gets_the_alert_later_and_its_url_is_kept_nowhere(
     receiver.start()
     assert deliver_alerts(retry_delay_seconds=0) == {"delivered": 0, "failed": 3}
     path = flow_settings.database_url.removeprefix("sqlite:///")
-    with sqlite3.connect(path) as connection:
+    with closing(sqlite3.connect(path)) as connection:
         errors = [row[0] for row in connection.execute("SELECT last_error FROM alerts")]
     assert errors == ["webhook: WebhookRefused: webhook answered HTTP 503"] * 3
     assert deliver_alerts(retry_delay_seconds=0) == {"delivered": 3, "failed": 0}

@@ -2,6 +2,7 @@
 SMTP server (aiosmtpd)."""
 
 import sqlite3
+from contextlib import closing
 from datetime import UTC, datetime
 
 import pytest
@@ -19,7 +20,7 @@ from flows.reset import monthly_budget_reset
 
 def history(settings):
     path = settings.database_url.removeprefix("sqlite:///")
-    with sqlite3.connect(path) as connection:
+    with closing(sqlite3.connect(path)) as connection:
         return connection.execute(
             "SELECT user_id, label, used, closed_by FROM period_history ORDER BY user_id"
         ).fetchall()

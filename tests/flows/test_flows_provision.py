@@ -7,6 +7,7 @@ import logging
 import re
 import sqlite3
 from collections.abc import Iterator
+from contextlib import closing
 from decimal import Decimal
 from pathlib import Path
 from uuid import UUID
@@ -182,7 +183,7 @@ def test_pocketbase_down_leaves_no_ledger_user_and_a_rerun_finishes(pocketbase, 
 
 @pytest.mark.usefixtures("environment")
 def test_a_ledger_failure_after_the_record_leaves_no_record(pocketbase, smtp_inbox, db_path):
-    with sqlite3.connect(db_path) as raw:
+    with closing(sqlite3.connect(db_path)) as raw:
         raw.execute(
             "CREATE TRIGGER refuse BEFORE INSERT ON users BEGIN SELECT RAISE(ABORT, 'no'); END"
         )
