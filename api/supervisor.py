@@ -36,6 +36,7 @@ from prometheus_client.multiprocess import mark_process_dead
 
 from api.metrics import MULTIPROC_DIR_VARIABLE
 from api.server import NO_CPU, WAITRESS_BACKLOG, worker_cpu
+from core.errors import ConfigurationError
 from core.settings import Settings
 
 log = logging.getLogger("billing.supervisor")
@@ -70,8 +71,15 @@ def supervise(settings: Settings) -> int:
 
 
 def bind_listener(host: str, port: int) -> socket.socket:
+    """The listening socket; a port taken or an address not of this host stops start-up with
+    one line naming them, not a traceback."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host, port), family=family, backlog=WAITRESS_BACKLOG)
+    try:
+        return socket.create_server((host, port), family=family, backlog=WAITRESS_BACKLOG)
+    except OSError as error:
+        raise ConfigurationError(
+            f"HOST/PORT: cannot listen on {host}:{port}: {error.strerror or error}"
+        ) from None
 
 
 class Supervisor:

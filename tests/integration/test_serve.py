@@ -311,6 +311,22 @@ def test_a_sqlite_file_that_is_not_a_database_stops_start_up_naming_it(workdir: 
     assert "Traceback" not in refused.stderr
 
 
+def test_a_port_already_taken_stops_start_up_naming_it(workdir: Path) -> None:
+    with socket.create_server(("0.0.0.0", 0)) as taken:
+        port = taken.getsockname()[1]
+        env = server_env(
+            PORT=str(port),
+            DATABASE_URL=f"sqlite:///{workdir / 'port-taken.db'}",
+            DATA_DIR=str(workdir / "port-taken"),
+            BILLING_API_KEY=API_KEY,
+            ADMIN_SECRET_KEY=ADMIN_KEY,
+        )
+        refused = run_billing("serve", env, workdir)
+    assert refused.returncode == 2
+    assert f"cannot listen on 0.0.0.0:{port}: Address already in use" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
 def test_first_run_without_keys_generates_a_private_key_file(launch, workdir: Path) -> None:
     server = launch(workdir / "keyless.db", "keyless", keys=False)
     keys_path = server.data_dir / "keys.json"
