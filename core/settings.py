@@ -167,7 +167,12 @@ def resolve_keys(settings: Settings) -> Keys:
         keys = Keys(api_key, admin_key, None)
     else:
         path = settings.data_dir / KEYS_FILE_NAME
-        kept = _read_or_create_keys(path)
+        try:
+            kept = _read_or_create_keys(path)
+        except OSError as error:
+            raise ConfigurationError(
+                f"DATA_DIR: cannot keep the generated keys in {path}: {error.strerror or error}"
+            ) from None
         keys = Keys(api_key or kept["billing_api_key"], admin_key or kept["admin_secret_key"], path)
     if keys.api_key == keys.admin_key:
         # One key would open both the gateway's and the admin's routes.
@@ -183,8 +188,11 @@ def _read_or_create_keys(path: Path) -> dict[str, str]:
     }
     if not path.exists():
         _publish_once(path, simplejson.dumps(fresh))
-    kept = simplejson.loads(path.read_text("utf-8"))
-    if not all(isinstance(kept.get(name), str) for name in fresh):
+    try:
+        kept = simplejson.loads(path.read_text("utf-8"))
+    except ValueError:  # not JSON, or not UTF-8
+        kept = None
+    if not isinstance(kept, dict) or not all(isinstance(kept.get(name), str) for name in fresh):
         raise ConfigurationError(f"{path} does not hold the two keys; delete it to make new ones")
     return kept
 

@@ -123,10 +123,20 @@ def test_cors_origin_list(monkeypatch):
     assert Settings().cors_origin_list == ["https://a.example", "https://b.example"]
 
 
-def test_keys_file_without_both_keys_is_refused(tmp_path):
-    (tmp_path / KEYS_FILE_NAME).write_text('{"billing_api_key": "only-one-key-here"}', "utf-8")
-    with pytest.raises(ValueError, match="delete it"):
+@pytest.mark.parametrize(
+    "kept", ['{"billing_api_key": "only-one-key-here"}', "not json", '["a", "b"]', "\udcff"]
+)
+def test_keys_file_without_both_keys_is_refused(tmp_path, kept):
+    (tmp_path / KEYS_FILE_NAME).write_text(kept, "utf-8", errors="surrogateescape")
+    with pytest.raises(ConfigurationError, match="does not hold the two keys; delete it"):
         resolve_keys(Settings(data_dir=tmp_path))
+
+
+def test_a_data_dir_that_cannot_hold_the_keys_is_refused_naming_it(tmp_path):
+    not_a_folder = tmp_path / "a-file"
+    not_a_folder.write_text("", "utf-8")
+    with pytest.raises(ConfigurationError, match="DATA_DIR: cannot keep the generated keys in"):
+        resolve_keys(Settings(data_dir=not_a_folder))
 
 
 def test_identical_api_and_admin_keys_are_refused(tmp_path):
