@@ -5,12 +5,13 @@ A server's database is a SQLite file (a ``Path``) or a PostgreSQL URL (a ``str``
 
 import json
 import os
+import resource
 import shutil
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
@@ -98,7 +99,10 @@ class BillingServer:
         data_dir: Path | None = None,
         extra_env: dict[str, str] | None = None,
         port: int | None = None,
+        file_bytes_max: int | None = None,
     ) -> None:
+        """``file_bytes_max``: no file the server writes may grow past it (``RLIMIT_FSIZE``,
+        which Python answers with ``EFBIG``): a disk that fills up, without a filesystem."""
         self.workdir = workdir
         self.database = database
         self.name = name
@@ -130,6 +134,7 @@ class BillingServer:
             stdin=subprocess.DEVNULL,
             stdout=self._stdout,
             stderr=self._stderr,
+            preexec_fn=None if file_bytes_max is None else _file_size_limit(file_bytes_max),
         )
 
     @property
@@ -181,6 +186,13 @@ class BillingServer:
         for handle in (self._stdout, self._stderr):
             if not handle.closed:
                 handle.close()
+
+
+def _file_size_limit(file_bytes_max: int) -> Callable[[], None]:
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_bytes_max, file_bytes_max))
+
+    return limit
 
 
 def children_of(pid: int) -> set[int]:

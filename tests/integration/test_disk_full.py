@@ -1,0 +1,76 @@
+"""A disk that fills up under `billing serve` on SQLite: writes are refused whole (503), every
+acknowledged one is kept, reads go on, and writes resume once there is room.
+
+``RLIMIT_FSIZE`` on the server stands in for a full disk: past it a write fails with ``EFBIG``,
+which SQLite reports as it reports ``ENOSPC`` ("database or disk is full"). It limits every
+file the server writes, its log file too, which must not stop it either.
+"""
+
+from decimal import Decimal
+from pathlib import Path
+
+from integration_support import (
+    BillingServer,
+    api_headers,
+    create_product,
+    dumps,
+    loads,
+    provision_user,
+    read_only,
+    usage_body,
+    user_budget,
+)
+
+FILE_BYTES_MAX = 512 * 1024
+LOGS_MAX = 20_000
+REFUSALS_WANTED = 3
+COST = Decimal("0.001")
+# Long ids make each usage row big, so the limit is reached in a few hundred requests.
+ID_PAD = "x" * 100
+
+
+def test_a_full_disk_refuses_writes_whole_and_loses_nothing_acknowledged(workdir: Path) -> None:
+    database = workdir / "full-disk.db"
+    full = BillingServer(workdir, database, "full-disk", file_bytes_max=FILE_BYTES_MAX)
+    try:
+        full.wait_ready()
+        with full.client() as client:
+            create_product(client, "roomy", 1_000_000)
+            provision_user(client, "filler", "roomy", "full-tenant")
+            logged, refused = 0, 0
+            for number in range(LOGS_MAX):
+                body = usage_body("filler", f"fill-{number}-{ID_PAD}", COST, f"model-{ID_PAD}")
+                answer = client.post("/api/log-usage", content=dumps(body), headers=api_headers())
+                if answer.status_code == 201:
+                    logged += 1
+                    continue
+                assert answer.status_code == 503, answer.text
+                assert loads(answer)["error"] == "unavailable"
+                refused += 1
+                if refused == REFUSALS_WANTED:
+                    break
+            assert refused == REFUSALS_WANTED, f"{logged} logged and the disk never filled"
+            assert logged > 0
+            assert user_budget(client, "filler")["used"] == logged * COST
+            assert client.get("/").status_code == 200
+            check = {"user_id": "filler", "cost_estimate": 1}
+            answer = client.post("/api/check-budget", content=dumps(check), headers=api_headers())
+            assert answer.status_code == 200 and loads(answer)["allowed"] is True
+    finally:
+        full.stop()
+
+    roomy = BillingServer(workdir, database, "after-full-disk")
+    try:
+        roomy.wait_ready()
+        with roomy.client() as client:
+            body = usage_body("filler", "after-the-disk-filled", COST)
+            answer = client.post("/api/log-usage", content=dumps(body), headers=api_headers())
+            assert answer.status_code == 201, answer.text
+            assert user_budget(client, "filler")["used"] == (logged + 1) * COST
+    finally:
+        roomy.stop()
+    with read_only(database) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        rows, used = db.execute("SELECT count(*), sum(cost) FROM usage").fetchone()
+    assert rows == logged + 1
+    assert used == (logged + 1) * 1_000_000
