@@ -283,48 +283,50 @@ def test_a_flow_command_without_prefect_says_what_to_install(workdir: Path, comm
     assert "needs Prefect" in result.stderr and "cloudfreedom-billing[flows]" in result.stderr
 
 
+def refused_start(workdir: Path, command: str, **settings: str) -> subprocess.CompletedProcess:
+    """`billing <command>` with these settings and the test keys, which must stop it at once:
+    status 2 and a line saying why, no traceback."""
+    env = server_env(**{"BILLING_API_KEY": API_KEY, "ADMIN_SECRET_KEY": ADMIN_KEY, **settings})
+    refused = run_billing(command, env, workdir)
+    assert refused.returncode == 2, refused.stderr
+    assert "Traceback" not in refused.stderr
+    return refused
+
+
 def test_a_database_url_that_cannot_connect_stops_start_up_naming_it(workdir: Path) -> None:
-    env = server_env(
+    refused = refused_start(
+        workdir,
+        "migrate",
         DATABASE_URL="postgresql://billing:s3cret-pw@127.0.0.1:1/billing",
         DATA_DIR=str(workdir / "unreachable"),
-        BILLING_API_KEY=API_KEY,
-        ADMIN_SECRET_KEY=ADMIN_KEY,
     )
-    refused = run_billing("migrate", env, workdir)
-    assert refused.returncode == 2
-    assert "DATABASE_URL" in refused.stderr and "Traceback" not in refused.stderr
+    assert "DATABASE_URL" in refused.stderr
     assert "s3cret-pw" not in refused.stderr + refused.stdout
 
 
 def test_a_sqlite_file_that_is_not_a_database_stops_start_up_naming_it(workdir: Path) -> None:
     notes = workdir / "notes.txt"
     notes.write_text("not a database\n" * 100)
-    env = server_env(
+    refused = refused_start(
+        workdir,
+        "serve",
         DATABASE_URL=f"sqlite:///{notes}",
         DATA_DIR=str(workdir / "not-a-database"),
-        BILLING_API_KEY=API_KEY,
-        ADMIN_SECRET_KEY=ADMIN_KEY,
     )
-    refused = run_billing("serve", env, workdir)
-    assert refused.returncode == 2
     assert f"DATABASE_URL: cannot open {notes}: file is not a database" in refused.stderr
-    assert "Traceback" not in refused.stderr
 
 
 def test_a_port_already_taken_stops_start_up_naming_it(workdir: Path) -> None:
     with socket.create_server(("0.0.0.0", 0)) as taken:
         port = taken.getsockname()[1]
-        env = server_env(
+        refused = refused_start(
+            workdir,
+            "serve",
             PORT=str(port),
             DATABASE_URL=f"sqlite:///{workdir / 'port-taken.db'}",
             DATA_DIR=str(workdir / "port-taken"),
-            BILLING_API_KEY=API_KEY,
-            ADMIN_SECRET_KEY=ADMIN_KEY,
         )
-        refused = run_billing("serve", env, workdir)
-    assert refused.returncode == 2
     assert f"cannot listen on 0.0.0.0:{port}: Address already in use" in refused.stderr
-    assert "Traceback" not in refused.stderr
 
 
 def test_first_run_without_keys_generates_a_private_key_file(launch, workdir: Path) -> None:
@@ -363,17 +365,15 @@ def test_first_run_without_keys_generates_a_private_key_file(launch, workdir: Pa
 
 @pytest.mark.parametrize("short_variable", ["BILLING_API_KEY", "ADMIN_SECRET_KEY"])
 def test_short_key_is_refused_at_start(workdir: Path, short_variable: str) -> None:
-    keys = {"BILLING_API_KEY": API_KEY, "ADMIN_SECRET_KEY": ADMIN_KEY}
-    keys[short_variable] = "fifteen-chars15"  # one character short of the minimum
-    env = server_env(
+    result = refused_start(
+        workdir,
+        "serve",
         PORT=str(free_port()),
         HOST="127.0.0.1",
         DATABASE_URL=database_url(workdir / "short-key.db"),
         DATA_DIR=str(workdir / "short-key"),
-        **keys,
+        **{short_variable: "fifteen-chars15"},  # one character short of the minimum
     )
-    result = run_billing("serve", env, workdir)
-    assert result.returncode != 0
     assert short_variable in result.stderr
     assert "16" in result.stderr
     assert "fifteen-chars15" not in result.stdout + result.stderr
