@@ -45,6 +45,8 @@ def serve(settings: Settings) -> int:
     try:
         for name in store.applied_migrations:
             log.info("applied migration %s", name)
+        if store.newer_migrations:
+            log.warning("%s", _newer_schema_message(store.newer_migrations))
     finally:
         store.close()
     return supervise(settings)
@@ -63,8 +65,19 @@ def migrate(settings: Settings) -> None:
     try:
         applied = store.applied_migrations
         print("applied: " + ", ".join(applied) if applied else "schema is up to date")
+        if store.newer_migrations:
+            print(_newer_schema_message(store.newer_migrations))
     finally:
         store.close()
+
+
+def _newer_schema_message(names: list[str]) -> str:
+    """Why an older release runs on: ``core.store.base.newer_migrations`` says."""
+    return (
+        "the database has migrations this release does not know ("
+        + ", ".join(names)
+        + "): a newer release applied them; running on it as it is"
+    )
 
 
 HEALTHCHECK_TIMEOUT_SECONDS = 3.0

@@ -6,7 +6,9 @@ A backend runs each write as one transaction that holds the rows it decides on (
 and times are integer ms since the epoch throughout.
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any, Literal, Protocol
 
 from core.alerts import Alert, AlertChannel
@@ -15,6 +17,38 @@ from core.money import Money
 from core.reconcile import Drift
 from core.reservations import Reservation
 from core.usage import UsageRecord
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationScript:
+    version: int
+    name: str
+    sql: str
+
+
+def migration_scripts(folder: str) -> list[MigrationScript]:
+    """This release's migrations, ``core/store/<folder>/NNNN_*.sql``, in version order."""
+    directory = resources.files("core.store").joinpath(folder)
+    names = sorted(entry.name for entry in directory.iterdir() if entry.name.endswith(".sql"))
+    return [
+        MigrationScript(
+            int(name.split("_", 1)[0]), name, directory.joinpath(name).read_text("utf-8")
+        )
+        for name in names
+    ]
+
+
+def newer_migrations(
+    recorded: Iterable[tuple[int, str]], scripts: list[MigrationScript]
+) -> list[str]:
+    """Migrations the database records that this release does not ship, by name.
+
+    A newer release applied them: this one is older than its database (a rollback, or an old
+    worker restarting during a rolling deploy). The store still opens, and the caller warns:
+    refusing would stop that old worker mid-deploy, and a rollback is the operator's choice.
+    """
+    known = {script.version for script in scripts}
+    return [name for version, name in sorted(recorded) if version not in known]
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,10 +212,12 @@ GroupBy = Literal["model", "bucket"]
 class LedgerStore(Protocol):
     """Storage of the ledger; every method is one transaction, safe across threads.
 
-    Opening a store applies its pending schema migrations; ``applied_migrations`` names them.
+    Opening a store applies its pending schema migrations; ``applied_migrations`` names them,
+    and ``newer_migrations`` those the database has from a release newer than this one.
     """
 
     applied_migrations: list[str]
+    newer_migrations: list[str]
 
     def check_health(self) -> None:
         """Raise if the database cannot answer a query."""

@@ -18,7 +18,6 @@ import select
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from importlib import resources
 from typing import Any
 
 import psycopg
@@ -61,6 +60,8 @@ from core.store.base import (
     Tenant,
     UsageGroup,
     UserView,
+    migration_scripts,
+    newer_migrations,
     user_view_from_row,
 )
 from core.store.flows_sql import backfill_note
@@ -134,7 +135,7 @@ class PostgresStore:
                 f" within {CONNECT_TIMEOUT_SECONDS} s: {reason}"
             ) from None
         try:
-            self.applied_migrations = self._migrate()
+            self.applied_migrations, self.newer_migrations = self._migrate()
         except BaseException:
             self._pool.close()
             raise
@@ -196,11 +197,13 @@ class PostgresStore:
 
     # -- schema ------------------------------------------------------------------------------
 
-    def _migrate(self) -> list[str]:
+    def _migrate(self) -> tuple[list[str], list[str]]:
         """Apply pending migrations, each in its own transaction, under an advisory lock, so
-        of two processes starting at once one migrates and the other then finds it done."""
-        folder = resources.files("core.store").joinpath("postgres_migrations")
-        names = sorted(entry.name for entry in folder.iterdir() if entry.name.endswith(".sql"))
+        of two processes starting at once one migrates and the other then finds it done.
+
+        Returns the names applied, and those the database has that this release does not ship.
+        """
+        scripts = migration_scripts("postgres_migrations")
         done: list[str] = []
         with self._pool.connection() as connection:
             # A migration (or the wait for another process's) may take longer than a request's
@@ -212,28 +215,27 @@ class PostgresStore:
                     "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
                     " name TEXT NOT NULL, applied_at BIGINT NOT NULL)"
                 )
-                applied = {
-                    row[0] for row in connection.execute("SELECT version FROM schema_migrations")
-                }
-                for name in names:
-                    version = int(name.split("_", 1)[0])
-                    if version in applied:
+                recorded = connection.execute(
+                    "SELECT version, name FROM schema_migrations"
+                ).fetchall()
+                applied = {version for version, _ in recorded}
+                for script in scripts:
+                    if script.version in applied:
                         continue
-                    script = folder.joinpath(name).read_text("utf-8")
                     with connection.transaction():
-                        connection.execute(script.encode())
+                        connection.execute(script.sql.encode())
                         connection.execute(
                             "INSERT INTO schema_migrations (version, name, applied_at)"
                             " VALUES (%s, %s, %s)",
-                            (version, name, self._clock_ms()),
+                            (script.version, script.name, self._clock_ms()),
                         )
-                    done.append(name)
+                    done.append(script.name)
             finally:
                 connection.execute(
                     "SELECT pg_advisory_unlock(%s, %s)", (LOCK_NAMESPACE, LOCK_MIGRATIONS)
                 )
                 _configure(connection)
-        return done
+        return done, newer_migrations(recorded, scripts)
 
     # -- expired holds -----------------------------------------------------------------------
 

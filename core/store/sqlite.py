@@ -22,7 +22,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from contextlib import ExitStack
-from importlib import resources
 from pathlib import Path
 from typing import TypeVar
 
@@ -62,6 +61,8 @@ from core.store.base import (
     Tenant,
     UsageGroup,
     UserView,
+    migration_scripts,
+    newer_migrations,
     user_view_from_row,
 )
 from core.store.flows_sql import backfill_note
@@ -263,7 +264,7 @@ class SqliteStore:
                 opened.callback(self._writer_connection.close)
                 self._writer_connection.execute("PRAGMA journal_mode=WAL")
                 self._writer_connection.execute("PRAGMA foreign_keys=ON")
-                self.applied_migrations = self._migrate_now()
+                self.applied_migrations, self.newer_migrations = self._migrate_now()
                 opened.pop_all()
         except (sqlite3.Error, OSError) as error:
             # Not a traceback at start-up: a file that is not a database, a folder that cannot
@@ -449,8 +450,11 @@ class SqliteStore:
 
     # -- schema ------------------------------------------------------------------------------
 
-    def _migrate_now(self) -> list[str]:
-        """Apply pending migrations before the writer starts; a second process waits its turn."""
+    def _migrate_now(self) -> tuple[list[str], list[str]]:
+        """Apply pending migrations before the writer starts; a second process waits its turn.
+
+        Returns the names applied, and those the database has that this release does not ship.
+        """
         connection = self._writer_connection
         connection.execute("BEGIN IMMEDIATE")
         try:
@@ -902,28 +906,27 @@ def _any_hold_expired(connection: sqlite3.Connection, now_ms: int) -> bool:
     return earliest is not None and earliest <= now_ms
 
 
-def _migrate(connection: sqlite3.Connection, now_ms: int) -> list[str]:
+def _migrate(connection: sqlite3.Connection, now_ms: int) -> tuple[list[str], list[str]]:
     """Apply the numbered ``sqlite_migrations/*.sql`` not yet recorded, in order."""
     connection.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations"
         " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL) STRICT"
     )
-    applied = {row[0] for row in connection.execute("SELECT version FROM schema_migrations")}
-    folder = resources.files("core.store").joinpath("sqlite_migrations")
-    names = sorted(entry.name for entry in folder.iterdir() if entry.name.endswith(".sql"))
+    recorded = connection.execute("SELECT version, name FROM schema_migrations").fetchall()
+    applied = {version for version, _ in recorded}
+    scripts = migration_scripts("sqlite_migrations")
     done = []
-    for name in names:
-        version = int(name.split("_", 1)[0])
-        if version in applied:
+    for script in scripts:
+        if script.version in applied:
             continue
-        for statement in _split_statements(folder.joinpath(name).read_text("utf-8")):
+        for statement in _split_statements(script.sql):
             connection.execute(statement)
         connection.execute(
             "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
-            (version, name, now_ms),
+            (script.version, script.name, now_ms),
         )
-        done.append(name)
-    return done
+        done.append(script.name)
+    return done, newer_migrations(recorded, scripts)
 
 
 def _split_statements(script: str) -> list[str]:

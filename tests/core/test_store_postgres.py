@@ -76,6 +76,28 @@ def test_opening_twice_applies_each_migration_once(new_url, clock):
     assert rows == [(1, "0001_ledger.sql"), (2, "0002_flows.sql")]
 
 
+def test_a_database_migrated_by_a_newer_release_opens_and_names_what_it_does_not_know(
+    new_url, clock
+):
+    first = open_pg(new_url, clock)
+    try:
+        assert first.newer_migrations == []
+    finally:
+        first.close()
+    raw = PgRaw(new_url)
+    try:
+        raw.execute("INSERT INTO schema_migrations VALUES (99, '0099_from_the_future.sql', 0)")
+    finally:
+        raw.close()
+    older = open_pg(new_url, clock)
+    try:
+        assert older.applied_migrations == []
+        assert older.newer_migrations == ["0099_from_the_future.sql"]
+        older.check_health()
+    finally:
+        older.close()
+
+
 def test_stores_opening_at_once_migrate_once(new_url, clock):
     """Four processes' worth of stores race their first open: the advisory lock lets one
     migrate; the others wait and find the schema done."""

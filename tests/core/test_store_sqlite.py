@@ -51,6 +51,29 @@ def test_opening_twice_applies_each_migration_once(tmp_path, clock):
     assert rows == [(1, "0001_ledger.sql"), (2, "0002_flows.sql")]
 
 
+def test_a_database_migrated_by_a_newer_release_opens_and_names_what_it_does_not_know(
+    tmp_path, clock
+):
+    path = tmp_path / "l.db"
+    first = SqliteStore(path, clock, "FULL")
+    try:
+        assert first.newer_migrations == []
+        first.put_product(Product("basic", "Basic", usd(10)), clock())
+    finally:
+        first.close()
+    with closing(sqlite3.connect(path)) as connection, connection:
+        connection.execute(
+            "INSERT INTO schema_migrations VALUES (99, '0099_from_the_future.sql', 0)"
+        )
+    older = SqliteStore(path, clock, "FULL")
+    try:
+        assert older.applied_migrations == []
+        assert older.newer_migrations == ["0099_from_the_future.sql"]
+        assert older.list_products() == [Product("basic", "Basic", usd(10))]
+    finally:
+        older.close()
+
+
 def test_a_file_that_is_not_a_database_is_refused_and_nothing_stays_open(tmp_path, clock):
     notes = tmp_path / "notes.db"
     notes.write_text("not a database\n" * 100)

@@ -2,9 +2,11 @@
 JSON, first-run keys, short keys; a flow command without Prefect installed."""
 
 import socket
+import sqlite3
 import stat
 import subprocess
 import sys
+from contextlib import closing
 from decimal import Decimal
 from pathlib import Path
 
@@ -237,6 +239,25 @@ def test_migrate_applies_once_then_reports_up_to_date(workdir: Path) -> None:
     assert second.returncode == 0, second.stderr
     assert "up to date" in second.stdout
     assert "0001" not in second.stdout
+
+
+def test_migrate_on_a_database_of_a_newer_release_names_what_it_does_not_know(
+    workdir: Path,
+) -> None:
+    db_path = workdir / "migrate-newer" / "billing.db"
+    env = server_env(
+        DATABASE_URL=database_url(db_path),
+        DATA_DIR=str(workdir / "migrate-newer"),
+        BILLING_API_KEY=API_KEY,
+        ADMIN_SECRET_KEY=ADMIN_KEY,
+    )
+    assert run_billing("migrate", env, workdir).returncode == 0
+    with closing(sqlite3.connect(db_path)) as connection, connection:
+        connection.execute("INSERT INTO schema_migrations VALUES (99, '0099_later.sql', 0)")
+    again = run_billing("migrate", env, workdir)
+    assert again.returncode == 0, again.stderr
+    assert "up to date" in again.stdout
+    assert "does not know (0099_later.sql)" in again.stdout
 
 
 def test_migrate_on_postgresql_applies_once_then_reports_up_to_date(
