@@ -87,8 +87,8 @@ def pin_to_cpu(cpu: int) -> None:
     the GIL go (a socket call, every SQLite step) a waiting thread takes it. With the threads
     spread over cores every such hand-off wakes a thread on another core, an inter-processor
     interrupt (dear on a virtual machine); on one core it is an ordinary switch. Measured on 2
-    cores: context switches per check-budget 42 → 5, requests per second 2–3× (README,
-    Benchmark). ``OSError`` when ``cpu`` is not one this process may use.
+    cores: context switches per check-budget 42 → 5, requests per second 2–3× (bench/README.md,
+    session 4). ``OSError`` when ``cpu`` is not one this process may use.
     """
     assert sys.platform.startswith("linux"), "pinning needs Linux"
     os.sched_setaffinity(0, {cpu})  # this thread first: an unusable CPU raises OSError here
