@@ -7,6 +7,7 @@ Unreachable: the PostgreSQL variants skip locally, and fail when ``CI`` is set.
 
 import os
 import secrets
+import time
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -18,6 +19,8 @@ ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1
 CONNECT_TIMEOUT_SECONDS = 5
 POOL_SIZE = 4
 POOL_TIMEOUT_SECONDS = 10.0
+TERMINATE_WAITS_MAX = 500
+TERMINATE_WAIT_SECONDS = 0.01
 
 
 def unavailable(reason: str) -> None:
@@ -85,6 +88,27 @@ class ScratchDatabase:
         schema = f"s_{secrets.token_hex(6)}"
         self._connection.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
         return schema_url(self.url, schema)
+
+    def set_read_only(self, read_only: bool) -> None:
+        """Every transaction of a new connection read-only (or not), as on a standby, and every
+        other connection to the database closed, as by a failover."""
+        setting = "on" if read_only else "off"
+        self._connection.execute(
+            sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = {}").format(
+                sql.Identifier(self.name), sql.SQL(setting)
+            )
+        )
+        others = "FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()"
+        self._connection.execute(f"SELECT pg_terminate_backend(pid) {others}", (self.name,))
+        # pg_terminate_backend only signals: wait until the backends have said goodbye.
+        for _ in range(TERMINATE_WAITS_MAX):
+            if (
+                self._connection.execute(f"SELECT count(*) {others}", (self.name,)).fetchone()[0]
+                == 0
+            ):
+                return
+            time.sleep(TERMINATE_WAIT_SECONDS)
+        raise AssertionError(f"connections to {self.name} still open after termination")
 
     def drop(self) -> None:
         self._connection.close()

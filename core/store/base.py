@@ -220,7 +220,7 @@ class LedgerStore(Protocol):
     newer_migrations: list[str]
 
     def check_health(self) -> None:
-        """Raise if the database cannot answer a query."""
+        """Raise if the database cannot answer a query, or cannot take writes now."""
 
     def close(self) -> None: ...
 

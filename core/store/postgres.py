@@ -129,13 +129,20 @@ class PostgresStore:
             self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_SECONDS)
         except (psycopg_pool.PoolTimeout, psycopg.Error) as error:
             self._pool.close()
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else "no answer"
             raise ConfigurationError(
                 f"DATABASE_URL: cannot connect to PostgreSQL {_describe(database_url)}"
-                f" within {CONNECT_TIMEOUT_SECONDS} s: {reason}"
+                f" within {CONNECT_TIMEOUT_SECONDS} s: {_first_line(error)}"
             ) from None
         try:
             self.applied_migrations, self.newer_migrations = self._migrate()
+        except psycopg.Error as error:
+            # Not a traceback at start-up: a read-only server (a standby), a role that may not
+            # create tables.
+            self._pool.close()
+            raise ConfigurationError(
+                f"DATABASE_URL: cannot migrate PostgreSQL {_describe(database_url)}:"
+                f" {_first_line(error)}"
+            ) from None
         except BaseException:
             self._pool.close()
             raise
@@ -192,8 +199,12 @@ class PostgresStore:
         self._pool.close()
 
     def check_health(self) -> None:
+        """Raise when the server does not answer, or answers but takes no writes (a standby,
+        or a primary demoted by a failover while this process kept its address)."""
         with self._connection() as connection:
-            connection.execute("SELECT 1").fetchone()
+            row = connection.execute("SELECT current_setting('transaction_read_only')").fetchone()
+        if row is None or row[0] != "off":
+            raise Unavailable("PostgreSQL takes no writes: transaction_read_only is on")
 
     # -- schema ------------------------------------------------------------------------------
 
@@ -629,6 +640,13 @@ def _closed_by_server(connection: psycopg.Connection[Any]) -> bool:
     poller = select.poll()
     poller.register(connection.fileno(), select.POLLIN)
     return bool(poller.poll(0))
+
+
+def _first_line(error: Exception) -> str:
+    """libpq's and the server's reason, without the context lines (they never carry the
+    password)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else "no answer"
 
 
 def _describe(database_url: str) -> str:

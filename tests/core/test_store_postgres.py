@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import psycopg
 import pytest
 from core_helpers import TTL_SECONDS, provision, usd
-from pg_testing import PgRaw, unavailable
+from pg_testing import PgRaw, ScratchDatabase, unavailable
 
 from core.alerts import ALERT_THRESHOLDS_PERCENT, thresholds_crossed
 from core.errors import ConfigurationError, Unavailable
@@ -127,6 +127,33 @@ def test_open_store_takes_both_url_schemes(new_url, clock):
             store.check_health()
         finally:
             store.close()
+
+
+def test_a_read_only_server_is_refused_at_start_with_its_reason(new_url, clock):
+    """A standby (here: every transaction read-only by the URL's options) cannot be migrated:
+    a configuration error naming why, not a traceback."""
+    read_only_url = new_url.replace("options=", "options=-cdefault_transaction_read_only%3Don%20")
+    with pytest.raises(ConfigurationError, match="cannot migrate .*read-only transaction"):
+        open_pg(read_only_url, clock)
+
+
+def test_health_fails_while_the_server_takes_no_writes(clock):
+    """A failover that leaves this process on a demoted primary: its connections are closed,
+    the new ones are read-only. The health check says so, and recovers when writes return."""
+    database = ScratchDatabase()
+    try:
+        store = open_pg(database.url, clock)
+        try:
+            store.check_health()
+            database.set_read_only(True)
+            with pytest.raises(Unavailable, match="takes no writes"):
+                store.check_health()
+            database.set_read_only(False)
+            store.check_health()
+        finally:
+            store.close()
+    finally:
+        database.drop()
 
 
 def test_an_unreachable_server_is_a_configuration_error_without_the_password(clock):

@@ -141,6 +141,12 @@ class BillingServer:
     def pid(self) -> int:
         return self.process.pid
 
+    def lift_file_size_limit(self) -> None:
+        """Room on the disk again: the server and its workers may write files of any size."""
+        for pid in {self.pid} | children_of(self.pid):
+            _, hard = resource.prlimit(pid, resource.RLIMIT_FSIZE)
+            resource.prlimit(pid, resource.RLIMIT_FSIZE, (hard, hard))
+
     def output(self) -> str:
         """Everything the process wrote so far, stdout then stderr."""
         return self.stdout_path.read_text(errors="replace") + self.stderr_path.read_text(
@@ -190,7 +196,9 @@ class BillingServer:
 
 def _file_size_limit(file_bytes_max: int) -> Callable[[], None]:
     def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (file_bytes_max, file_bytes_max))
+        # The soft limit only, so the test can lift it again (``lift_file_size_limit``).
+        _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_bytes_max, hard))
 
     return limit
 

@@ -1,5 +1,6 @@
 """A disk that fills up under `billing serve` on SQLite: writes are refused whole (503), every
-acknowledged one is kept, reads go on, and writes resume once there is room.
+acknowledged one is kept, reads go on, the health check says the database fails, and writes
+resume once there is room, in the same process and after a restart.
 
 ``RLIMIT_FSIZE`` on the server stands in for a full disk: past it a write fails with ``EFBIG``,
 which SQLite reports as it reports ``ENOSPC`` ("database or disk is full"). It limits every
@@ -52,10 +53,19 @@ def test_a_full_disk_refuses_writes_whole_and_loses_nothing_acknowledged(workdir
             assert refused == REFUSALS_WANTED, f"{logged} logged and the disk never filled"
             assert logged > 0
             assert user_budget(client, "filler")["used"] == logged * COST
-            assert client.get("/").status_code == 200
             check = {"user_id": "filler", "cost_estimate": 1}
             answer = client.post("/api/check-budget", content=dumps(check), headers=api_headers())
             assert answer.status_code == 200 and loads(answer)["allowed"] is True
+            health = client.get("/")
+            assert health.status_code == 503
+            assert loads(health)["database"] == "error"
+
+            full.lift_file_size_limit()
+            body = usage_body("filler", "once-there-is-room", COST)
+            answer = client.post("/api/log-usage", content=dumps(body), headers=api_headers())
+            assert answer.status_code == 201, answer.text
+            logged += 1
+            assert client.get("/").status_code == 200
     finally:
         full.stop()
 
