@@ -221,14 +221,19 @@ def test_keys_are_required_on_api_routes(client: httpx.Client) -> None:
     assert right.status_code == 200
 
 
-def test_migrate_applies_once_then_reports_up_to_date(workdir: Path) -> None:
-    db_path = workdir / "migrate" / "fresh.db"
-    env = server_env(
-        DATABASE_URL=database_url(db_path),
-        DATA_DIR=str(workdir / "migrate"),
+def migrate_env(url: str, data_dir: Path) -> dict[str, str]:
+    """The environment of a `billing migrate` on ``url``, with the test keys."""
+    return server_env(
+        DATABASE_URL=url,
+        DATA_DIR=str(data_dir),
         BILLING_API_KEY=API_KEY,
         ADMIN_SECRET_KEY=ADMIN_KEY,
     )
+
+
+def test_migrate_applies_once_then_reports_up_to_date(workdir: Path) -> None:
+    db_path = workdir / "migrate" / "fresh.db"
+    env = migrate_env(database_url(db_path), workdir / "migrate")
     first = run_billing("migrate", env, workdir)
     assert first.returncode == 0, first.stderr
     assert "applied" in first.stdout
@@ -245,12 +250,7 @@ def test_migrate_on_a_database_of_a_newer_release_names_what_it_does_not_know(
     workdir: Path,
 ) -> None:
     db_path = workdir / "migrate-newer" / "billing.db"
-    env = server_env(
-        DATABASE_URL=database_url(db_path),
-        DATA_DIR=str(workdir / "migrate-newer"),
-        BILLING_API_KEY=API_KEY,
-        ADMIN_SECRET_KEY=ADMIN_KEY,
-    )
+    env = migrate_env(database_url(db_path), workdir / "migrate-newer")
     assert run_billing("migrate", env, workdir).returncode == 0
     with closing(sqlite3.connect(db_path)) as connection, connection:
         connection.execute("INSERT INTO schema_migrations VALUES (99, '0099_later.sql', 0)")
@@ -263,12 +263,7 @@ def test_migrate_on_a_database_of_a_newer_release_names_what_it_does_not_know(
 def test_migrate_on_postgresql_applies_once_then_reports_up_to_date(
     postgres, workdir: Path
 ) -> None:
-    env = server_env(
-        DATABASE_URL=postgres.new_schema(),
-        DATA_DIR=str(workdir / "migrate-pg"),
-        BILLING_API_KEY=API_KEY,
-        ADMIN_SECRET_KEY=ADMIN_KEY,
-    )
+    env = migrate_env(postgres.new_schema(), workdir / "migrate-pg")
     first = run_billing("migrate", env, workdir)
     assert first.returncode == 0, first.stderr
     assert "applied: 0001_ledger.sql" in first.stdout
