@@ -6,17 +6,50 @@ A backend runs each write as one transaction that holds the rows it decides on (
 and times are integer ms since the epoch throughout.
 """
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Literal, Protocol
 
 from core.alerts import Alert, AlertChannel
 from core.budget import BudgetSnapshot, BudgetStatus, UserStatus
+from core.errors import Unavailable
 from core.money import Money
 from core.reconcile import Drift
 from core.reservations import Reservation
 from core.usage import UsageRecord
+
+# How long a failed write keeps the health check failing when no later write succeeds.
+WRITE_FAILURE_REPORT_MS = 60_000
+
+
+class WriteFailures:
+    """The last write's failure, remembered for the health check until a write succeeds.
+
+    A database that answers reads but refuses every write (a full disk) is not healthy, and a
+    read-only probe cannot tell. With no write after the failure it is reported for at most
+    ``WRITE_FAILURE_REPORT_MS``: past that, nothing says the database still fails.
+    """
+
+    def __init__(self, clock_ms: Callable[[], int]) -> None:
+        self._clock_ms = clock_ms
+        self._last: tuple[int, str] | None = None  # (when, why); one assignment: thread-safe
+
+    def succeeded(self) -> None:
+        self._last = None
+
+    def failed(self, reason: str) -> None:
+        self._last = (self._clock_ms(), reason)
+
+    def check(self) -> None:
+        """Raise ``Unavailable`` while the last write's failure is the news."""
+        last = self._last
+        if last is None:
+            return
+        failed_at_ms, reason = last
+        age_ms = self._clock_ms() - failed_at_ms
+        if age_ms < WRITE_FAILURE_REPORT_MS:
+            raise Unavailable(f"the last write failed {age_ms // 1000} s ago: {reason}")
 
 
 @dataclass(frozen=True, slots=True)

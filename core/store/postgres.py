@@ -60,6 +60,7 @@ from core.store.base import (
     Tenant,
     UsageGroup,
     UserView,
+    WriteFailures,
     migration_scripts,
     newer_migrations,
     user_view_from_row,
@@ -111,6 +112,7 @@ class PostgresStore:
         assert pool_size > 0 and pool_timeout_seconds > 0
         self._clock_ms = clock_ms
         self._pool_size = pool_size
+        self._write_failures = WriteFailures(clock_ms)
         self._pool = psycopg_pool.ConnectionPool(
             database_url,
             min_size=pool_size,
@@ -157,8 +159,12 @@ class PostgresStore:
     # -- connections -------------------------------------------------------------------------
 
     @contextmanager
-    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
-        """A pooled connection; failures of the database become ``Unavailable`` (a 503)."""
+    def _connection(self, write: bool = False) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection; failures of the database become ``Unavailable`` (a 503).
+
+        With ``write``, the database's own failure (not a busy pool, not a constraint) is
+        remembered for the health check until a write succeeds (``WriteFailures``).
+        """
         try:
             connection = self._live_connection()
             try:
@@ -175,7 +181,11 @@ class PostgresStore:
             raise Unavailable("write refused by a database constraint") from None
         except psycopg.Error as error:
             log.warning("postgres operation failed: %s", error)
+            if write:
+                self._write_failures.failed(_first_line(error))
             raise Unavailable("database operation failed; retry shortly") from None
+        if write:
+            self._write_failures.succeeded()
 
     def _live_connection(self) -> psycopg.Connection[Any]:
         """A pooled connection the server has not closed. After a restart or failover every
@@ -189,8 +199,10 @@ class PostgresStore:
             self._pool.putconn(connection)
         raise Unavailable("the database keeps closing connections; retry shortly")
 
-    def _one(self, sql: str, params: tuple[object, ...]) -> tuple[Any, ...] | None:
-        with self._connection() as connection:
+    def _one(
+        self, sql: str, params: tuple[object, ...], write: bool = False
+    ) -> tuple[Any, ...] | None:
+        with self._connection(write) as connection:
             return connection.execute(sql, params).fetchone()
 
     def close(self) -> None:
@@ -199,12 +211,14 @@ class PostgresStore:
         self._pool.close()
 
     def check_health(self) -> None:
-        """Raise when the server does not answer, or answers but takes no writes (a standby,
-        or a primary demoted by a failover while this process kept its address)."""
+        """Raise when the server does not answer, answers but takes no writes (a standby, or
+        a primary demoted by a failover while this process kept its address), or refused the
+        last write (a full disk) with none succeeding since."""
         with self._connection() as connection:
             row = connection.execute("SELECT current_setting('transaction_read_only')").fetchone()
         if row is None or row[0] != "off":
             raise Unavailable("PostgreSQL takes no writes: transaction_read_only is on")
+        self._write_failures.check()
 
     # -- schema ------------------------------------------------------------------------------
 
@@ -259,7 +273,7 @@ class PostgresStore:
             return
         try:
             self._last_sweep_ms = now_ms
-            self._one("SELECT ledger_sweep_expired(%s, %s)", (now_ms, SWEEP_BATCH_MAX))
+            self._one("SELECT ledger_sweep_expired(%s, %s)", (now_ms, SWEEP_BATCH_MAX), write=True)
         except LedgerError as error:
             log.warning("postgres sweep of expired holds skipped a round: %s", error)
         finally:
@@ -323,7 +337,9 @@ class PostgresStore:
         self, user_id: str, request_id: str, amount: Money, expires_at_ms: int, now_ms: int
     ) -> CheckOutcome:
         self._sweep_if_due(now_ms)
-        row = self._one(_RESERVE_SQL, (user_id, request_id, amount, expires_at_ms, now_ms))
+        row = self._one(
+            _RESERVE_SQL, (user_id, request_id, amount, expires_at_ms, now_ms), write=True
+        )
         if row is None:
             raise NotFound("unknown user", user_id=user_id)
         view = user_view_from_row(row[:_FIGURES_COUNT])
@@ -347,12 +363,12 @@ class PostgresStore:
         self, record: UsageRecord, response_time_ms: int | None, now_ms: int
     ) -> LogOutcome:
         self._sweep_if_due(now_ms)
-        with self._connection() as connection:
+        with self._connection(write=True) as connection:
             return _log_usage(connection, record, response_time_ms, now_ms)
 
     def backfill_usage(self, record: UsageRecord, source: str, now_ms: int) -> bool:
         """``log_usage`` and, when it created the usage, its audit row: one transaction."""
-        with self._connection() as connection, connection.transaction():
+        with self._connection(write=True) as connection, connection.transaction():
             outcome = _log_usage(connection, record, None, now_ms)
             if outcome.created:
                 backfilled = Drift(Check.BACKFILL, record.request_id, 0, record.cost)
@@ -361,7 +377,7 @@ class PostgresStore:
 
     def release(self, request_id: str, now_ms: int) -> Reservation:
         self._sweep_if_due(now_ms)
-        row = self._one(_RELEASE_SQL, (request_id, now_ms))
+        row = self._one(_RELEASE_SQL, (request_id, now_ms), write=True)
         if row is None:
             raise NotFound("no reservation with this request_id", request_id=request_id)
         r_user, r_amount, r_state, r_expires, released = row
@@ -377,6 +393,7 @@ class PostgresStore:
         row = self._one(
             "SELECT users_reset, already_done FROM ledger_reset(%s, %s, %s)",
             (label, apply_once, now_ms),
+            write=True,
         )
         assert row is not None
         return ResetOutcome(int(row[0]), bool(row[1]))
@@ -394,7 +411,7 @@ class PostgresStore:
     def record_alert_attempt(
         self, alert_id: int, channels_done: frozenset[AlertChannel], error: str | None, now_ms: int
     ) -> None:
-        with self._connection() as connection:
+        with self._connection(write=True) as connection:
             postgres_flows.record_alert_attempt(connection, alert_id, channels_done, error, now_ms)
 
     def find_drift(self, now_ms: int, expired_grace_ms: int, limit: int) -> list[Drift]:
@@ -403,7 +420,7 @@ class PostgresStore:
 
     def repair_drift(self, drift: Drift, now_ms: int) -> Drift | None:
         """One write transaction; repairs run one at a time across processes."""
-        with self._connection() as connection, connection.transaction():
+        with self._connection(write=True) as connection, connection.transaction():
             connection.execute(
                 "SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_NAMESPACE, LOCK_REPAIRS)
             )
@@ -414,7 +431,7 @@ class PostgresStore:
         while a batch comes back full. A closed hold never reopens, and the schema refuses to
         delete an open one."""
         assert limit > 0
-        with self._connection() as connection:
+        with self._connection(write=True) as connection:
             return connection.execute(
                 "DELETE FROM reservations WHERE request_id IN (SELECT request_id FROM reservations"
                 " WHERE state <> 'open' AND closed_at < %s LIMIT %s)",
@@ -425,7 +442,7 @@ class PostgresStore:
 
     def provision_user(self, user: NewUser, now_ms: int) -> UserView:
         email_key = user.email.casefold()
-        with self._connection() as connection, connection.transaction():
+        with self._connection(write=True) as connection, connection.transaction():
             # Shared with other provisionings, exclusive with a reset (ledger_reset).
             connection.execute(
                 "SELECT pg_advisory_xact_lock_shared(%s, %s)", (LOCK_NAMESPACE, LOCK_RESETS)
@@ -481,6 +498,7 @@ class PostgresStore:
             " monthly_budget = excluded.monthly_budget, updated_at = excluded.updated_at"
             " RETURNING xmax = 0",
             (product.id, product.name, product.monthly_budget, now_ms, now_ms),
+            write=True,
         )
         assert row is not None
         return bool(row[0])
@@ -492,6 +510,7 @@ class PostgresStore:
             " monthly_budget = excluded.monthly_budget, updated_at = excluded.updated_at"
             " RETURNING xmax = 0",
             (tenant.id, tenant.name, tenant.monthly_budget, now_ms, now_ms),
+            write=True,
         )
         assert row is not None
         return bool(row[0])
@@ -499,7 +518,7 @@ class PostgresStore:
     def update_user(
         self, user_id: str, status: UserStatus | None, product_id: str | None, now_ms: int
     ) -> UserView:
-        with self._connection() as connection, connection.transaction():
+        with self._connection(write=True) as connection, connection.transaction():
             _lock_user(connection, user_id)
             if product_id is not None:
                 known = connection.execute(
@@ -519,7 +538,7 @@ class PostgresStore:
             return _require_user(connection, user_id, now_ms)
 
     def grant_credit(self, grant: CreditGrant, now_ms: int) -> tuple[bool, UserView]:
-        with self._connection() as connection, connection.transaction():
+        with self._connection(write=True) as connection, connection.transaction():
             # The grant_id's lock makes a concurrent replay for another user wait and conflict.
             connection.execute(
                 "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (grant.grant_id,)

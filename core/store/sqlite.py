@@ -61,6 +61,7 @@ from core.store.base import (
     Tenant,
     UsageGroup,
     UserView,
+    WriteFailures,
     migration_scripts,
     newer_migrations,
     user_view_from_row,
@@ -94,8 +95,6 @@ SWEEP_BATCH_MAX = 1_000
 # and that lock's file: the database file's name with this suffix, beside it.
 PROCESS_LOCK_POLL_SECONDS = 0.0002
 PROCESS_LOCK_SUFFIX = "-writelock"
-# How long a failed write batch keeps the health check failing when no later write succeeds.
-WRITE_FAILURE_REPORT_MS = 60_000
 USAGE_BUCKET_MS = 15 * 60 * 1000
 
 _USER_VIEW_COLUMNS_SQL = """
@@ -255,9 +254,7 @@ class SqliteStore:
         self._pending: deque[_PendingWrite] = deque()
         self._write_lock = threading.Lock()
         self._leader_active = False
-        # (when, why) of the last write batch, if it failed: a database that still answers
-        # reads but refuses every write (a full disk) is not healthy.
-        self._write_failure: tuple[int, str] | None = None
+        self._write_failures = WriteFailures(clock_ms)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with ExitStack() as opened:  # closes what was opened if a later step fails
@@ -412,12 +409,12 @@ class SqliteStore:
             for pending in batch:
                 _run_one(connection, pending, now_ms)
             connection.execute("COMMIT")
-            self._write_failure = None
+            self._write_failures.succeeded()
             if not self._committed.is_set():  # a read, mostly: set takes a lock
                 self._committed.set()
         except BaseException as error:
             log.exception("sqlite write batch failed; rolled back")
-            self._write_failure = (self._clock_ms(), str(error))
+            self._write_failures.failed(str(error))
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
             _finish(batch, Unavailable("database write failed; nothing was written"))
@@ -473,15 +470,8 @@ class SqliteStore:
         return applied
 
     def check_health(self) -> None:
-        """Raise when a read fails, or when the last write batch failed and no write has
-        succeeded since, for up to ``WRITE_FAILURE_REPORT_MS`` after it."""
         self._reader().execute("SELECT 1").fetchone()
-        failure = self._write_failure
-        if failure is not None:
-            failed_at_ms, reason = failure
-            age_ms = self._clock_ms() - failed_at_ms
-            if age_ms < WRITE_FAILURE_REPORT_MS:
-                raise Unavailable(f"the last write failed {age_ms // 1000} s ago: {reason}")
+        self._write_failures.check()
 
     # -- reads -------------------------------------------------------------------------------
 

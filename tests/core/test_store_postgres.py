@@ -156,6 +156,33 @@ def test_health_fails_while_the_server_takes_no_writes(clock):
         database.drop()
 
 
+def test_health_fails_after_the_server_refused_a_write_until_one_succeeds(new_url, clock):
+    """The server answers reads but refuses writes with disk_full (a trigger raises the error
+    PostgreSQL raises when it cannot extend a file); once writes go through, health is back."""
+    store = open_pg(new_url, clock)
+    ledger = Ledger(store, load_price_table(), ZoneInfo("UTC"), TTL_SECONDS, clock_ms=clock)
+    raw = PgRaw(new_url)
+    try:
+        ledger.put_product(Product("basic", "Basic", usd(10)))
+        provision(ledger, "alice")
+        raw.execute(
+            "CREATE FUNCTION no_room() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            " RAISE EXCEPTION USING ERRCODE = 'disk_full', MESSAGE = 'could not extend file';"
+            " END $$"
+        )
+        raw.execute("CREATE TRIGGER no_room BEFORE INSERT ON usage EXECUTE FUNCTION no_room()")
+        with pytest.raises(Unavailable):
+            ledger.log_usage("alice", "m", "no-room", 1, 1, usd(1), None)
+        with pytest.raises(Unavailable, match="the last write failed 0 s ago: could not extend"):
+            store.check_health()
+        raw.execute("DROP TRIGGER no_room ON usage")
+        ledger.log_usage("alice", "m", "room-again", 1, 1, usd(1), None)
+        store.check_health()
+    finally:
+        raw.close()
+        store.close()
+
+
 def test_an_unreachable_server_is_a_configuration_error_without_the_password(clock):
     with pytest.raises(ConfigurationError, match="DATABASE_URL") as refused:
         open_store("postgresql://billing:s3cret-pw@127.0.0.1:1/billing", clock, "FULL")
