@@ -47,6 +47,8 @@ def serve(settings: Settings) -> int:
             log.info("applied migration %s", name)
         if store.newer_migrations:
             log.warning("%s", _newer_schema_message(store.newer_migrations))
+        for warning in store.configuration_warnings:
+            log.warning("%s", warning)
     finally:
         store.close()
     return supervise(settings)
@@ -67,6 +69,8 @@ def migrate(settings: Settings) -> None:
         print("applied: " + ", ".join(applied) if applied else "schema is up to date")
         if store.newer_migrations:
             print(_newer_schema_message(store.newer_migrations))
+        for warning in store.configuration_warnings:
+            print(f"billing: warning: {warning}", file=sys.stderr)
     finally:
         store.close()
 

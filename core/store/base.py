@@ -247,10 +247,12 @@ class LedgerStore(Protocol):
 
     Opening a store applies its pending schema migrations; ``applied_migrations`` names them,
     and ``newer_migrations`` those the database has from a release newer than this one.
+    ``configuration_warnings`` says what about the database's settings an operator should fix.
     """
 
     applied_migrations: list[str]
     newer_migrations: list[str]
+    configuration_warnings: list[str]
 
     def check_health(self) -> None:
         """Raise if the database cannot answer a query, or cannot take writes now."""

@@ -70,6 +70,14 @@ from core.usage import UsageRecord, check_replay
 
 log = logging.getLogger(__name__)
 
+# Without autovacuum the planner's statistics never change: plans made while the holds table
+# was small scan all of it on every check once it has grown (measured: a check 0.75 → 1.7 ms
+# after 4,600 holds, back after an ANALYZE), and updated counter rows leave dead versions.
+AUTOVACUUM_OFF_WARNING = (
+    "PostgreSQL runs with autovacuum off: planner statistics go stale, so checks slow down as"
+    " holds accumulate, and updated counter rows bloat their tables; turn autovacuum on, or"
+    " run VACUUM ANALYZE on this database every few minutes"
+)
 POOL_WAITING_MAX = 4_096
 CONNECT_TIMEOUT_SECONDS = 10
 STATEMENT_TIMEOUT_MS = 30_000
@@ -137,6 +145,7 @@ class PostgresStore:
             ) from None
         try:
             self.applied_migrations, self.newer_migrations = self._migrate()
+            self.configuration_warnings = self._configuration_warnings()
         except psycopg.Error as error:
             # Not a traceback at start-up: a read-only server (a standby), a role that may not
             # create tables.
@@ -261,6 +270,13 @@ class PostgresStore:
                 )
                 _configure(connection)
         return done, newer_migrations(recorded, scripts)
+
+    def _configuration_warnings(self) -> list[str]:
+        with self._pool.connection() as connection:
+            row = connection.execute("SELECT current_setting('autovacuum')").fetchone()
+        if row is not None and row[0] == "off":
+            return [AUTOVACUUM_OFF_WARNING]
+        return []
 
     # -- expired holds -----------------------------------------------------------------------
 

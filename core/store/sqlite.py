@@ -267,6 +267,7 @@ class SqliteStore:
                 self._writer_connection.execute("PRAGMA journal_mode=WAL")
                 self._writer_connection.execute("PRAGMA foreign_keys=ON")
                 self.applied_migrations, self.newer_migrations = self._migrate_now()
+                self.configuration_warnings: list[str] = []
                 opened.pop_all()
         except (sqlite3.Error, OSError) as error:
             # Not a traceback at start-up: a file that is not a database, a folder that cannot

@@ -20,7 +20,7 @@ from core.money import Money
 from core.prices import load_price_table
 from core.store import open_store
 from core.store.base import Product
-from core.store.postgres import PostgresStore
+from core.store.postgres import AUTOVACUUM_OFF_WARNING, PostgresStore
 
 POOL_TIMEOUT_SECONDS = 0.5
 
@@ -127,6 +127,21 @@ def test_open_store_takes_both_url_schemes(new_url, clock):
             store.check_health()
         finally:
             store.close()
+
+
+def test_a_server_running_without_autovacuum_is_warned_about(new_url, clock):
+    """The local server's own setting decides which way this goes (CI's runs with it off)."""
+    raw = PgRaw(new_url)
+    try:
+        autovacuum = raw.execute("SELECT current_setting('autovacuum')").fetchone()[0]
+    finally:
+        raw.close()
+    store = open_pg(new_url, clock)
+    try:
+        expected = [AUTOVACUUM_OFF_WARNING] if autovacuum == "off" else []
+        assert store.configuration_warnings == expected
+    finally:
+        store.close()
 
 
 def test_a_read_only_server_is_refused_at_start_with_its_reason(new_url, clock):
