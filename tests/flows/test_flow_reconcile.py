@@ -1,67 +1,24 @@
 """reconcile-usage run for real in the Prefect harness on a real SQLite file, mailing a real SMTP
-server. LiteLLM is a paid-service proxy that needs its own database, so its ``GET /spend/logs`` is
-faked at the HTTP boundary: a local http.server answering like LiteLLM (a JSON list of spend-log
-rows for ``start_date``/``end_date``/``summarize=false``, Bearer key required)."""
+server. LiteLLM's spend logs come from ``litellm_fake`` (faked at the HTTP boundary: LiteLLM is a
+paid-service proxy that needs its own database)."""
 
-import json
 import sqlite3
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlparse
 
 import pytest
 from flow_helpers import Inbox, seed_users, usd
-from ports import free_port
+from litellm_fake import LITELLM_KEY, FakeLiteLLM, fake_litellm
 
 from api.cli import main as billing
 from flows.common import opened_ledger
 from flows.reconcile import reconcile_usage
 
-LITELLM_KEY = "sk-litellm-admin-key-for-tests"
-
-
-class FakeLiteLLM:
-    """Answers ``GET /spend/logs`` with the rows whose day (UTC) is ``start_date``."""
-
-    def __init__(self) -> None:
-        self.rows: list[dict] = []
-        self.queries: list[dict[str, list[str]]] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
-                url = urlparse(self.path)
-                if self.headers.get("Authorization") != f"Bearer {LITELLM_KEY}":
-                    self.send_response(401)
-                    self.end_headers()
-                    return
-                query = parse_qs(url.query)
-                fake.queries.append(query)
-                day = query["start_date"][0]
-                body = json.dumps([r for r in fake.rows if r["startTime"].startswith(day)])
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(body.encode())
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
 
 @pytest.fixture
 def litellm() -> Iterator[FakeLiteLLM]:
-    fake = FakeLiteLLM()
-    threading.Thread(target=fake.server.serve_forever, daemon=True).start()
-    try:
+    with fake_litellm() as fake:
         yield fake
-    finally:
-        fake.server.shutdown()
-        fake.server.server_close()
 
 
 def database(settings) -> sqlite3.Connection:
@@ -145,7 +102,7 @@ def test_usage_missing_from_the_ledger_is_backfilled_from_litellm_once(
     first = reconcile_usage(litellm_days=2)
     assert first["backfill"]["created"] == ["ann-lost"]
     assert first["backfill"]["refused"] == []
-    assert [q["summarize"] for q in litellm.queries] == [["false"], ["false"]]
+    assert [path for path, _ in litellm.queries] == ["/spend/logs/v2", "/spend/logs/v2"]
     second = reconcile_usage(litellm_days=2)
     assert second["backfill"]["created"] == []
     with opened_ledger(flow_settings) as ledger:
