@@ -30,6 +30,22 @@ ROWS_PER_RESPONSE_MAX = 10_000  # LiteLLM's cap on /spend/logs, and on v2's "tot
 PAGE_SIZE_MAX = 1_000
 
 
+def spend_row(request_id: str, call_id: str, start_time: str, spend: float) -> dict:
+    """A successful call's spend-log row for user ``ann``, as LiteLLM lists it (10 + 20 tokens
+    of gpt-4o; ``spend`` a binary float, as LiteLLM records it)."""
+    return {
+        "request_id": request_id,
+        "litellm_call_id": call_id,
+        "end_user": "ann",
+        "model_group": "gpt-4o",
+        "prompt_tokens": 10,
+        "completion_tokens": 20,
+        "spend": spend,
+        "status": "success",
+        "startTime": start_time,
+    }
+
+
 def _instant(text: str) -> datetime:
     """A v2 query date, or a row's ISO ``startTime``, as an aware UTC datetime."""
     for form in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d"):

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 from flow_helpers import Inbox, seed_users, usd
-from litellm_fake import LITELLM_KEY, FakeLiteLLM, fake_litellm
+from litellm_fake import LITELLM_KEY, FakeLiteLLM, fake_litellm, spend_row
 
 from api.cli import main as billing
 from flows.common import opened_ledger
@@ -76,28 +76,8 @@ def test_usage_missing_from_the_ledger_is_backfilled_from_litellm_once(
         seed_users(ledger, {"ann": "1"})
     now = datetime.now(UTC).isoformat()
     litellm.rows = [
-        {  # reached log-usage: the seeded row
-            "request_id": "chatcmpl-1",
-            "litellm_call_id": "ann-r1",
-            "end_user": "ann",
-            "model_group": "gpt-4o",
-            "prompt_tokens": 10,
-            "completion_tokens": 20,
-            "spend": 1.0,
-            "status": "success",
-            "startTime": now,
-        },
-        {  # never reached log-usage
-            "request_id": "chatcmpl-2",
-            "litellm_call_id": "ann-lost",
-            "end_user": "ann",
-            "model_group": "gpt-4o",
-            "prompt_tokens": 10,
-            "completion_tokens": 20,
-            "spend": 0.00022500000000000002,
-            "status": "success",
-            "startTime": now,
-        },
+        spend_row("chatcmpl-1", "ann-r1", now, 1.0),  # reached log-usage: the seeded row
+        spend_row("chatcmpl-2", "ann-lost", now, 0.00022500000000000002),  # never did
     ]
     first = reconcile_usage(litellm_days=2)
     assert first["backfill"]["created"] == ["ann-lost"]

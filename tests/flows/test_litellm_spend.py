@@ -5,7 +5,13 @@ from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
-from litellm_fake import LITELLM_KEY, ROWS_PER_RESPONSE_MAX, FakeLiteLLM, fake_litellm
+from litellm_fake import (
+    LITELLM_KEY,
+    ROWS_PER_RESPONSE_MAX,
+    FakeLiteLLM,
+    fake_litellm,
+    spend_row,
+)
 
 from flows import litellm_spend
 from flows.litellm_spend import LITELLM_PAGE_ROWS, SPEND_LOG_FIELDS, read_spend_logs
@@ -24,18 +30,13 @@ def spend_rows(day: date, count: int, tag: str) -> list[dict]:
     """``count`` rows of ``day``, a few seconds apart, each with metadata the reader drops."""
     start = datetime(day.year, day.month, day.day, tzinfo=UTC)
     return [
-        {
-            "request_id": f"chatcmpl-{tag}-{number}",
-            "litellm_call_id": f"{tag}-{number}",
-            "end_user": "ann",
-            "model_group": "gpt-4o",
-            "prompt_tokens": 10,
-            "completion_tokens": 20,
-            "spend": 0.00022500000000000002,
-            "status": "success",
-            "startTime": (start + timedelta(seconds=3 * number)).isoformat(),
-            "metadata": {"user_api_key_alias": "a key", "spend_logs_metadata": "x" * 100},
-        }
+        spend_row(
+            f"chatcmpl-{tag}-{number}",
+            f"{tag}-{number}",
+            (start + timedelta(seconds=3 * number)).isoformat(),
+            0.00022500000000000002,
+        )
+        | {"metadata": {"user_api_key_alias": "a key", "spend_logs_metadata": "x" * 100}}
         for number in range(count)
     ]
 
