@@ -1,11 +1,13 @@
 """The ``billing`` command: ``serve`` runs the API under waitress, ``migrate`` the schema,
 ``healthcheck`` asks the local API whether it is healthy (the container's health check),
-``pocketbase init`` gives the identity store its fields."""
+``backup`` copies the SQLite database while the service runs, ``pocketbase init`` gives the
+identity store its fields."""
 
 import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 import httpx
 from pydantic import ValidationError
@@ -16,6 +18,8 @@ from api.supervisor import supervise
 from core.errors import ConfigurationError, IdentityUnavailable
 from core.service import open_ledger
 from core.settings import Keys, Settings, resolve_keys
+from core.store.sqlite import sqlite_path_from_url
+from core.store.sqlite_backup import BackupFailed, backup_sqlite
 from flows.cli import FLOW_COMMANDS
 from flows.cli import add_commands as add_flow_commands
 from flows.cli import run_command as run_flow_command
@@ -84,6 +88,21 @@ def _newer_schema_message(names: list[str]) -> str:
     )
 
 
+def backup(settings: Settings, target: Path) -> None:
+    """A consistent copy of the SQLite database, made while the service runs."""
+    if not settings.database_url.startswith("sqlite:"):
+        raise ConfigurationError(
+            "backup copies a SQLite database; back PostgreSQL up with pg_dump or the server's"
+            " own backups"
+        )
+    try:
+        made = backup_sqlite(sqlite_path_from_url(settings.database_url), target)
+    except BackupFailed as error:
+        print(f"billing: backup failed, nothing written to {target}: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(f"backed up to {made.path} ({made.size_bytes:,} bytes, quick_check ok)")
+
+
 HEALTHCHECK_TIMEOUT_SECONDS = 3.0
 
 
@@ -134,6 +153,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     commands.add_parser("migrate", help="apply pending schema migrations and exit")
     commands.add_parser("healthcheck", help="exit 0 when the local API (PORT) is healthy")
+    backup_command = commands.add_parser(
+        "backup", help="copy the SQLite database, consistently, while the service runs"
+    )
+    backup_command.add_argument("target", type=Path, help="the new file (never overwritten)")
     pocketbase = commands.add_parser("pocketbase", help="the PocketBase identity store")
     pocketbase_commands = pocketbase.add_subparsers(dest="pocketbase_command", required=True)
     pocketbase_commands.add_parser(
@@ -151,6 +174,8 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(serve(settings))
         elif arguments.command == "healthcheck":
             healthcheck(settings)
+        elif arguments.command == "backup":
+            backup(settings, arguments.target)
         elif arguments.command == "pocketbase":
             pocketbase_init(settings)
         elif arguments.command in FLOW_COMMANDS:

@@ -45,10 +45,13 @@ def client(server: BillingServer):
         yield opened
 
 
-def run_billing(command: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    """Run `billing <command>` to completion, bounded; a hang is a failure, not a stuck suite."""
+def run_billing(
+    command: str, env: dict[str, str], cwd: Path, *arguments: str
+) -> subprocess.CompletedProcess[str]:
+    """Run `billing <command> [arguments]` to completion, bounded; a hang is a failure, not a
+    stuck suite."""
     process = subprocess.Popen(
-        billing_command(command),
+        billing_command(command, *arguments),
         cwd=cwd,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -258,6 +261,24 @@ def test_migrate_on_a_database_of_a_newer_release_names_what_it_does_not_know(
     assert again.returncode == 0, again.stderr
     assert "up to date" in again.stdout
     assert "does not know (0099_later.sql)" in again.stdout
+
+
+def test_backup_copies_a_sqlite_database_once_and_refuses_postgresql(workdir: Path) -> None:
+    folder = workdir / "backup"
+    env = migrate_env(database_url(folder / "billing.db"), folder)
+    assert run_billing("migrate", env, workdir).returncode == 0
+    made = run_billing("backup", env, workdir, str(folder / "copy.db"))
+    assert made.returncode == 0, made.stderr
+    assert "backed up to" in made.stdout and "quick_check ok" in made.stdout
+    with closing(sqlite3.connect(folder / "copy.db")) as copy:
+        assert copy.execute("SELECT count(*) FROM schema_migrations").fetchone() == (2,)
+    again = run_billing("backup", env, workdir, str(folder / "copy.db"))
+    assert again.returncode == 2
+    assert "exists; it is not overwritten" in again.stderr
+    on_postgres = migrate_env("postgresql://billing@127.0.0.1:1/billing", folder)
+    refused = run_billing("backup", on_postgres, workdir, str(folder / "pg.db"))
+    assert refused.returncode == 2
+    assert "pg_dump" in refused.stderr
 
 
 def test_migrate_on_postgresql_applies_once_then_reports_up_to_date(
