@@ -5,17 +5,25 @@ go on meanwhile, and the copy holds every write committed before it began and no
 copy is made beside the target as ``<name>.partial``, checked with ``PRAGMA quick_check``,
 flushed to disk and renamed into place, so the target is either absent or a whole, checked
 database. An existing target is never overwritten.
+
+Scheduled copies (the ``backup-database`` flow) are named by the UTC time they were taken,
+``billing-YYYYmmddTHHMMSS.ffffffZ.db``, so names sort in time order; ``prune_backups`` keeps
+the newest and deletes nothing else.
 """
 
 import os
+import re
 import sqlite3
 from contextlib import closing, suppress
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from core.errors import ConfigurationError
 
 BUSY_TIMEOUT_MS = 5_000
+BACKUPS_KEPT_MAX = 1_000
+_BACKUP_NAME = re.compile(r"billing-\d{8}T\d{6}\.\d{6}Z\.db")
 
 
 class BackupFailed(Exception):
@@ -58,6 +66,28 @@ def backup_sqlite(source: Path, target: Path) -> Backup:
         _remove(partial)
         raise
     return Backup(target, target.stat().st_size)
+
+
+def backup_name(taken_at: datetime) -> str:
+    """The file name of a scheduled copy taken at ``taken_at`` (aware)."""
+    assert taken_at.tzinfo is not None, taken_at
+    return f"billing-{taken_at.astimezone(UTC):%Y%m%dT%H%M%S.%f}Z.db"
+
+
+def prune_backups(folder: Path, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` scheduled copies in ``folder``; return the deleted.
+
+    Only files named as ``backup_name`` names them are counted or deleted: a copy made by hand
+    under another name, and anything else in the folder, stays.
+    """
+    assert 1 <= keep <= BACKUPS_KEPT_MAX, keep
+    copies = sorted(
+        path for path in folder.iterdir() if path.is_file() and _BACKUP_NAME.fullmatch(path.name)
+    )
+    deleted = copies[:-keep]
+    for path in deleted:
+        path.unlink()
+    return deleted
 
 
 def _remove(partial: Path) -> None:

@@ -3,6 +3,7 @@
 import sqlite3
 import threading
 from contextlib import closing
+from datetime import UTC, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -13,7 +14,7 @@ from core.ledger import Ledger
 from core.prices import load_price_table
 from core.store.base import Product
 from core.store.sqlite import SqliteStore
-from core.store.sqlite_backup import BackupFailed, backup_sqlite
+from core.store.sqlite_backup import BackupFailed, backup_name, backup_sqlite, prune_backups
 
 LOGS_BEFORE_BACKUP = 50
 COST = usd("0.001")
@@ -80,3 +81,25 @@ def test_a_copy_that_cannot_be_written_leaves_nothing(tmp_path, clock):
     with pytest.raises(BackupFailed):
         backup_sqlite(tmp_path / "l.db", tmp_path / "a-file" / "copy.db")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["a-file", "l.db", "l.db-writelock"]
+
+
+def test_pruning_keeps_the_newest_scheduled_copies_and_nothing_else_is_touched(tmp_path):
+    taken = [datetime(2026, 11, day, 3, 0, tzinfo=UTC) for day in (20, 21, 22, 23)]
+    names = [backup_name(moment) for moment in taken]
+    for name in [*names, "by-hand.db", "billing.db", "notes.txt"]:
+        (tmp_path / name).write_text(name)
+    deleted = prune_backups(tmp_path, keep=2)
+    assert [path.name for path in deleted] == names[:2]
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
+        [*names[2:], "by-hand.db", "billing.db", "notes.txt"]
+    )
+    assert prune_backups(tmp_path, keep=2) == []
+
+
+def test_scheduled_copies_are_named_by_their_utc_time_so_names_sort_in_time_order():
+    berlin = timezone(timedelta(hours=1))
+    assert backup_name(datetime(2026, 11, 26, 4, 5, 6, 7, tzinfo=berlin)) == (
+        "billing-20261126T030506.000007Z.db"
+    )
+    earlier, later = datetime(2026, 1, 2, tzinfo=UTC), datetime(2026, 10, 1, tzinfo=UTC)
+    assert backup_name(earlier) < backup_name(later)

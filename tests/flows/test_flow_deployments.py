@@ -18,6 +18,7 @@ FLOW_NAMES = {
     "flows/reconcile.py:reconcile_usage": "reconcile-usage",
     "flows/alerts.py:deliver_alerts": "deliver-alerts",
     "flows/provision.py:provision_user": "provision-user",
+    "flows/backup.py:backup_database": "backup-database",
 }
 # Run from the UI, with no schedule; runs for different users need not wait for each other.
 ON_DEMAND = {"flows/provision.py:provision_user"}
@@ -50,6 +51,7 @@ def test_schedules_are_the_issues():
     ]
     assert schedules["flows/reconcile.py:reconcile_usage"][0]["cron"] == "30 2 * * *"
     assert schedules["flows/alerts.py:deliver_alerts"] == [{"interval": 60}]
+    assert schedules["flows/backup.py:backup_database"][0]["cron"] == "0 3 * * *"
 
 
 def test_billing_flows_deploy_creates_the_pool_and_the_deployments(tmp_path):
@@ -71,7 +73,7 @@ def test_billing_flows_deploy_creates_the_pool_and_the_deployments(tmp_path):
         pool = client.read_work_pool("billing")
         assert pool.type == "process"
         found = {d.name: d for d in client.read_deployments()}
-    assert set(found) == {"monthly", "nightly", "every-minute", "provision-user"}
+    assert set(found) == {"monthly", "nightly", "nightly-backup", "every-minute", "provision-user"}
     for name, deployment in found.items():
         assert deployment.work_pool_name == "billing"
         if name == "provision-user":
