@@ -28,6 +28,8 @@ ADMIN_KEY = "integration-admin-key-0123456789"
 PASSWORD = "correct horse battery"
 READY_WAIT_SECONDS = 20.0
 STOP_WAIT_SECONDS = 10.0
+# How long a one-shot `billing` command (migrate, backup, …) may take before it counts as hung.
+BILLING_COMMAND_SECONDS_MAX = 20.0
 NANOS_PER_DOLLAR = 10**9
 # Connections per PostgreSQL server process: enough for its threads, few enough that several
 # servers fit in the shared server's max_connections.
@@ -48,6 +50,29 @@ def billing_command(*arguments: str) -> list[str]:
 
 
 Database = Path | str
+
+
+def run_billing(
+    command: str, env: dict[str, str], cwd: Path, *arguments: str
+) -> subprocess.CompletedProcess[str]:
+    """Run `billing <command> [arguments]` to completion, bounded; a hang is a failure, not a
+    stuck suite."""
+    process = subprocess.Popen(
+        billing_command(command, *arguments),
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=BILLING_COMMAND_SECONDS_MAX)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        stdout, stderr = process.communicate(timeout=BILLING_COMMAND_SECONDS_MAX)
+        raise AssertionError(f"billing {command} did not finish:\n{stdout}\n{stderr}") from None
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def database_url(database: Database) -> str:
@@ -261,6 +286,13 @@ def provision_user(client: httpx.Client, user_id: str, product_id: str, tenant_i
     )
     assert response.status_code == 201, response.text
     return loads(response)
+
+
+def log_usage(client: httpx.Client, user_id: str, request_id: str, cost: Decimal | int) -> None:
+    """POST log-usage for a new request id, insisting it is recorded (201)."""
+    body = dumps(usage_body(user_id, request_id, cost))
+    answer = client.post("/api/log-usage", content=body, headers=api_headers())
+    assert answer.status_code == 201, answer.text
 
 
 def usage_body(user_id: str, request_id: str, cost: Decimal | int, model: str = "gpt-4o") -> dict:

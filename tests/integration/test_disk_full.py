@@ -16,6 +16,7 @@ from integration_support import (
     create_product,
     dumps,
     loads,
+    log_usage,
     provision_user,
     read_only,
     usage_body,
@@ -61,9 +62,7 @@ def test_a_full_disk_refuses_writes_whole_and_loses_nothing_acknowledged(workdir
             assert loads(health)["database"] == "error"
 
             full.lift_file_size_limit()
-            body = usage_body("filler", "once-there-is-room", COST)
-            answer = client.post("/api/log-usage", content=dumps(body), headers=api_headers())
-            assert answer.status_code == 201, answer.text
+            log_usage(client, "filler", "once-there-is-room", COST)
             logged += 1
             assert client.get("/").status_code == 200
     finally:
@@ -73,9 +72,7 @@ def test_a_full_disk_refuses_writes_whole_and_loses_nothing_acknowledged(workdir
     try:
         roomy.wait_ready()
         with roomy.client() as client:
-            body = usage_body("filler", "after-the-disk-filled", COST)
-            answer = client.post("/api/log-usage", content=dumps(body), headers=api_headers())
-            assert answer.status_code == 201, answer.text
+            log_usage(client, "filler", "after-the-disk-filled", COST)
             assert user_budget(client, "filler")["used"] == (logged + 1) * COST
     finally:
         roomy.stop()

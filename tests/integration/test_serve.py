@@ -18,12 +18,12 @@ from integration_support import (
     API_KEY,
     BillingServer,
     api_headers,
-    billing_command,
     create_product,
     database_url,
     dumps,
     loads,
     provision_user,
+    run_billing,
     server_env,
     usage_body,
     user_budget,
@@ -43,29 +43,6 @@ def server(launch, workdir: Path) -> BillingServer:
 def client(server: BillingServer):
     with server.client() as opened:
         yield opened
-
-
-def run_billing(
-    command: str, env: dict[str, str], cwd: Path, *arguments: str
-) -> subprocess.CompletedProcess[str]:
-    """Run `billing <command> [arguments]` to completion, bounded; a hang is a failure, not a
-    stuck suite."""
-    process = subprocess.Popen(
-        billing_command(command, *arguments),
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        stdout, stderr = process.communicate(timeout=COMMAND_WAIT_SECONDS)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        stdout, stderr = process.communicate(timeout=COMMAND_WAIT_SECONDS)
-        pytest.fail(f"billing {command} did not finish:\n{stdout}\n{stderr}")
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def test_health_answers_ok(client: httpx.Client) -> None:
