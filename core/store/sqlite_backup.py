@@ -3,8 +3,8 @@
 SQLite's backup API copies the database as one read transaction sees it: in WAL mode writers
 go on meanwhile, and the copy holds every write committed before it began and none after. The
 copy is made beside the target as ``<name>.partial``, checked with ``PRAGMA quick_check``,
-flushed to disk and renamed into place, so the target is either absent or a whole, checked
-database. An existing target is never overwritten.
+flushed to disk and linked into place, so the target is either absent or a whole, checked
+database. An existing target is never overwritten, even one made while the copy was taken.
 
 Scheduled copies (the ``backup-database`` flow) are named by the UTC time they were taken,
 ``billing-YYYYmmddTHHMMSS.ffffffZ.db``, so names sort in time order; ``prune_backups`` keeps
@@ -57,7 +57,8 @@ def backup_sqlite(source: Path, target: Path) -> Backup:
         if checked != ("ok",):
             raise BackupFailed(f"the copy failed quick_check: {checked}")
         _flush(partial)
-        partial.rename(target)
+        os.link(partial, target)  # unlike a rename, never replaces a target made meanwhile
+        partial.unlink()
         _flush(target.parent)
     except (sqlite3.Error, OSError) as error:
         _remove(partial)
@@ -97,7 +98,7 @@ def _remove(partial: Path) -> None:
 
 
 def _flush(path: Path) -> None:
-    """fsync a file, or a folder after a rename in it, so the copy survives a crash."""
+    """fsync a file, or a folder after a new name in it, so the copy survives a crash."""
     descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)
