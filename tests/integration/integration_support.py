@@ -219,6 +219,17 @@ class BillingServer:
                 handle.close()
 
 
+@contextmanager
+def serving(server: BillingServer) -> Iterator[httpx.Client]:
+    """A client of ``server`` once it is ready; the server stops when the block ends."""
+    try:
+        server.wait_ready()
+        with server.client() as client:
+            yield client
+    finally:
+        server.stop()
+
+
 def _file_size_limit(file_bytes_max: int) -> Callable[[], None]:
     def limit() -> None:
         # The soft limit only, so the test can lift it again (``lift_file_size_limit``).

@@ -12,6 +12,7 @@ from integration_support import (
     provision_user,
     run_billing,
     server_env,
+    serving,
     user_budget,
 )
 
@@ -21,24 +22,15 @@ COST = Decimal("0.25")
 def test_a_backup_of_a_running_server_serves_what_was_acknowledged(workdir: Path) -> None:
     database, copy = workdir / "backed-up.db", workdir / "copies" / "copy.db"
     live = BillingServer(workdir, database, "backed-up")
-    try:
-        live.wait_ready()
-        with live.client() as client:
-            create_product(client, "plan", 100)
-            provision_user(client, "ann", "plan", "t1")
-            for number in range(3):
-                log_usage(client, "ann", f"before-{number}", COST)
-            env = server_env(DATABASE_URL=database_url(database), DATA_DIR=str(live.data_dir))
-            made = run_billing("backup", env, workdir, str(copy))
-            assert made.returncode == 0, made.stderr
-            log_usage(client, "ann", "after", COST)
-    finally:
-        live.stop()
+    with serving(live) as client:
+        create_product(client, "plan", 100)
+        provision_user(client, "ann", "plan", "t1")
+        for number in range(3):
+            log_usage(client, "ann", f"before-{number}", COST)
+        env = server_env(DATABASE_URL=database_url(database), DATA_DIR=str(live.data_dir))
+        made = run_billing("backup", env, workdir, str(copy))
+        assert made.returncode == 0, made.stderr
+        log_usage(client, "ann", "after", COST)
 
-    restored = BillingServer(workdir, copy, "restored")
-    try:
-        restored.wait_ready()
-        with restored.client() as client:
-            assert user_budget(client, "ann")["used"] == 3 * COST
-    finally:
-        restored.stop()
+    with serving(BillingServer(workdir, copy, "restored")) as client:
+        assert user_budget(client, "ann")["used"] == 3 * COST

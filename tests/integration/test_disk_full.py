@@ -19,6 +19,7 @@ from integration_support import (
     log_usage,
     provision_user,
     read_only,
+    serving,
     usage_body,
     user_budget,
 )
@@ -34,48 +35,39 @@ ID_PAD = "x" * 100
 def test_a_full_disk_refuses_writes_whole_and_loses_nothing_acknowledged(workdir: Path) -> None:
     database = workdir / "full-disk.db"
     full = BillingServer(workdir, database, "full-disk", file_bytes_max=FILE_BYTES_MAX)
-    try:
-        full.wait_ready()
-        with full.client() as client:
-            create_product(client, "roomy", 1_000_000)
-            provision_user(client, "filler", "roomy", "full-tenant")
-            logged, refused = 0, 0
-            for number in range(LOGS_MAX):
-                body = usage_body("filler", f"fill-{number}-{ID_PAD}", COST, f"model-{ID_PAD}")
-                answer = client.post("/api/log-usage", content=dumps(body), headers=api_headers())
-                if answer.status_code == 201:
-                    logged += 1
-                    continue
-                assert answer.status_code == 503, answer.text
-                assert loads(answer)["error"] == "unavailable"
-                refused += 1
-                if refused == REFUSALS_WANTED:
-                    break
-            assert refused == REFUSALS_WANTED, f"{logged} logged and the disk never filled"
-            assert logged > 0
-            assert user_budget(client, "filler")["used"] == logged * COST
-            check = {"user_id": "filler", "cost_estimate": 1}
-            answer = client.post("/api/check-budget", content=dumps(check), headers=api_headers())
-            assert answer.status_code == 200 and loads(answer)["allowed"] is True
-            health = client.get("/")
-            assert health.status_code == 503
-            assert loads(health)["database"] == "error"
+    with serving(full) as client:
+        create_product(client, "roomy", 1_000_000)
+        provision_user(client, "filler", "roomy", "full-tenant")
+        logged, refused = 0, 0
+        for number in range(LOGS_MAX):
+            body = usage_body("filler", f"fill-{number}-{ID_PAD}", COST, f"model-{ID_PAD}")
+            answer = client.post("/api/log-usage", content=dumps(body), headers=api_headers())
+            if answer.status_code == 201:
+                logged += 1
+                continue
+            assert answer.status_code == 503, answer.text
+            assert loads(answer)["error"] == "unavailable"
+            refused += 1
+            if refused == REFUSALS_WANTED:
+                break
+        assert refused == REFUSALS_WANTED, f"{logged} logged and the disk never filled"
+        assert logged > 0
+        assert user_budget(client, "filler")["used"] == logged * COST
+        check = {"user_id": "filler", "cost_estimate": 1}
+        answer = client.post("/api/check-budget", content=dumps(check), headers=api_headers())
+        assert answer.status_code == 200 and loads(answer)["allowed"] is True
+        health = client.get("/")
+        assert health.status_code == 503
+        assert loads(health)["database"] == "error"
 
-            full.lift_file_size_limit()
-            log_usage(client, "filler", "once-there-is-room", COST)
-            logged += 1
-            assert client.get("/").status_code == 200
-    finally:
-        full.stop()
+        full.lift_file_size_limit()
+        log_usage(client, "filler", "once-there-is-room", COST)
+        logged += 1
+        assert client.get("/").status_code == 200
 
-    roomy = BillingServer(workdir, database, "after-full-disk")
-    try:
-        roomy.wait_ready()
-        with roomy.client() as client:
-            log_usage(client, "filler", "after-the-disk-filled", COST)
-            assert user_budget(client, "filler")["used"] == (logged + 1) * COST
-    finally:
-        roomy.stop()
+    with serving(BillingServer(workdir, database, "after-full-disk")) as client:
+        log_usage(client, "filler", "after-the-disk-filled", COST)
+        assert user_budget(client, "filler")["used"] == (logged + 1) * COST
     with read_only(database) as db:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         rows, used = db.execute("SELECT count(*), sum(cost) FROM usage").fetchone()
