@@ -49,6 +49,7 @@ from bench.seed import seeded_database
 from core.ledger import wall_clock_ms
 from core.settings import Settings
 from core.store import open_store
+from core.store.postgres import autovacuum_off
 
 BENCH_DIR = Path(__file__).resolve().parent
 LUA_SCRIPT = BENCH_DIR / "lua" / "post.lua"
@@ -716,8 +717,7 @@ def _postgres_from_seed(seed_path: Path, admin_url: str, tag: str) -> tuple[str,
 
 def _autovacuum_off(database_url: str) -> bool:
     with psycopg.connect(database_url) as connection:
-        row = connection.execute("SELECT current_setting('autovacuum')").fetchone()
-    return row is not None and row[0] == "off"
+        return autovacuum_off(connection)
 
 
 def _analyze(database_url: str) -> None:

@@ -67,13 +67,14 @@ def read_spend_logs(base_url: str, admin_key: str, first_day: date, last_day: da
         seen: set[object] = set()  # request ids: a row at midnight lies in two days' ranges
         for day in days:
             room = SPEND_LOGS_MAX - len(logs.entries)
-            read = None
-            if room > 0 and paged:
-                read = _read_day_paged(client, day, room)
-                paged = read is not None
-            if room > 0 and read is None:
+            if room <= 0:
+                logs.days_possibly_incomplete.append(day.isoformat())
+                continue
+            read = _read_day_paged(client, day, room) if paged else None
+            if read is None:
+                paged = False
                 read = _read_day_whole(client, day, room)
-            rows, complete = read if read is not None else ([], False)
+            rows, complete = read
             for row in rows:
                 request_id = row.get("request_id")
                 if request_id is not None:
@@ -115,7 +116,8 @@ def _read_day_paged(
             return rows[:rows_max], False
         if len(data) < LITELLM_PAGE_ROWS:
             return rows, True
-    return rows[:rows_max], False  # not reached: the pages hold more than rows_max
+    # Reached only when pages held rows that were not objects: full pages outnumber rows_max.
+    return rows[:rows_max], False
 
 
 def _read_day_whole(

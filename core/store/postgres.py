@@ -273,10 +273,7 @@ class PostgresStore:
 
     def _configuration_warnings(self) -> list[str]:
         with self._pool.connection() as connection:
-            row = connection.execute("SELECT current_setting('autovacuum')").fetchone()
-        if row is not None and row[0] == "off":
-            return [AUTOVACUUM_OFF_WARNING]
-        return []
+            return [AUTOVACUUM_OFF_WARNING] if autovacuum_off(connection) else []
 
     # -- expired holds -----------------------------------------------------------------------
 
@@ -675,6 +672,12 @@ def _closed_by_server(connection: psycopg.Connection[Any]) -> bool:
     poller = select.poll()
     poller.register(connection.fileno(), select.POLLIN)
     return bool(poller.poll(0))
+
+
+def autovacuum_off(connection: psycopg.Connection[Any]) -> bool:
+    """Whether the server runs without autovacuum (see ``AUTOVACUUM_OFF_WARNING``)."""
+    row = connection.execute("SELECT current_setting('autovacuum')").fetchone()
+    return row is not None and row[0] == "off"
 
 
 def _first_line(error: Exception) -> str:
