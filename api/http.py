@@ -18,6 +18,7 @@ _LEDGER_STATUS = {
     "idempotency_conflict": falcon.HTTP_409,
     "reservation_closed": falcon.HTTP_409,
     "conflict": falcon.HTTP_409,
+    "reset_refused": falcon.HTTP_409,
     "validation_error": falcon.HTTP_422,
     "unavailable": falcon.HTTP_503,
     "identity_store_error": falcon.HTTP_502,

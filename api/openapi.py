@@ -104,10 +104,11 @@ OPERATIONS = (
     Operation(
         "post",
         "/api/admin/reset-budgets",
-        "Close every user's open period; once per period label when one is given",
+        "Close every user's open period now; with a period, the guarded monthly reset: once"
+        " per label, refused (409 reset_refused) when it could only destroy a month",
         "admin_key",
         s.ResetBudgetsRequest,
-        {200: s.ResetBudgetsResponse, **_COMMON},
+        {200: s.ResetBudgetsResponse, 409: s.ResetRefusedError, **_COMMON},
     ),
     Operation(
         "post",

@@ -13,11 +13,13 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     WithJsonSchema,
 )
 from pydantic_core import PydanticCustomError
 
 from core.money import AMOUNT_MAX, MONEY_ZERO, Money, MoneyError, money_from_input, money_to_text
+from core.periods import PERIOD_LABEL_REGEX, PERIOD_YEAR_MAX, PERIOD_YEAR_MIN
 from core.provisioning import EMAIL_PATTERN, ID_LENGTH_MAX
 
 TOKENS_MAX = 1_000_000_000
@@ -79,7 +81,14 @@ ResponseTime = Annotated[
     Field(ge=0, le=RESPONSE_TIME_MS_MAX, allow_inf_nan=False),
     WithJsonSchema({"type": "number", "minimum": 0, "maximum": RESPONSE_TIME_MS_MAX}),
 ]
-Label = Annotated[str, Field(pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$", examples=["2026-12"])]
+Label = Annotated[
+    str,
+    Field(
+        pattern=f"^{PERIOD_LABEL_REGEX}$",
+        description=f"YYYY-MM, years {PERIOD_YEAR_MIN} to {PERIOD_YEAR_MAX}",
+        examples=["2026-12"],
+    ),
+]
 
 
 class Request(BaseModel):
@@ -110,7 +119,14 @@ class ReleaseReservationRequest(Request):
 
 
 class ResetBudgetsRequest(Request):
+    """Without ``period``, close every open period now; with it, the guarded monthly reset."""
+
     period: Label | None = None
+    force: StrictBool = Field(
+        False,
+        description="apply a period the reset rule refuses (a future month, one not later than"
+        " the open periods) and close every open period; logged and mailed to the admin",
+    )
 
 
 class ProvisionUserRequest(Request):
@@ -298,6 +314,13 @@ class Error(BaseModel):
     error: str = Field(description="stable code: validation_error, not_found, …")
     message: str
     field: str | None = None
+
+
+class ResetRefusedError(Error):
+    error: Literal["reset_refused"]
+    reason: Literal["future_period", "earlier_than_open_periods", "nothing_due"]
+    period: str
+    valid_period: str = Field(description="the label an unforced reset could apply next")
 
 
 class CheckBudgetNotFound(Error):

@@ -114,8 +114,10 @@ class AsyncBillingClient(ClientBase):
     ) -> schemas.UsageResponse:
         return await self.run(calls.user_usage(user_id, from_, to, group_by))
 
-    async def reset_budgets(self, period: str | None = None) -> schemas.ResetBudgetsResponse:
-        return await self.run(calls.reset_budgets(period))
+    async def reset_budgets(
+        self, period: str | None = None, force: bool = False
+    ) -> schemas.ResetBudgetsResponse:
+        return await self.run(calls.reset_budgets(period, force))
 
     async def provision_user(
         self,

@@ -210,8 +210,8 @@ def user_usage(
     )
 
 
-def reset_budgets(period: str | None) -> Call[schemas.ResetBudgetsResponse]:
-    body = {} if period is None else {"period": period}
+def reset_budgets(period: str | None, force: bool) -> Call[schemas.ResetBudgetsResponse]:
+    body = _without_none(period=period, force=force or None)
     return Call("POST", "/api/admin/reset-budgets", True, schemas.ResetBudgetsResponse, body)
 
 

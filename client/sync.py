@@ -114,8 +114,10 @@ class BillingClient(ClientBase):
     ) -> schemas.UsageResponse:
         return self.run(calls.user_usage(user_id, from_, to, group_by))
 
-    def reset_budgets(self, period: str | None = None) -> schemas.ResetBudgetsResponse:
-        return self.run(calls.reset_budgets(period))
+    def reset_budgets(
+        self, period: str | None = None, force: bool = False
+    ) -> schemas.ResetBudgetsResponse:
+        return self.run(calls.reset_budgets(period, force))
 
     def provision_user(
         self,

@@ -48,6 +48,12 @@ class Invalid(LedgerError):
         self.field = field
 
 
+class ResetRefused(LedgerError):
+    """A labelled reset that could only destroy a month (``core.resets``); names a valid one."""
+
+    code = "reset_refused"
+
+
 class Unavailable(LedgerError):
     """The store cannot take the operation now (busy, overloaded); nothing was done."""
 

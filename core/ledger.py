@@ -25,6 +25,7 @@ from core.reconcile import (
     ReconcileReport,
     backfill,
 )
+from core.resets import ResetRequest
 from core.reservations import Reservation, retention_cutoff_ms
 from core.store.base import (
     CreditGrant,
@@ -206,17 +207,27 @@ class Ledger:
 
     # -- administration ---------------------------------------------------------------------
 
-    def reset_budgets(self, label: str | None) -> ResetResult:
-        """Close every open period. With a label, at most once per label; without, always."""
+    def reset_budgets(self, label: str | None, force: bool = False) -> ResetResult:
+        """Without a label, close every open period now (the operator's explicit act). With
+        one, at most once per label, by the reset rule of ``core.resets``: refused
+        (``ResetRefused``) when it could only destroy a month, unless ``force``."""
         if label is not None:
             try:
                 parse_label(label)
             except ValueError as error:
                 raise Invalid(str(error), field="period") from None
+        elif force:
+            raise Invalid("force applies to a reset with a period", field="force")
         now_ms = self.clock_ms()
-        applied_label = label_at(now_ms, self.zone) if label is None else label
-        outcome: ResetOutcome = self.store.reset_periods(applied_label, label is not None, now_ms)
-        return ResetResult(applied_label, outcome.users_reset, outcome.already_done)
+        current_label = label_at(now_ms, self.zone)
+        request = ResetRequest(
+            label=current_label if label is None else label,
+            apply_once=label is not None,
+            force=force,
+            current_label=current_label,
+        )
+        outcome: ResetOutcome = self.store.reset_periods(request, now_ms)
+        return ResetResult(request.label, outcome.users_reset, outcome.already_done)
 
     def provision_user(
         self, email: str, password: str, product_id: str, tenant_id: str, user_id: str | None

@@ -4,14 +4,27 @@ A user's open period starts at provisioning or at the reset that closed the prev
 carries the label of the month it started in (or the label a reset was asked to apply). Its end,
 as shown to clients, is the first instant of the month after its label: when the monthly reset
 is due. Times inside the ledger are integer milliseconds since the Unix epoch (UTC).
+
+Labels run from ``2000-01`` to ``9998-12``, and times the API reads from 2000-01-01 to
+9999-01-01 (UTC): every instant the service then writes, a period's end included (the first
+instant of the month after its label, in any zone), is an ISO 8601 time with a four-digit year.
 """
 
 import re
 import time
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from zoneinfo import ZoneInfo
 
-PERIOD_LABEL_PATTERN = re.compile(r"([0-9]{4})-(0[1-9]|1[0-2])")
+PERIOD_YEAR_MIN = 2000
+PERIOD_YEAR_MAX = 9998
+# The years PERIOD_YEAR_MIN..PERIOD_YEAR_MAX, written as a pattern so the API's document says
+# exactly which labels are accepted.
+PERIOD_LABEL_REGEX = (
+    r"(2[0-9]{3}|[3-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9]|999[0-8])-(0[1-9]|1[0-2])"
+)
+PERIOD_LABEL_PATTERN = re.compile(PERIOD_LABEL_REGEX)
+TIME_MS_MIN = int(datetime(PERIOD_YEAR_MIN, 1, 1, tzinfo=UTC).timestamp()) * 1000
+TIME_MS_MAX = int(datetime(PERIOD_YEAR_MAX + 1, 1, 1, tzinfo=UTC).timestamp()) * 1000
 
 
 def label_at(time_ms: int, zone: ZoneInfo) -> str:
@@ -21,11 +34,24 @@ def label_at(time_ms: int, zone: ZoneInfo) -> str:
 
 
 def parse_label(label: str) -> tuple[int, int]:
-    """``"2026-12"`` → ``(2026, 12)``; raises ValueError naming the expected form."""
+    """``"2026-12"`` → ``(2026, 12)``; raises ValueError naming the expected form and years."""
     match = PERIOD_LABEL_PATTERN.fullmatch(label)
     if match is None:
-        raise ValueError("must be a period label of the form YYYY-MM")
+        raise ValueError(
+            f"must be a period label YYYY-MM, years {PERIOD_YEAR_MIN} to {PERIOD_YEAR_MAX}"
+        )
     return int(match.group(1)), int(match.group(2))
+
+
+def next_label(label: str) -> str:
+    """The label of the month after ``label``."""
+    year, month = parse_label(label)
+    return f"{year + 1:04d}-01" if month == 12 else f"{year:04d}-{month + 1:02d}"
+
+
+def time_in_range(time_ms: int) -> bool:
+    """Whether a time read from a client lies in the years the service writes (see above)."""
+    return TIME_MS_MIN <= time_ms <= TIME_MS_MAX
 
 
 def label_bounds_ms(label: str, zone: ZoneInfo) -> tuple[int, int]:

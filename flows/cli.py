@@ -21,6 +21,11 @@ FLOWS_EXTRA_MODULES = frozenset({"prefect", "prefect_email", "yaml"})
 def add_commands(commands: argparse._SubParsersAction) -> None:
     reset = commands.add_parser("reset", help="run the monthly budget reset flow once")
     reset.add_argument("--period", help="label to open, YYYY-MM (default: this month)")
+    reset.add_argument(
+        "--force",
+        action="store_true",
+        help="apply a period the reset rule refuses and close every open period (mailed)",
+    )
     reconcile = commands.add_parser("reconcile", help="run the usage reconciliation flow once")
     reconcile.add_argument("--repair", action="store_true", help="fix each difference (audited)")
     reconcile.add_argument(
@@ -54,7 +59,7 @@ def _run_command(arguments: argparse.Namespace, settings: Settings) -> None:
     if arguments.command == "reset":
         from flows.reset import monthly_budget_reset
 
-        _run_once(lambda: monthly_budget_reset(period=arguments.period))
+        _run_once(lambda: monthly_budget_reset(period=arguments.period, force=arguments.force))
     elif arguments.command == "reconcile":
         from flows.reconcile import reconcile_usage
 

@@ -1,31 +1,56 @@
-"""``monthly-budget-reset``: close every open period once per label, then mail the admin a summary.
+"""``monthly-budget-reset``: close the periods of past months once per label, then mail the admin
+a summary.
 
 The reset is ``Ledger.reset_budgets`` with a label, the admin endpoint's operation, so a retried
-or duplicated run never resets twice. Without a ``period`` parameter the label is the month, in
+or duplicated run never resets twice, and the reset rule of ``core.resets`` refuses a label
+that could only destroy a month (a future one, one not later than the open periods) unless the
+run sets ``force``. Without a ``period`` parameter the label is the month, in
 ``BUDGET_TIMEZONE``, of the run's scheduled start time (not of the moment it happens to run), so
-a run scheduled at 00:00 on the 1st in that zone opens that month even when it starts late.
+a run scheduled at 00:00 on the 1st in that zone opens that month even when it starts late. A
+run the schedule made always passes: a refusal there means the month was already opened (or
+nothing is due), which it reports as skipped. A manual run without a period in the month the
+open periods began is refused like any other label.
 """
 
 import sqlite3
 from dataclasses import asdict, dataclass
+from typing import Annotated
+from uuid import UUID
 from zoneinfo import ZoneInfo
 
-from prefect import flow, task
+from pydantic import Field
+
+from prefect import flow, get_client, task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
-from core.errors import LedgerError, Unavailable
+from core.errors import LedgerError, ResetRefused, Unavailable
 from core.ledger import Ledger, ResetResult
 from core.money import money_to_text
-from core.periods import label_at, to_ms
+from core.periods import (
+    PERIOD_LABEL_REGEX,
+    PERIOD_YEAR_MAX,
+    PERIOD_YEAR_MIN,
+    label_at,
+    to_ms,
+)
 from core.store.base import PeriodSummary
 from flows.common import ADMIN_NOTICE_HOOKS, flow_settings, mail_admin, opened_ledger
 
 RESET_RETRIES = 4
 RESET_BACKOFF_SECONDS = 2
 TOP_SPENDERS_MAX = 100
+
+# The Prefect UI shows the pattern and description, and refuses a run whose label breaks it.
+PeriodLabel = Annotated[
+    str,
+    Field(
+        pattern=f"^{PERIOD_LABEL_REGEX}$",
+        description=f"YYYY-MM, years {PERIOD_YEAR_MIN} to {PERIOD_YEAR_MAX}",
+    ),
+]
 
 
 def _transient(_task: object, _run: object, state: object) -> bool:
@@ -41,8 +66,8 @@ def _transient(_task: object, _run: object, state: object) -> bool:
     retry_condition_fn=_transient,
     cache_policy=NO_CACHE,
 )
-def reset_budgets(ledger: Ledger, label: str) -> ResetResult:
-    return ledger.reset_budgets(label)
+def reset_budgets(ledger: Ledger, label: str, force: bool) -> ResetResult:
+    return ledger.reset_budgets(label, force)
 
 
 @dataclass(frozen=True)
@@ -50,6 +75,8 @@ class ResetReport:
     label: str
     users_reset: int
     already_done: bool
+    forced: bool
+    skipped: str | None
     users_closed: int
     spend_total: str
     top_spenders: list[dict[str, str]]
@@ -59,8 +86,12 @@ class ResetReport:
 def summary_text(report: ResetReport) -> str:
     """The admin's mail: what was reset, what the closed periods spent, who spent most."""
     lines = [f"Monthly budget reset to period {report.label}"]
+    if report.forced:
+        lines.append("FORCED: every open period was closed, whatever its month.")
     if report.already_done:
         lines.append("Already applied by an earlier run: nothing was reset again.")
+    if report.skipped is not None:
+        lines.append(f"Skipped, nothing changed: {report.skipped}")
     lines.append(f"Users reset: {report.users_reset}")
     lines.append(f"Closed periods: {report.users_closed} users, total spend ${report.spend_total}")
     lines.append(f"Top spenders ({len(report.top_spenders)}):")
@@ -74,12 +105,19 @@ def summary_text(report: ResetReport) -> str:
 
 
 def _report(
-    result: ResetResult | None, label: str, summary: PeriodSummary | None, failures: list[str]
+    result: ResetResult | None,
+    label: str,
+    forced: bool,
+    skipped: str | None,
+    summary: PeriodSummary | None,
+    failures: list[str],
 ) -> ResetReport:
     return ResetReport(
         label=label,
         users_reset=0 if result is None else result.users_reset,
         already_done=False if result is None else result.already_done,
+        forced=forced,
+        skipped=skipped,
         users_closed=0 if summary is None else summary.users,
         spend_total=money_to_text(0 if summary is None else summary.spend_total),
         top_spenders=[]
@@ -92,35 +130,71 @@ def _report(
     )
 
 
+def _status(report: ResetReport) -> str:
+    """The word of the admin's mail subject."""
+    if report.failures:
+        return "FAILED"
+    if report.skipped is not None:
+        return "skipped"
+    if report.already_done:
+        return "already done"
+    return "FORCED" if report.forced else "done"
+
+
 def due_label(zone: ZoneInfo) -> str:
     """The month of this run's scheduled start, in the budget zone."""
     return label_at(to_ms(flow_run.scheduled_start_time), zone)
 
 
+def made_by_schedule() -> bool:
+    """Whether this run was created by its deployment's schedule (not a manual or CLI run)."""
+    run_id = flow_run.get_id()
+    if run_id is None:
+        return False
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(UUID(run_id)).auto_scheduled
+
+
 @flow(name="monthly-budget-reset", **ADMIN_NOTICE_HOOKS)
-def monthly_budget_reset(period: str | None = None, top_spenders: int = 10) -> dict:
-    """Reset every budget into ``period`` (default: the scheduled month) and mail a summary."""
+def monthly_budget_reset(
+    period: PeriodLabel | None = None, top_spenders: int = 10, force: bool = False
+) -> dict:
+    """Close the periods of past months into ``period`` (default: the month of the scheduled
+    start, in BUDGET_TIMEZONE) and mail a summary. ``force`` applies a period the reset rule
+    refuses and closes every open period; it is logged and mailed."""
     if not 1 <= top_spenders <= TOP_SPENDERS_MAX:
         raise ValueError(f"top_spenders must be between 1 and {TOP_SPENDERS_MAX}")
     settings = flow_settings()
     label = period if period is not None else due_label(settings.zone)
     logger = get_run_logger()
+    if force:
+        logger.warning("forced reset to %s: every open period will be closed", label)
     failures: list[str] = []
+    skipped: str | None = None
     result: ResetResult | None = None
     summary: PeriodSummary | None = None
     with opened_ledger(settings) as ledger:
         try:
-            result = reset_budgets(ledger, label)
+            result = reset_budgets(ledger, label, force)
+        except ResetRefused as refusal:
+            if period is None and made_by_schedule():
+                skipped = refusal.message
+            else:
+                failures.append(f"reset {label}: {refusal.message}")
         except (LedgerError, sqlite3.Error) as error:
             failures.append(f"reset {label}: {type(error).__name__}: {error}")
         if result is not None:
             summary = ledger.closed_period_summary(label, top_spenders)
-    report = _report(result, label, summary, failures)
+    report = _report(result, label, force, skipped, summary, failures)
     logger.info(
-        "reset %s: %d users reset, already done: %s", label, report.users_reset, report.already_done
+        "reset %s: %d users reset, already done: %s, forced: %s, skipped: %s",
+        label,
+        report.users_reset,
+        report.already_done,
+        force,
+        skipped or "no",
     )
-    status = "FAILED" if failures else ("already done" if report.already_done else "done")
-    mail_admin(f"Budget reset {label}: {status}", summary_text(report))
+    mail_admin(f"Budget reset {label}: {_status(report)}", summary_text(report))
     if failures:
         raise RuntimeError(f"budget reset {label} failed: {failures[0]}")
     return asdict(report)

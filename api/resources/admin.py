@@ -29,7 +29,7 @@ class _AdminResource:
 class ResetBudgetsResource(_AdminResource):
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = read_model(req, ResetBudgetsRequest, self._body_bytes_max)
-        result = self._ledger.reset_budgets(body.period)
+        result = self._ledger.reset_budgets(body.period, body.force)
         message = (
             f"Period {result.label} was already applied; nothing changed"
             if result.already_done

@@ -11,7 +11,7 @@ from api.schemas import UsageQuery
 from core.errors import Invalid
 from core.ledger import Ledger
 from core.money import Money
-from core.periods import iso_from_ms, to_ms
+from core.periods import TIME_MS_MAX, TIME_MS_MIN, iso_from_ms, time_in_range, to_ms
 
 
 @falcon.before(refuse_nul_in_path)
@@ -80,15 +80,23 @@ class UserUsageResource:
 
 
 def _parse_time(value: str | None, field: str, zone: ZoneInfo) -> int | None:
-    """A date (``2026-11-01``, midnight in the budget zone) or an ISO 8601 time with an offset."""
+    """A date (``2026-11-01``, midnight in the budget zone) or an ISO 8601 time with an offset,
+    within the years the service writes (``core.periods``)."""
     if value is None:
         return None
     try:
         if len(value) == 10:
-            return to_ms(datetime.combine(date.fromisoformat(value), time(), tzinfo=zone))
-        moment = datetime.fromisoformat(value)
+            moment = datetime.combine(date.fromisoformat(value), time(), tzinfo=zone)
+        else:
+            moment = datetime.fromisoformat(value)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=zone)
+        time_ms = to_ms(moment)
     except ValueError:
         raise Invalid(f"{field}: must be a date or ISO 8601 time", field=field) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=zone)
-    return to_ms(moment)
+    if not time_in_range(time_ms):
+        raise Invalid(
+            f"{field}: must lie between {iso_from_ms(TIME_MS_MIN)} and {iso_from_ms(TIME_MS_MAX)}",
+            field=field,
+        )
+    return time_ms

@@ -16,6 +16,7 @@ from core.budget import BudgetSnapshot, BudgetStatus, UserStatus
 from core.errors import Unavailable
 from core.money import Money
 from core.reconcile import Drift
+from core.resets import ResetRequest
 from core.reservations import Reservation
 from core.usage import UsageRecord
 
@@ -280,8 +281,9 @@ class LedgerStore(Protocol):
     def release(self, request_id: str, now_ms: int) -> Reservation:
         """Release a hold (idempotent); returns the hold as it was found."""
 
-    def reset_periods(self, label: str, apply_once: bool, now_ms: int) -> ResetOutcome:
-        """Close every user's open period and open ``label``; once per label if ``apply_once``.
+    def reset_periods(self, request: ResetRequest, now_ms: int) -> ResetOutcome:
+        """Carry out ``request`` by the reset rule of ``core.resets``, checked in its own
+        transaction (``ResetRefused`` changes nothing); once per label if ``apply_once``.
 
         History rows written carry ``closed_by = label``.
         """

@@ -38,6 +38,7 @@ from core.errors import (
 )
 from core.money import Money
 from core.reconcile import EXPIRED_HOLD_GRACE_MS, Check, Drift
+from core.resets import OpenPeriods, ResetRequest, reset_refusal
 from core.reservations import (
     Reservation,
     ReservationState,
@@ -402,12 +403,28 @@ class PostgresStore:
 
     # -- resets ------------------------------------------------------------------------------
 
-    def reset_periods(self, label: str, apply_once: bool, now_ms: int) -> ResetOutcome:
-        row = self._one(
-            "SELECT users_reset, already_done FROM ledger_reset(%s, %s, %s)",
-            (label, apply_once, now_ms),
-            write=True,
-        )
+    def reset_periods(self, request: ResetRequest, now_ms: int) -> ResetOutcome:
+        """The reset rule is checked under the resets' lock, in the reset's transaction."""
+        label = request.label
+        with self._connection(write=True) as connection, connection.transaction():
+            connection.execute(
+                "SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_NAMESPACE, LOCK_RESETS)
+            )
+            if request.apply_once and connection.execute(
+                "SELECT 1 FROM applied_resets WHERE label = %s", (label,)
+            ).fetchone():
+                return ResetOutcome(0, True)
+            bounds = connection.execute(
+                'SELECT MIN(period_label COLLATE "C"), MAX(period_label COLLATE "C") FROM users'
+            ).fetchone()
+            assert bounds is not None
+            refusal = reset_refusal(request, OpenPeriods(bounds[0], bounds[1]))
+            if refusal is not None:
+                raise refusal
+            row = connection.execute(
+                "SELECT users_reset, already_done FROM ledger_reset_before(%s, %s, %s, %s)",
+                (label, request.apply_once, request.close_before_label, now_ms),
+            ).fetchone()
         assert row is not None
         return ResetOutcome(int(row[0]), bool(row[1]))
 

@@ -39,6 +39,7 @@ from core.errors import (
 )
 from core.money import Money
 from core.reconcile import EXPIRED_HOLD_GRACE_MS, Check, Drift
+from core.resets import OpenPeriods, ResetRequest, reset_refusal
 from core.reservations import (
     Reservation,
     ReservationState,
@@ -601,14 +602,23 @@ class SqliteStore:
 
         return self._write(operation, one_statement=True)
 
-    def reset_periods(self, label: str, apply_once: bool, now_ms: int) -> ResetOutcome:
+    def reset_periods(self, request: ResetRequest, now_ms: int) -> ResetOutcome:
+        label = request.label
+
         def operation(connection: sqlite3.Connection, _: int) -> ResetOutcome:
-            if apply_once:
+            if request.apply_once:
                 done = connection.execute(
                     "SELECT 1 FROM applied_resets WHERE label = ?", (label,)
                 ).fetchone()
                 if done is not None:
                     return ResetOutcome(0, True)
+            earliest, latest = connection.execute(
+                "SELECT MIN(period_label), MAX(period_label) FROM users"
+            ).fetchone()
+            refusal = reset_refusal(request, OpenPeriods(earliest, latest))
+            if refusal is not None:
+                raise refusal
+            before = request.close_before_label
             # A period is named by its start; MAX(...) keeps starts strictly increasing even when
             # two resets fall in one millisecond, so usage rows never straddle two periods.
             connection.execute(
@@ -616,16 +626,22 @@ class SqliteStore:
                 " product_id, plan_budget, credits, used, closed_by)"
                 " SELECT u.id, u.period_label, u.period_start, MAX(?, u.period_start + 1),"
                 " u.tenant_id, u.product_id, p.monthly_budget, u.credits, u.used, ?"
-                " FROM users u JOIN products p ON p.id = u.product_id",
-                (now_ms, label),
+                " FROM users u JOIN products p ON p.id = u.product_id WHERE u.period_label < ?",
+                (now_ms, label, before),
+            )
+            # A tenant's used is its users' open-period usage: what the closed periods held
+            # leaves it, what the periods left open hold stays.
+            connection.execute(
+                "UPDATE tenants SET used = used - COALESCE((SELECT SUM(u.used) FROM users u"
+                " WHERE u.tenant_id = tenants.id AND u.period_label < ?), 0), updated_at = ?",
+                (before, now_ms),
             )
             users_reset = connection.execute(
                 "UPDATE users SET used = 0, credits = 0, period_label = ?,"
-                " period_start = MAX(?, period_start + 1), updated_at = ?",
-                (label, now_ms, now_ms),
+                " period_start = MAX(?, period_start + 1), updated_at = ? WHERE period_label < ?",
+                (label, now_ms, now_ms, before),
             ).rowcount
-            connection.execute("UPDATE tenants SET used = 0, updated_at = ?", (now_ms,))
-            if apply_once:
+            if request.apply_once:
                 connection.execute(
                     "INSERT INTO applied_resets (label, users_reset, applied_at) VALUES (?, ?, ?)",
                     (label, users_reset, now_ms),

@@ -6,6 +6,7 @@ from decimal import Decimal
 import pytest
 from api_helpers import (
     ADMIN,
+    API,
     PASSWORD,
     START_ISO,
     START_LABEL,
@@ -72,7 +73,7 @@ def test_an_empty_object_is_the_same_as_no_body(client, alice):
 
 def test_reset_without_a_body_marks_no_label_as_applied(client, alice):
     assert reset(client)["period"] == START_LABEL
-    labelled = reset(client, START_LABEL)
+    labelled = reset(client, body=f'{{"period": "{START_LABEL}", "force": true}}')
     assert labelled["already_done"] is False
     assert labelled["users_reset"] == 1
 
@@ -88,22 +89,24 @@ def test_the_current_month_follows_the_clock(env, alice):
     }
 
 
-def test_a_label_is_applied_at_most_once(client, alice):
+def test_a_label_is_applied_at_most_once(env, alice):
+    client = env.client
     assert log_usage(client, "alice", "r1", D("3")).status == 201
-    first = reset(client, "2026-12")
+    env.clock.advance(20 * 24 * 3600)  # 2026-04-04
+    first = reset(client, "2026-04")
     assert first.status == 200
     assert first["users_reset"] == 1
-    assert first["period"] == "2026-12"
+    assert first["period"] == "2026-04"
     assert first["already_done"] is False
-    assert budget_view(client, "alice")["period"]["label"] == "2026-12"
+    assert budget_view(client, "alice")["period"]["label"] == "2026-04"
 
     assert log_usage(client, "alice", "r2", D("2")).status == 201
     before = snapshot(client, "alice")
-    second = reset(client, "2026-12")
+    second = reset(client, "2026-04")
     assert second.status == 200
     assert second["already_done"] is True
     assert second["users_reset"] == 0
-    assert second["period"] == "2026-12"
+    assert second["period"] == "2026-04"
     assert snapshot(client, "alice") == before
     assert figures(client, "alice")["used"] == D("2")
 
@@ -117,11 +120,70 @@ def test_a_bad_label_is_422(shared_client, label):
     assert snapshot(client, "alice") == before
 
 
+@pytest.mark.parametrize(
+    ("period", "reason", "valid"),
+    [
+        (START_LABEL, "nothing_due", "2026-04"),  # every period began this month
+        ("2026-07", "future_period", "2026-04"),
+        ("2026-02", "earlier_than_open_periods", "2026-04"),
+    ],
+)
+def test_a_reset_that_could_only_destroy_a_month_is_409_and_changes_nothing(
+    client, alice, period, reason, valid
+):
+    assert log_usage(client, "alice", "r1", D("3")).status == 201
+    before = snapshot(client, "alice")
+    reply = reset(client, period)
+    assert_rejected(reply, 409, "reset_refused")
+    assert (reply["reason"], reply["period"], reply["valid_period"]) == (reason, period, valid)
+    assert f"the next valid period is {valid}" in reply["message"]
+    assert snapshot(client, "alice") == before
+
+
+def test_force_applies_a_refused_period_and_closes_every_open_period(client, alice):
+    assert log_usage(client, "alice", "r1", D("3")).status == 201
+    reply = reset(client, body=f'{{"period": "{START_LABEL}", "force": true}}')
+    assert reply.status == 200
+    assert (reply["users_reset"], reply["period"]) == (1, START_LABEL)
+    assert figures(client, "alice")["used"] == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [('{"force": true}', "force"), ('{"period": "2026-03", "force": "yes"}', "force")],
+)
+def test_force_needs_a_period_and_a_boolean(shared_client, body, field):
+    before = snapshot(shared_client, "alice")
+    assert_rejected(reset(shared_client, body=body), 422, "validation_error", field=field)
+    assert snapshot(shared_client, "alice") == before
+
+
+@pytest.mark.parametrize("period", ["2000-01", "9998-12"])
+def test_every_view_reads_back_after_a_reset_at_a_bound_of_the_labels(env, alice, period):
+    client = env.client
+    assert log_usage(client, "alice", "r1", D("3")).status == 201
+    env.clock.advance(1)
+    assert reset(client, body=f'{{"period": "{period}", "force": true}}').status == 200
+    env.clock.advance(1)
+    assert log_usage(client, "alice", "r2", D("1")).status == 201
+    view = budget_view(client, "alice")
+    assert view["period"]["label"] == period
+    for field in ("start", "end"):
+        assert 2000 <= int(view["period"][field][:4]) <= 9999
+    for group_by in ("model", "day"):
+        usage = call(
+            client, "GET", f"/api/users/alice/usage?group_by={group_by}", headers=API
+        )
+        assert usage.status == 200
+        assert usage["total"]["cost"] == 1
+    assert call(client, "GET", "/api/admin/users/alice", headers=ADMIN).status == 200
+
+
 def test_holds_survive_a_reset(client, alice):
     assert check(client, "alice", D("2"), request_id="held").status == 200
     assert log_usage(client, "alice", "r1", D("3")).status == 201
     assert figures(client, "alice") == {"total": 10, "used": 3, "remaining": 5, "reserved": 2}
-    assert reset(client, "2026-04")["users_reset"] == 1
+    assert reset(client)["users_reset"] == 1
     assert figures(client, "alice") == {"total": 10, "used": 0, "remaining": 8, "reserved": 2}
     assert check(client, "alice", D("2"), request_id="held")["reservation"]["amount"] == 2
     assert log_usage(client, "alice", "held", D("1.5")).status == 201

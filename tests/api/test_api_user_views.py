@@ -160,8 +160,20 @@ def test_usage_by_day_with_a_date_range(env, alice):
         ({"to": "2026-02-30"}, "to"),
         ({"from": "2026-03-10", "to": "2026-03-01"}, "to"),
         ({"from": "2024-01-01", "to": "2026-01-01"}, "to"),
+        ({"from": "0001-01-01", "to": "0001-01-02"}, "from"),
+        ({"from": "1999-12-31T23:59:59+00:00"}, "from"),
+        ({"from": "9998-12-31", "to": "9999-12-31T23:00:00-14:00"}, "to"),
     ],
-    ids=["bad group_by", "bad from", "bad to", "to before from", "range too long"],
+    ids=[
+        "bad group_by",
+        "bad from",
+        "bad to",
+        "to before from",
+        "range too long",
+        "year 1",
+        "before 2000",
+        "after 9998",
+    ],
 )
 def test_bad_usage_queries_are_422(shared_client, params, field):
     reply = call(shared_client, "GET", "/api/users/alice/usage", headers=API, params=params)

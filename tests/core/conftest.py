@@ -7,7 +7,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from core_helpers import START, TTL_SECONDS, FakeClock, ms, open_test_store, provision, usd
+from core_helpers import APRIL, START, TTL_SECONDS, FakeClock, ms, open_test_store, provision, usd
 from pg_testing import PgRaw
 
 from core.ledger import Ledger
@@ -91,7 +91,7 @@ def alice(ledger: Ledger, basic: Product) -> UserView:
 def populated(ledger, alice, clock):
     """A user with usage, an open hold, a credit and one closed period in history."""
     ledger.log_usage("alice", "gpt-4o", "r1", 10, 20, usd(1), 50)
-    clock.advance(1000)
+    clock.advance_to(APRIL)
     ledger.reset_budgets("2026-04")
     ledger.log_usage("alice", "gpt-4o", "r2", 10, 20, usd(2), 50)
     ledger.check_budget("alice", None, 0, 0, usd(1), "r3")

@@ -13,6 +13,9 @@ from core.store.postgres import PostgresStore
 from core.store.sqlite import SqliteStore
 
 START = datetime(2026, 3, 15, 12, 0, tzinfo=UTC)
+# The month after START's: a labelled reset to "2026-04" is refused before it begins.
+APRIL = datetime(2026, 4, 1, 0, 0, tzinfo=UTC)
+MAY = datetime(2026, 5, 1, 0, 0, tzinfo=UTC)
 TTL_SECONDS = 600
 PASSWORD = "correct horse battery"
 
@@ -44,6 +47,10 @@ class FakeClock:
         with self._lock:
             self._now += delta_ms
             return self._now
+
+    def advance_to(self, moment: datetime) -> int:
+        """Move to ``moment`` (not before now)."""
+        return self.advance(ms(moment) - self())
 
 
 def provision(

@@ -4,7 +4,7 @@ import sqlite3
 import threading
 
 import pytest
-from core_helpers import provision, usd
+from core_helpers import APRIL, provision, usd
 from pg_testing import PgRaw
 
 from core.alerts import AlertChannel, AlertSubject, alert_message, thresholds_crossed
@@ -69,7 +69,7 @@ def test_a_threshold_crossed_again_in_the_period_is_not_announced_twice(ledger, 
 
 def test_the_next_period_alerts_again(ledger, alice, raw, clock):
     log(ledger, "alice", "r1", "8")
-    clock.advance(1)
+    clock.advance_to(APRIL)
     ledger.reset_budgets("2026-04")
     log(ledger, "alice", "r2", "8")
     assert [(row[2], row[3]) for row in alert_rows(raw)] == [("2026-03", 80), ("2026-04", 80)]

@@ -4,7 +4,7 @@ import gc
 from datetime import UTC, datetime
 
 import pytest
-from core_helpers import TTL_SECONDS, ms, provision, usd
+from core_helpers import APRIL, TTL_SECONDS, ms, provision, usd
 
 from core.budget import BudgetStatus, UserStatus
 from core.errors import (
@@ -492,6 +492,7 @@ def test_credit_lets_an_exceeded_user_back_in(ledger, alice):
 def test_reset_closes_the_period_into_history(ledger, alice, raw, clock):
     ledger.grant_credit("alice", usd(2), "promo", "g1")
     log(ledger, "alice", "r1", usd(3))
+    clock.advance_to(APRIL)
     hold(ledger, "alice", "r2", usd(1))
     opened_at = alice.period_start_ms
     reset_at = clock.advance(60_000)
@@ -518,6 +519,7 @@ def test_reset_closes_the_period_into_history(ledger, alice, raw, clock):
 
 def test_labelled_reset_is_applied_once(ledger, alice, raw, clock):
     log(ledger, "alice", "r1", usd(3))
+    clock.advance_to(APRIL)
     assert ledger.reset_budgets("2026-04").already_done is False
     log(ledger, "alice", "r2", usd(1))
     clock.advance(1000)
@@ -563,7 +565,8 @@ def test_resets_in_one_millisecond_still_separate_periods(ledger, alice, raw):
 
 
 @pytest.mark.parametrize("label", ["2026-13", "２０２６-04", "2026-04\n"])
-def test_reset_with_a_non_canonical_label_is_refused(ledger, alice, raw, label):
+def test_reset_with_a_non_canonical_label_is_refused(ledger, alice, raw, clock, label):
+    clock.advance_to(APRIL)
     ledger.reset_budgets("2026-04")
     log(ledger, "alice", "r1", usd(3))
     with pytest.raises((Invalid, ValueError)):
@@ -646,7 +649,7 @@ def test_usage_summary_range_is_half_open_and_bounded(ledger, alice, clock):
 
 def test_usage_summary_defaults_to_the_open_period(ledger, alice, clock):
     log(ledger, "alice", "r1", usd(1))
-    clock.advance(1000)
+    clock.advance_to(APRIL)
     ledger.reset_budgets("2026-04")
     clock.advance(1000)
     log(ledger, "alice", "r2", usd(2))

@@ -62,7 +62,8 @@ def test_label_bounds_ms(label, zone, start, end):
 
 
 @pytest.mark.parametrize(
-    ("label", "parsed"), [("2026-12", (2026, 12)), ("0001-01", (1, 1)), ("2026-09", (2026, 9))]
+    ("label", "parsed"),
+    [("2026-12", (2026, 12)), ("2000-01", (2000, 1)), ("9998-12", (9998, 12)), ("2026-09", (2026, 9))],
 )
 def test_parse_label_accepts_yyyy_mm(label, parsed):
     assert parse_label(label) == parsed
@@ -72,6 +73,9 @@ def test_parse_label_accepts_yyyy_mm(label, parsed):
     "label",
     [
         "",
+        "0001-01",
+        "1999-12",
+        "9999-01",
         "2026-13",
         "2026-00",
         "2026-1",

@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import psycopg
 import pytest
-from core_helpers import TTL_SECONDS, provision, usd
+from core_helpers import APRIL, MAY, TTL_SECONDS, provision, usd
 from pg_testing import PgRaw
 
 from core.reconcile import EXPIRED_HOLD_GRACE_MS, Check, Drift, usage_from_spend_log
@@ -98,14 +98,14 @@ def tamper_with_history(raw, backend: str, statement: str) -> None:
 
 def test_history_drift_is_corrected_by_an_audit_row_not_an_edit(busy, raw, clock, backend):
     clock.advance(1)
-    busy.reset_budgets("2026-04")
+    busy.reset_budgets(None)
     tamper_with_history(raw, backend, "UPDATE period_history SET used = 1 WHERE user_id = 'ann'")
     [row_id] = raw.execute("SELECT id FROM period_history WHERE user_id = 'ann'").fetchone()
     drift = Drift(Check.HISTORY_USED, str(row_id), 1, usd("1.25"))
     assert busy.reconcile(repair=True).repaired == [drift]
     assert raw.execute("SELECT used FROM period_history WHERE id = ?", (row_id,)).fetchone() == (1,)
     assert busy.reconcile(repair=False).drifts == []
-    summary = busy.closed_period_summary("2026-04", 10)
+    summary = busy.closed_period_summary("2026-03", 10)
     assert summary.spend_total == usd("3.25")
 
 
@@ -208,10 +208,10 @@ def test_a_reset_summary_reads_exactly_the_rows_that_reset_closed(ledger, basic,
         provision(ledger, user_id)
         if spent != "0":
             log(ledger, user_id, f"{user_id}-1", spent)
-    clock.advance(1)
+    clock.advance_to(APRIL)
     ledger.reset_budgets("2026-04")
     log(ledger, "ann", "ann-2", "1")
-    clock.advance(1)
+    clock.advance_to(MAY)
     ledger.reset_budgets("2026-05")
     april = ledger.closed_period_summary("2026-04", 2)
     assert (april.users, april.spend_total) == (4, usd(13))

@@ -52,7 +52,7 @@ def test_without_a_server_postgresql_tests_fail_in_ci_and_skip_elsewhere(monkeyp
 # -- migrations and opening -----------------------------------------------------------------
 
 
-MIGRATIONS = ["0001_ledger.sql", "0002_flows.sql"]
+MIGRATIONS = ["0001_ledger.sql", "0002_flows.sql", "0003_guarded_reset.sql"]
 
 
 def test_opening_twice_applies_each_migration_once(new_url, clock):
@@ -73,7 +73,7 @@ def test_opening_twice_applies_each_migration_once(new_url, clock):
         rows = raw.execute("SELECT version, name FROM schema_migrations").fetchall()
     finally:
         raw.close()
-    assert rows == [(1, "0001_ledger.sql"), (2, "0002_flows.sql")]
+    assert rows == [(version, name) for version, name in enumerate(MIGRATIONS, start=1)]
 
 
 def test_a_database_migrated_by_a_newer_release_opens_and_names_what_it_does_not_know(

@@ -113,7 +113,10 @@ def test_admin_calls(billing: BillingClient) -> None:
     suspended = billing.update_user("c-admin", status="suspended")
     assert suspended.status == "suspended"
     assert billing.get_user("c-admin").status == "suspended"
-    assert billing.reset_budgets("2001-01").users_reset >= 1
+    with pytest.raises(Conflict) as refused:
+        billing.reset_budgets("2001-01")
+    assert (refused.value.status, refused.value.code) == (409, "reset_refused")
+    assert billing.reset_budgets("2001-01", force=True).users_reset >= 1
     assert billing.reset_budgets("2001-01").already_done
 
 

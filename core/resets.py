@@ -1,0 +1,115 @@
+"""What a budget reset does and when a labelled one is refused: the one statement of the rule.
+
+A reset into month ``L`` closes open periods into ``period_history`` and opens ``L`` for their
+users (used and credits zeroed, holds in flight kept). Which periods it closes:
+
+- a labelled reset (the monthly flow, ``billing reset``, the API with ``period``) closes the
+  periods of months before ``L``; a period already in ``L`` (a user provisioned since ``L``
+  began) stays open, so a late run never closes a few minutes of the new month;
+- a forced labelled reset, and the API's bare ``POST /api/admin/reset-budgets`` (the operator's
+  explicit act of closing everything now), close every open period.
+
+A label applies at most once. Before that, an unforced labelled reset is refused, changing
+nothing, when it could only destroy a month (``reset_refusal``):
+
+- ``L`` is after the current month in ``BUDGET_TIMEZONE``: it would open a month that has not
+  begun, and the real reset of that month would later find its label used;
+- an open period is later than ``L``: the reset would move users back in time;
+- no open period is before ``L`` (there are open periods, all in ``L``): nothing is due, as in
+  a manual run in the month the periods began.
+
+Each store calls ``reset_refusal`` inside the reset's own write transaction, on the open
+periods it reads there, so two resets or a reset and a provisioning cannot slip between the
+check and the write.
+"""
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from core.errors import ResetRefused
+from core.periods import next_label
+
+
+class ResetScope(StrEnum):
+    """Which open periods a reset closes."""
+
+    EARLIER = "earlier"  # those of months before the label
+    ALL = "all"
+
+
+@dataclass(frozen=True, slots=True)
+class ResetRequest:
+    """One reset as the store carries it out; ``current_label`` is the month it runs in."""
+
+    label: str
+    apply_once: bool
+    force: bool
+    current_label: str
+
+    @property
+    def scope(self) -> ResetScope:
+        return ResetScope.EARLIER if self.apply_once and not self.force else ResetScope.ALL
+
+    @property
+    def close_before_label(self) -> str:
+        """The stores close the open periods labelled before this text: the label itself, or
+        for ``ALL`` a text that sorts after every label."""
+        return self.label if self.scope is ResetScope.EARLIER else "9999-99"
+
+    @property
+    def guarded(self) -> bool:
+        return self.apply_once and not self.force
+
+
+@dataclass(frozen=True, slots=True)
+class OpenPeriods:
+    """The earliest and latest labels of the open periods (None when there are no users)."""
+
+    earliest_label: str | None
+    latest_label: str | None
+
+
+class RefusalReason(StrEnum):
+    FUTURE = "future_period"
+    EARLIER_THAN_OPEN = "earlier_than_open_periods"
+    NOTHING_DUE = "nothing_due"
+
+
+def reset_refusal(request: ResetRequest, open_periods: OpenPeriods) -> ResetRefused | None:
+    """The refusal of an unforced labelled reset that could only destroy a month, else None.
+
+    Labels are ``YYYY-MM``, so their text order is their calendar order.
+    """
+    if not request.guarded:
+        return None
+    label, current = request.label, request.current_label
+    earliest, latest = open_periods.earliest_label, open_periods.latest_label
+    if label > current:
+        reason = RefusalReason.FUTURE
+        why = f"{label} is after the current month {current}"
+    elif latest is not None and latest > label:
+        reason = RefusalReason.EARLIER_THAN_OPEN
+        why = f"an open period is already {latest}, later than {label}"
+    elif earliest is not None and earliest >= label:
+        reason = RefusalReason.NOTHING_DUE
+        why = f"every open period is already {label}: nothing is due"
+    else:
+        return None
+    valid = valid_label(current, open_periods)
+    when = "now" if valid == current else f"from the start of {valid}"
+    return ResetRefused(
+        f"period {label} refused: {why}; the next valid period is {valid} ({when});"
+        " force overrides this and closes every open period",
+        reason=str(reason),
+        period=label,
+        valid_period=valid,
+    )
+
+
+def valid_label(current_label: str, open_periods: OpenPeriods) -> str:
+    """The label an unforced reset could apply next: this month while an open period is from
+    an earlier month, else the next month (valid once it has begun)."""
+    earliest = open_periods.earliest_label
+    if earliest is not None and earliest < current_label:
+        return current_label
+    return next_label(current_label)
