@@ -41,6 +41,16 @@ class AlertCrossing:
 
 
 @dataclass(frozen=True, slots=True)
+class AdminNotice:
+    """A message for ADMIN_EMAIL that the ledger writes to its outbox in the transaction of
+    what it reports (a forced reset); the alert flow mails it. ``id`` is 0 until stored."""
+
+    subject: str
+    body: str
+    id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Alert:
     """An outbox row as the delivery flow sees it; ``email`` is the user's (None for a tenant)."""
 

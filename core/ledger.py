@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
-from core.alerts import Alert, AlertChannel
+from core.alerts import AdminNotice, Alert, AlertChannel
 from core.budget import MESSAGES, BudgetSnapshot, BudgetStatus, UserStatus, decide
 from core.errors import Invalid, NotFound
 from core.money import Money
@@ -272,6 +272,12 @@ class Ledger:
         return self.store.closed_period_summary(label, top_n)
 
     # -- alerts and reconciliation (the flows) ----------------------------------------------
+
+    def pending_admin_notices(self, limit: int) -> list[AdminNotice]:
+        return self.store.pending_admin_notices(limit)
+
+    def admin_notice_delivered(self, notice_id: int) -> None:
+        self.store.admin_notice_delivered(notice_id, self.clock_ms())
 
     def pending_alerts(self, after_id: int, limit: int) -> list[Alert]:
         return self.store.pending_alerts(after_id, limit)

@@ -26,6 +26,7 @@ check and the write.
 from dataclasses import dataclass
 from enum import StrEnum
 
+from core.alerts import AdminNotice
 from core.errors import ResetRefused
 from core.periods import next_label
 
@@ -103,6 +104,16 @@ def reset_refusal(request: ResetRequest, open_periods: OpenPeriods) -> ResetRefu
         reason=str(reason),
         period=label,
         valid_period=valid,
+    )
+
+
+def forced_reset_notice(label: str, users_reset: int) -> AdminNotice:
+    """What the admin is mailed about a forced reset (the store writes it with the reset)."""
+    return AdminNotice(
+        subject=f"Budget reset {label} was FORCED",
+        body=f"A forced budget reset applied period {label} and closed every open period"
+        f" ({users_reset} users), bypassing the reset rule. If that was not intended, the closed"
+        " periods are in the period history with closed_by = the label.\n",
     )
 
 

@@ -9,6 +9,10 @@ took it is not sent it again. Mail goes to the user for a user's alert and to ``
 a tenant's; the webhook (``ALERT_WEBHOOK_URL``) receives every alert as JSON through Prefect's
 ``CustomWebhookNotificationBlock``, with the alert's dedup key in the ``Idempotency-Key`` header.
 With no channel configured, alerts stay pending.
+
+Each run also mails ``ADMIN_EMAIL`` the admin notices waiting in the same store (a forced reset,
+``core.resets``), oldest first, at most ``ADMIN_NOTICES_MAX`` a run; one that cannot be mailed
+stays pending for the next run.
 """
 
 import httpx
@@ -20,18 +24,21 @@ from prefect.logging import get_run_logger
 from core.alerts import (
     ALERT_BATCH_MAX,
     ALERT_ERROR_CHARS_MAX,
+    AdminNotice,
     Alert,
     AlertChannel,
     AlertSubject,
     alert_message,
     bounded_error,
 )
+from core.ledger import Ledger
 from core.money import money_to_text
 from core.settings import Settings
 from flows.common import ADMIN_NOTICE_HOOKS, flow_settings, opened_ledger
 from flows.mail import send_mail
 
 ALERT_BATCHES_MAX = 50
+ADMIN_NOTICES_MAX = 100
 CHANNEL_RETRIES = 2
 RETRY_DELAY_SECONDS_MAX = 600
 WEBHOOK_TIMEOUT_SECONDS = 10
@@ -43,6 +50,29 @@ def mail_alert(alert: Alert, to: str) -> None:
     """Settings are read here, not passed: task inputs must never carry the SMTP password."""
     subject, body = alert_message(alert)
     send_mail(flow_settings(), to, subject, body)
+
+
+@task(name="mail-admin-notice", cache_policy=NO_CACHE)
+def mail_admin_notice(notice: AdminNotice, to: str) -> None:
+    send_mail(flow_settings(), to, notice.subject, notice.body)
+
+
+def deliver_admin_notices(ledger: Ledger, settings: Settings, retried: dict) -> tuple[int, int]:
+    """Mail pending admin notices; (mailed, failed). Without SMTP or an admin they wait."""
+    if settings.smtp_host is None or settings.admin_email is None:
+        return 0, 0
+    mail = mail_admin_notice.with_options(**retried)
+    mailed, failed = 0, 0
+    for notice in ledger.pending_admin_notices(ADMIN_NOTICES_MAX):
+        try:
+            mail(notice, settings.admin_email)
+        except Exception as error:  # noqa: BLE001 - the notice stays pending for the next run
+            get_run_logger().warning("admin notice %d not mailed: %s", notice.id, error)
+            failed += 1
+            continue
+        ledger.admin_notice_delivered(notice.id)
+        mailed += 1
+    return mailed, failed
 
 
 def webhook_block(url: str, alert: Alert) -> CustomWebhookNotificationBlock:
@@ -115,9 +145,10 @@ def deliver_alerts(batch_size: int = ALERT_BATCH_MAX, retry_delay_seconds: float
     mail, post = mail_alert.with_options(**retried), post_alert.with_options(**retried)
     delivered, failed, after_id = 0, 0, 0
     with opened_ledger(settings) as ledger:
+        notices_mailed, notices_failed = deliver_admin_notices(ledger, settings, retried)
         if not channels:
             logger.warning("neither SMTP_HOST nor ALERT_WEBHOOK_URL is set: alerts stay pending")
-            return {"delivered": 0, "failed": 0}
+            return {"delivered": 0, "failed": 0, "notices_mailed": 0, "notices_failed": 0}
         for _ in range(ALERT_BATCHES_MAX):
             batch = ledger.pending_alerts(after_id, batch_size)
             if not batch:
@@ -144,5 +175,15 @@ def deliver_alerts(batch_size: int = ALERT_BATCH_MAX, retry_delay_seconds: float
                 ledger.record_alert_attempt(alert.id, frozenset(done), error_text)
                 delivered, failed = delivered + (not errors), failed + bool(errors)
             after_id = batch[-1].id
-    logger.info("alerts delivered: %d, still pending after failures: %d", delivered, failed)
-    return {"delivered": delivered, "failed": failed}
+    logger.info(
+        "alerts delivered: %d, still pending after failures: %d; admin notices mailed: %d",
+        delivered,
+        failed,
+        notices_mailed,
+    )
+    return {
+        "delivered": delivered,
+        "failed": failed,
+        "notices_mailed": notices_mailed,
+        "notices_failed": notices_failed,
+    }

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Literal, Protocol
 
-from core.alerts import Alert, AlertChannel
+from core.alerts import AdminNotice, Alert, AlertChannel
 from core.budget import BudgetSnapshot, BudgetStatus, UserStatus
 from core.errors import Unavailable
 from core.money import Money
@@ -287,6 +287,11 @@ class LedgerStore(Protocol):
 
         History rows written carry ``closed_by = label``.
         """
+
+    def pending_admin_notices(self, limit: int) -> list[AdminNotice]:
+        """Up to ``limit`` notices not yet mailed, oldest first."""
+
+    def admin_notice_delivered(self, notice_id: int, now_ms: int) -> None: ...
 
     def closed_period_summary(self, label: str, top_n: int) -> PeriodSummary:
         """Users, total spend and the ``top_n`` top spenders of what reset ``label`` closed."""

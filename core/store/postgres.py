@@ -24,7 +24,7 @@ import psycopg
 import psycopg.conninfo
 import psycopg_pool
 
-from core.alerts import ALERT_THRESHOLDS_PERCENT, Alert, AlertChannel, AlertSubject, crossings
+from core.alerts import ALERT_THRESHOLDS_PERCENT, AdminNotice, Alert, AlertChannel, AlertSubject, crossings
 from core.budget import BudgetStatus, UserStatus, decide
 from core.errors import (
     ConfigurationError,
@@ -38,7 +38,7 @@ from core.errors import (
 )
 from core.money import Money
 from core.reconcile import EXPIRED_HOLD_GRACE_MS, Check, Drift
-from core.resets import OpenPeriods, ResetRequest, reset_refusal
+from core.resets import OpenPeriods, ResetRequest, forced_reset_notice, reset_refusal
 from core.reservations import (
     Reservation,
     ReservationState,
@@ -425,14 +425,38 @@ class PostgresStore:
                 "SELECT users_reset, already_done FROM ledger_reset_before(%s, %s, %s, %s)",
                 (label, request.apply_once, request.close_before_label, now_ms),
             ).fetchone()
-        assert row is not None
-        return ResetOutcome(int(row[0]), bool(row[1]))
+            assert row is not None
+            outcome = ResetOutcome(int(row[0]), bool(row[1]))
+            if request.force and not outcome.already_done:
+                notice = forced_reset_notice(label, outcome.users_reset)
+                connection.execute(
+                    "INSERT INTO admin_notices (subject, body, created_at) VALUES (%s, %s, %s)",
+                    (notice.subject, notice.body, now_ms),
+                )
+        return outcome
 
     def closed_period_summary(self, label: str, top_n: int) -> PeriodSummary:
         with self._connection() as connection:
             return postgres_flows.closed_period_summary(connection, label, top_n)
 
     # -- the flows: alert outbox, reconciliation, retention ----------------------------------
+
+    def pending_admin_notices(self, limit: int) -> list[AdminNotice]:
+        assert limit > 0
+        with self._connection() as connection:
+            rows = connection.execute(
+                "SELECT id, subject, body FROM admin_notices WHERE delivered_at IS NULL"
+                " ORDER BY id LIMIT %s",
+                (limit,),
+            ).fetchall()
+        return [AdminNotice(subject, body, notice_id) for notice_id, subject, body in rows]
+
+    def admin_notice_delivered(self, notice_id: int, now_ms: int) -> None:
+        with self._connection(write=True) as connection:
+            connection.execute(
+                "UPDATE admin_notices SET delivered_at = %s WHERE id = %s AND delivered_at IS NULL",
+                (now_ms, notice_id),
+            )
 
     def pending_alerts(self, after_id: int, limit: int) -> list[Alert]:
         with self._connection() as connection:

@@ -25,7 +25,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import TypeVar
 
-from core.alerts import Alert, AlertChannel, crossings
+from core.alerts import AdminNotice, Alert, AlertChannel, crossings
 from core.budget import BudgetStatus, UserStatus, decide
 from core.errors import (
     ConfigurationError,
@@ -39,7 +39,7 @@ from core.errors import (
 )
 from core.money import Money
 from core.reconcile import EXPIRED_HOLD_GRACE_MS, Check, Drift
-from core.resets import OpenPeriods, ResetRequest, reset_refusal
+from core.resets import OpenPeriods, ResetRequest, forced_reset_notice, reset_refusal
 from core.reservations import (
     Reservation,
     ReservationState,
@@ -518,6 +518,24 @@ class SqliteStore:
     def closed_period_summary(self, label: str, top_n: int) -> PeriodSummary:
         return sqlite_outbox.closed_period_summary(self._reader(), label, top_n)
 
+    def pending_admin_notices(self, limit: int) -> list[AdminNotice]:
+        assert limit > 0
+        rows = self._reader().execute(
+            "SELECT id, subject, body FROM admin_notices WHERE delivered_at IS NULL"
+            " ORDER BY id LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [AdminNotice(subject, body, notice_id) for notice_id, subject, body in rows]
+
+    def admin_notice_delivered(self, notice_id: int, now_ms: int) -> None:
+        def operation(connection: sqlite3.Connection, _: int) -> None:
+            connection.execute(
+                "UPDATE admin_notices SET delivered_at = ? WHERE id = ? AND delivered_at IS NULL",
+                (now_ms, notice_id),
+            )
+
+        self._write(operation, one_statement=True)
+
     def pending_alerts(self, after_id: int, limit: int) -> list[Alert]:
         return sqlite_outbox.pending_alerts(self._reader(), after_id, limit)
 
@@ -645,6 +663,12 @@ class SqliteStore:
                 connection.execute(
                     "INSERT INTO applied_resets (label, users_reset, applied_at) VALUES (?, ?, ?)",
                     (label, users_reset, now_ms),
+                )
+            if request.force:
+                notice = forced_reset_notice(label, users_reset)
+                connection.execute(
+                    "INSERT INTO admin_notices (subject, body, created_at) VALUES (?, ?, ?)",
+                    (notice.subject, notice.body, now_ms),
                 )
             return ResetOutcome(users_reset, False)
 

@@ -158,3 +158,19 @@ def test_every_read_works_after_a_reset_at_a_bound_of_the_labels(ledger, alice, 
     assert ledger.usage_summary("alice", None, None, "day").groups[0].cost == usd(1)
     assert ledger.closed_period_summary(label, 10).spend_total == usd(3)
     assert ledger.reconcile(repair=False).drifts == []
+
+
+def test_a_forced_reset_leaves_one_notice_for_the_admin(ledger, alice):
+    ledger.reset_budgets("2026-03", force=True)
+    ledger.reset_budgets("2026-03", force=True)  # already done: no second notice
+    [notice] = ledger.pending_admin_notices(10)
+    assert notice.subject == "Budget reset 2026-03 was FORCED"
+    ledger.admin_notice_delivered(notice.id)
+    assert ledger.pending_admin_notices(10) == []
+
+
+def test_an_unforced_reset_leaves_no_notice(ledger, alice, clock):
+    clock.advance_to(APRIL)
+    ledger.reset_budgets("2026-04")
+    ledger.reset_budgets(None)
+    assert ledger.pending_admin_notices(10) == []

@@ -20,6 +20,7 @@ from core.store import open_store
 from core.store.base import Product
 from core.store.sqlite import PROCESS_LOCK_SUFFIX, SqliteStore, sqlite_path_from_url
 
+MIGRATIONS = ["0001_ledger.sql", "0002_flows.sql", "0003_guarded_reset.sql"]
 CHECKPOINT_WAIT_SECONDS_MAX = 10
 
 
@@ -36,7 +37,7 @@ def test_opening_twice_applies_each_migration_once(tmp_path, clock):
     path = tmp_path / "l.db"
     first = SqliteStore(path, clock, "FULL")
     try:
-        assert first.applied_migrations == ["0001_ledger.sql", "0002_flows.sql"]
+        assert first.applied_migrations == MIGRATIONS
         first.put_product(Product("basic", "Basic", usd(10)), clock())
     finally:
         first.close()
@@ -48,7 +49,7 @@ def test_opening_twice_applies_each_migration_once(tmp_path, clock):
         second.close()
     with closing(sqlite3.connect(path)) as connection:
         rows = connection.execute("SELECT version, name FROM schema_migrations").fetchall()
-    assert rows == [(1, "0001_ledger.sql"), (2, "0002_flows.sql")]
+    assert rows == [(version, name) for version, name in enumerate(MIGRATIONS, start=1)]
 
 
 def test_a_database_migrated_by_a_newer_release_opens_and_names_what_it_does_not_know(
@@ -88,7 +89,7 @@ def test_two_stores_open_at_once_migrate_once(tmp_path, clock):
     first = SqliteStore(path, clock, "NORMAL")
     second = SqliteStore(path, clock, "NORMAL")
     try:
-        assert first.applied_migrations == ["0001_ledger.sql", "0002_flows.sql"]
+        assert first.applied_migrations == MIGRATIONS
         assert second.applied_migrations == []
         first.check_health()
         second.check_health()
@@ -117,7 +118,7 @@ def test_bad_sqlite_urls_are_refused(url):
 def test_open_store_by_url(tmp_path, clock):
     store = open_store(f"sqlite:///{tmp_path}/nested/b.db", clock, "NORMAL")
     try:
-        assert store.applied_migrations == ["0001_ledger.sql", "0002_flows.sql"]
+        assert store.applied_migrations == MIGRATIONS
         assert (tmp_path / "nested" / "b.db").exists()
     finally:
         store.close()

@@ -107,7 +107,7 @@ def test_alerts_survive_a_receiver_down_and_arrive_once(
     ]
 
     for _ in range(2):  # the receiver is down for hours: every run fails on it
-        assert deliver_alerts(retry_delay_seconds=0) == {"delivered": 0, "failed": 3}
+        assert deliver_alerts(retry_delay_seconds=0) == {"delivered": 0, "failed": 3, "notices_mailed": 0, "notices_failed": 0}
     assert alert_states(flow_settings) == [
         ("user", "ann", 80, "pending", 2, 1, 0, 1),
         ("tenant", "acme", 80, "pending", 2, 1, 0, 1),
@@ -116,8 +116,8 @@ def test_alerts_survive_a_receiver_down_and_arrive_once(
 
     label = ledger_label(flow_settings)
     receiver.start()
-    assert deliver_alerts(retry_delay_seconds=0) == {"delivered": 3, "failed": 0}
-    assert deliver_alerts(retry_delay_seconds=0) == {"delivered": 0, "failed": 0}
+    assert deliver_alerts(retry_delay_seconds=0) == {"delivered": 3, "failed": 0, "notices_mailed": 0, "notices_failed": 0}
+    assert deliver_alerts(retry_delay_seconds=0) == {"delivered": 0, "failed": 0, "notices_mailed": 0, "notices_failed": 0}
     assert [state[3] for state in alert_states(flow_settings)] == ["delivered"] * 3
 
     # Each channel got each alert once: mail on the first run, the webhook when it came back.
@@ -142,7 +142,7 @@ def test_alerts_survive_a_receiver_down_and_arrive_once(
 def test_without_any_channel_alerts_stay_pending(flow_settings, monkeypatch, smtp_inbox: Inbox):
     monkeypatch.delenv("SMTP_HOST")
     seed_alerts(flow_settings)
-    assert deliver_alerts() == {"delivered": 0, "failed": 0}
+    assert deliver_alerts() == {"delivered": 0, "failed": 0, "notices_mailed": 0, "notices_failed": 0}
     assert {state[3] for state in alert_states(flow_settings)} == {"pending"}
     assert smtp_inbox.messages == []
 
@@ -155,10 +155,26 @@ def test_a_refusing_receiver_gets_the_alert_later_and_its_url_is_kept_nowhere(
     seed_alerts(flow_settings)
     receiver.refusals_left = 9  # three alerts, each tried three times in the first run
     receiver.start()
-    assert deliver_alerts(retry_delay_seconds=0) == {"delivered": 0, "failed": 3}
+    assert deliver_alerts(retry_delay_seconds=0) == {"delivered": 0, "failed": 3, "notices_mailed": 0, "notices_failed": 0}
     path = flow_settings.database_url.removeprefix("sqlite:///")
     with closing(sqlite3.connect(path)) as connection:
         errors = [row[0] for row in connection.execute("SELECT last_error FROM alerts")]
     assert errors == ["webhook: WebhookRefused: webhook answered HTTP 503"] * 3
-    assert deliver_alerts(retry_delay_seconds=0) == {"delivered": 3, "failed": 0}
+    assert deliver_alerts(retry_delay_seconds=0) == {"delivered": 3, "failed": 0, "notices_mailed": 0, "notices_failed": 0}
     assert len(receiver.requests) == 3
+
+
+def test_a_forced_reset_made_through_the_api_is_mailed_to_the_admin_once(
+    flow_settings, smtp_inbox: Inbox
+):
+    """The API cannot mail; its forced reset leaves a notice in the store that this flow mails."""
+    seed_alerts(flow_settings)
+    with opened_ledger(flow_settings) as ledger:
+        label = ledger.user("ann").period_label
+        ledger.reset_budgets(label, force=True)  # what POST {"period", "force": true} calls
+    first = deliver_alerts(retry_delay_seconds=0)
+    assert (first["notices_mailed"], first["notices_failed"]) == (1, 0)
+    [notice] = [m for m in smtp_inbox.messages if m["To"] == "admin@example.com" and "FORCED" in m["Subject"]]
+    assert notice["Subject"] == f"Budget reset {label} was FORCED"
+    assert "closed every open period (1 users)" in notice.get_payload(decode=True).decode()
+    assert deliver_alerts(retry_delay_seconds=0)["notices_mailed"] == 0

@@ -37,3 +37,15 @@ BEGIN
     END IF;
     RETURN QUERY SELECT v_users_reset, FALSE;
 END $$;
+
+-- Notices for the admin written by the ledger in the transaction of what they report (a forced
+-- reset), mailed to ADMIN_EMAIL by the deliver-alerts flow, whichever caller made it.
+CREATE TABLE admin_notices (
+    id           BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    subject      TEXT NOT NULL CHECK (length(subject) BETWEEN 1 AND 200),
+    body         TEXT NOT NULL CHECK (length(body) <= 4000),
+    created_at   BIGINT NOT NULL,
+    delivered_at BIGINT
+);
+
+CREATE INDEX admin_notices_pending ON admin_notices (id) WHERE delivered_at IS NULL;
