@@ -1,5 +1,9 @@
-"""Keys: X-API-Key opens /api/*, only X-Admin-Key opens /api/admin/*; refusals are 401 JSON."""
+"""Keys: each route declares who may call it and the key is checked on the route a request
+matched (X-API-Key for the gateway's routes, only X-Admin-Key for /api/admin/*); refusals are
+401 JSON."""
 
+import falcon
+import falcon.inspect
 import pytest
 from api_helpers import (
     ADMIN,
@@ -8,9 +12,12 @@ from api_helpers import (
     API_KEY,
     assert_rejected,
     call,
+    check,
     snapshot,
 )
 
+from api.app import BillingApp
+from api.auth import Access, RouteAccess
 from api.openapi import OPERATIONS
 
 PROTECTED = [op for op in OPERATIONS if op.security is not None]
@@ -118,12 +125,75 @@ def test_the_api_key_does_not_reach_admin_routes_by_spelling_the_path_differentl
     assert "products" not in reply.body
 
 
-def test_unknown_routes_under_api_still_need_a_key(client):
-    assert_rejected(call(client, "GET", "/api/nothing-here"), 401, "unauthorized")
-    assert_rejected(call(client, "GET", "/api/admin/nothing-here", headers=API), 401)
-    assert_rejected(call(client, "GET", "/api/nothing-here", headers=API), 404, "not_found")
+def test_unknown_routes_are_404_with_or_without_a_key(client):
+    """Nothing to protect and nothing hidden (every route is listed in /openapi.json)."""
+    for headers in ({}, API, ADMIN):
+        assert_rejected(call(client, "GET", "/api/nothing-here", headers=headers), 404)
+        assert_rejected(call(client, "GET", "/api/admin/nothing-here", headers=headers), 404)
+
+
+def test_a_method_a_route_lacks_still_needs_its_key(client):
+    assert_rejected(call(client, "DELETE", "/api/admin/products"), 401, "unauthorized")
+    assert_rejected(call(client, "DELETE", "/api/admin/products", headers=API), 401)
+    assert_rejected(call(client, "DELETE", "/api/admin/products", headers=ADMIN), 405)
 
 
 def test_public_routes_need_no_key(client):
     assert call(client, "GET", "/").status == 200
     assert call(client, "GET", "/openapi.json").status == 200
+
+
+_PUBLISHED_SECURITY = {
+    Access.PUBLIC: None,
+    Access.METRICS: None,
+    Access.GATEWAY: "api_key",
+    Access.ADMIN: "admin_key",
+}
+
+
+def test_every_route_declares_the_access_its_openapi_operation_publishes(env):
+    declared = dict(env.app.route_access.items())
+    served = {route.path for route in falcon.inspect.inspect_routes(env.app)}
+    assert served == set(declared)
+    for op in OPERATIONS:
+        assert _PUBLISHED_SECURITY[declared[op.path]] == op.security, op.path
+    assert declared["/metrics"] is Access.METRICS
+
+
+class _Resource:
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        raise AssertionError("the resource of a route without a declared access ran")
+
+
+class _WithOptions(_Resource):
+    def on_options(self, req: falcon.Request, resp: falcon.Response) -> None:
+        raise AssertionError("unreachable")
+
+
+def test_a_route_cannot_be_added_without_a_declared_access():
+    app = BillingApp(RouteAccess())
+    with pytest.raises(TypeError, match="access"):
+        app.add_route("/x", _Resource())
+    with pytest.raises(TypeError, match="must be an Access"):
+        app.add_route("/x", _Resource(), access="public")
+    with pytest.raises(ValueError, match="on_options"):
+        app.add_route("/x", _WithOptions(), access=Access.ADMIN)
+    app.add_route("/x", _Resource(), access=Access.ADMIN)
+    with pytest.raises(ValueError, match="declared twice"):
+        app.add_route("/x", _Resource(), access=Access.PUBLIC)
+    assert app.route_access.items() == [("/x", Access.ADMIN)]
+
+
+def test_a_route_slipped_past_the_declaration_is_refused_and_its_resource_never_runs(env):
+    falcon.App.add_route(env.app, "/api/slipped-in", _Resource())
+    result = env.client.simulate_get("/api/slipped-in", headers={**API, **ADMIN})
+    assert result.status_code == 500
+    assert result.json == {"error": "internal_error", "message": "internal error"}
+
+
+def test_the_per_key_limit_counts_a_gateway_route_however_its_path_is_spelled(make_env):
+    client = make_env(rate_limit="2/minute").client
+    assert call(client, "GET", "/api/users/nobody/budget/", headers=API).status == 404
+    assert client.simulate_get("/api/users/nobody/budg%65t", headers=API).status_code == 404
+    assert call(client, "GET", "/api/admin/products", headers=ADMIN).status == 200
+    assert_rejected(check(client, "nobody"), 429, "rate_limited")
