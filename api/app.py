@@ -4,7 +4,7 @@ from typing import Any
 
 import falcon
 
-from api.auth import Access, KeyAuth, RouteAccess
+from api.auth import Access, KeyAuth, RouteAccess, TargetGuard
 from api.http import handle_ledger_error, respond, serialize_error
 from api.metrics import Metrics, MetricsResource
 from api.observe import RequestObserver, handle_unexpected_error
@@ -81,7 +81,7 @@ def create_app(
                 expose_headers=None,
             )
         )
-    middleware.append(KeyAuth(keys, metrics_key, route_access))
+    middleware += [TargetGuard(), KeyAuth(keys, metrics_key, route_access)]
     if settings.rate_limit is not None:
         middleware.append(KeyRateLimit(limiter, route_access))
     app = BillingApp(route_access, middleware=middleware)

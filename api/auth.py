@@ -1,13 +1,16 @@
 """Who may call what: every route declares its ``Access`` where it is registered, and the key
 check runs on the route a request matched, never on the spelling of its path.
 
-``KeyAuth`` asks for the key the matched route's access names. A request that matches no route
-is Falcon's 404 and reaches no resource.
+``TargetGuard`` first refuses a request target that is not a plain path (before routing);
+``KeyAuth`` then asks for the key the matched route's access names. A request that matches no
+route is Falcon's 404 and reaches no resource.
 """
 
 import hmac
+import re
 from enum import Enum
 from typing import NamedTuple
+from urllib.parse import urlsplit
 
 import falcon
 
@@ -47,6 +50,60 @@ class RouteAccess:
 
     def items(self) -> list[tuple[str, Access]]:
         return list(self._by_template.items())
+
+
+# A path that names a route only once normalised: an empty segment (``//``), a dot segment
+# (``.`` or ``..``, percent-encoded too) or an encoded slash. Waitress passes each to the app
+# (collapsing leading slashes, decoding ``%2F`` into ``/``); Falcon's router matches
+# ``//api/x`` and ``/api%2Fx`` as ``/api/x``. One trailing slash is no empty segment here: the
+# app strips it (``strip_url_path_trailing_slash``).
+_NOT_PLAIN = re.compile(r"//|%2f|/(?:\.|%2e){1,2}(?:/|$)", re.IGNORECASE)
+_ABSOLUTE_FORM_SCHEMES = ("http", "https")
+
+
+class TargetGuard:
+    """Falcon middleware: before routing, a request target that is not a plain path is a 400.
+
+    The target is read as the request line sent it (waitress's ``REQUEST_URI``, ``RAW_URI`` from
+    Falcon's and werkzeug's test clients), not as ``PATH_INFO``: that has been decoded, and
+    waitress has collapsed its leading slashes. A server that gives neither leaves
+    ``PATH_INFO``, where only what that server normalised goes unseen.
+
+    - origin-form, ``/path?query``: the normal case, checked by ``_NOT_PLAIN``;
+    - absolute-form, ``http://host/path`` or ``https://…``: routed by its path, with the same
+      checks and the same key check as the origin-form of that path. RFC 9112 (3.2.2) says a
+      server MUST accept it; its host decides nothing here (no virtual hosts, keys are not
+      bound to a host), and waitress hands the app its path alone;
+    - anything else (``api/x``, ``*``, ``host:port``, another scheme): 400. Waitress passes
+      ``api/x`` on as ``PATH_INFO`` ``api/x``, which Falcon's router matches as ``/api/x``.
+    """
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        env = req.env
+        target = env.get("REQUEST_URI") or env.get("RAW_URI") or env["PATH_INFO"]
+        path = target.split("?", 1)[0]
+        if not path.startswith("/"):
+            path = _absolute_form_path(path)
+        if _NOT_PLAIN.search(path):
+            raise ApiError(
+                falcon.HTTP_400,
+                "bad_request",
+                "request target has an empty or dot segment or an encoded slash",
+            )
+
+
+def _absolute_form_path(target: str) -> str:
+    try:
+        parts = urlsplit(target)
+    except ValueError:  # a malformed host, such as an unclosed "[" of an IPv6 address
+        parts = None
+    if parts is None or parts.scheme not in _ABSOLUTE_FORM_SCHEMES or not parts.netloc:
+        raise ApiError(
+            falcon.HTTP_400,
+            "bad_request",
+            "request target must be a path starting with / or an absolute http(s) URL",
+        )
+    return parts.path or "/"
 
 
 class _Credential(NamedTuple):

@@ -1,6 +1,9 @@
 """Keys: each route declares who may call it and the key is checked on the route a request
 matched (X-API-Key for the gateway's routes, only X-Admin-Key for /api/admin/*); refusals are
-401 JSON."""
+401 JSON. Request targets that are not plain paths are refused before routing (400)."""
+
+import json
+import logging
 
 import falcon
 import falcon.inspect
@@ -115,14 +118,50 @@ def test_sending_both_keys_does_not_open_admin_routes_with_a_wrong_admin_key(cli
 
 
 @pytest.mark.parametrize(
-    "path", ["/api/admin/products/", "/api/%61dmin/products", "/api/admin//products"]
+    ("path", "status"),
+    [
+        ("/api/admin/products/", 401),
+        ("/api/%61dmin/products", 401),
+        ("/api/admin//products", 400),
+        ("/api/./admin/products", 400),
+        ("/api/users/../admin/products", 400),
+        ("/api/%2e%2E/api/admin/products", 400),
+        ("/api%2Fadmin%2Fproducts", 400),
+    ],
 )
 def test_the_api_key_does_not_reach_admin_routes_by_spelling_the_path_differently(
-    client, plan, path
+    client, plan, path, status
 ):
-    reply = call(client, "GET", path, headers=API)
-    assert reply.status in (401, 404), reply.body
-    assert "products" not in reply.body
+    result = client.simulate_get(path, headers=API)
+    assert result.status_code == status, result.text
+    assert result.json["error"] == ("unauthorized" if status == 401 else "bad_request")
+    assert "products" not in result.json
+
+
+@pytest.mark.parametrize(
+    "path", ["//api/admin/products", "/api/admin/products//", "/api/admin/./products"]
+)
+def test_a_target_that_is_not_a_plain_path_is_refused_even_with_the_right_key(
+    shared_client, path
+):
+    before = snapshot(shared_client, "alice")
+    result = shared_client.simulate_post(
+        path,
+        headers={**ADMIN, "Content-Type": "application/json"},
+        body=json.dumps(BODIES["/api/admin/products"]),
+    )
+    assert result.status_code == 400, result.text
+    assert result.json["error"] == "bad_request"
+    assert snapshot(shared_client, "alice") == before
+
+
+def test_a_refused_target_is_logged_and_counted_as_unrouted(client, caplog):
+    with caplog.at_level(logging.INFO, logger="billing.request"):
+        assert client.simulate_get("/api/./check-budget").status_code == 400
+    lines = [record for record in caplog.records if record.name == "billing.request"]
+    assert [(line.fields["route"], line.fields["status"]) for line in lines] == [("unrouted", 400)]
+    scraped = client.simulate_get("/metrics").text
+    assert 'billing_http_requests_total{method="GET",route="unrouted",status="400"} 1.0' in scraped
 
 
 def test_unknown_routes_are_404_with_or_without_a_key(client):
