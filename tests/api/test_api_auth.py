@@ -21,7 +21,8 @@ from api_helpers import (
 
 from api.app import BillingApp
 from api.auth import Access, RouteAccess
-from api.openapi import OPERATIONS
+from api.http import dumps
+from api.openapi import OPERATIONS, openapi_document
 
 PROTECTED = [op for op in OPERATIONS if op.security is not None]
 BODIES = {
@@ -180,6 +181,20 @@ def test_a_method_a_route_lacks_still_needs_its_key(client):
 def test_public_routes_need_no_key(client):
     assert call(client, "GET", "/").status == 200
     assert call(client, "GET", "/openapi.json").status == 200
+
+
+def test_the_openapi_document_is_encoded_once_when_the_app_is_made(client, monkeypatch):
+    expected = dumps(openapi_document())
+
+    def encode_again(body: object) -> bytes:
+        raise AssertionError("the document was encoded for a request")
+
+    monkeypatch.setattr("api.http.dumps", encode_again)
+    for _ in range(2):
+        result = client.simulate_get("/openapi.json")
+        assert result.status_code == 200
+        assert result.headers["content-type"] == "application/json"
+        assert result.content == expected
 
 
 _PUBLISHED_SECURITY = {
