@@ -142,9 +142,7 @@ def test_the_api_key_does_not_reach_admin_routes_by_spelling_the_path_differentl
 @pytest.mark.parametrize(
     "path", ["//api/admin/products", "/api/admin/products//", "/api/admin/./products"]
 )
-def test_a_target_that_is_not_a_plain_path_is_refused_even_with_the_right_key(
-    shared_client, path
-):
+def test_a_target_that_is_not_a_plain_path_is_refused_even_with_the_right_key(shared_client, path):
     before = snapshot(shared_client, "alice")
     result = shared_client.simulate_post(
         path,
