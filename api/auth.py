@@ -93,9 +93,11 @@ class TargetGuard:
 
 
 def _absolute_form_path(target: str) -> str:
+    # urlsplit raises ValueError for an unclosed "[" of an IPv6 host. Waitress drops such a
+    # connection itself, unanswered; from a server that passes it on, it is a 400.
     try:
         parts = urlsplit(target)
-    except ValueError:  # a malformed host, such as an unclosed "[" of an IPv6 address
+    except ValueError:
         parts = None
     if parts is None or parts.scheme not in _ABSOLUTE_FORM_SCHEMES or not parts.netloc:
         raise ApiError(

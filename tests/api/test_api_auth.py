@@ -7,6 +7,7 @@ import logging
 
 import falcon
 import falcon.inspect
+import falcon.testing
 import pytest
 from api_helpers import (
     ADMIN,
@@ -152,6 +153,30 @@ def test_a_target_that_is_not_a_plain_path_is_refused_even_with_the_right_key(sh
     assert result.status_code == 400, result.text
     assert result.json["error"] == "bad_request"
     assert snapshot(shared_client, "alice") == before
+
+
+@pytest.mark.parametrize(
+    ("request_uri", "path_info", "status"),
+    [
+        ("api/admin/products", "api/admin/products", "400 Bad Request"),
+        ("*", "*", "400 Bad Request"),
+        ("ftp://host/api/admin/products", "/api/admin/products", "400 Bad Request"),
+        ("http://[::1/api/admin/products", "/api/admin/products", "400 Bad Request"),
+        ("http://host/api/admin/products", "/api/admin/products", "401 Unauthorized"),
+        ("https://host/api/admin/products?x=//", "/api/admin/products", "401 Unauthorized"),
+        ("http://host", "", "200 OK"),
+    ],
+)
+def test_a_target_as_waitress_passes_it_on(client, request_uri, path_info, status):
+    """Targets Falcon's test client will not send, in the environ waitress makes of them: the
+    request line's target in REQUEST_URI, its decoded path in PATH_INFO."""
+    environ = falcon.testing.create_environ(headers=API)
+    environ.update(REQUEST_URI=request_uri, PATH_INFO=path_info)
+    start_response = falcon.testing.StartResponseMock()
+    body = b"".join(client.app(environ, start_response))
+    assert start_response.status == status, body
+    if status != "200 OK":
+        assert json.loads(body)["error"] == ("bad_request" if "400" in status else "unauthorized")
 
 
 def test_a_refused_target_is_logged_and_counted_as_unrouted(client, caplog):
