@@ -5,7 +5,6 @@ With several workers (``billing serve``) every process writes its samples to fil
 imported) and a scrape adds them up; otherwise the metrics live in one private registry.
 """
 
-import hmac
 import logging
 import math
 import os
@@ -27,7 +26,6 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from api.http import ApiError
 from core.budget import BudgetStatus
 from core.ledger import Ledger
 
@@ -266,21 +264,13 @@ def multiprocess_dir_from_environment() -> Path | None:
 
 
 class MetricsResource:
-    """``GET /metrics``: open like ``GET /`` unless ``METRICS_KEY`` is set, then Bearer only."""
+    """``GET /metrics``; its route's access (``Access.METRICS``) keeps it open like ``GET /``
+    unless ``METRICS_KEY`` is set, then asks for ``Authorization: Bearer <METRICS_KEY>``."""
 
-    def __init__(self, metrics: Metrics, ledger: Ledger, metrics_key: str | None) -> None:
+    def __init__(self, metrics: Metrics, ledger: Ledger) -> None:
         self._metrics = metrics
         self._ledger = ledger
-        self._expected = None if metrics_key is None else f"Bearer {metrics_key}".encode()
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        if self._expected is not None:
-            provided = req.get_header("Authorization")
-            if provided is None or not hmac.compare_digest(provided.encode(), self._expected):
-                raise ApiError(
-                    falcon.HTTP_401,
-                    "unauthorized",
-                    "missing or invalid Authorization: Bearer <METRICS_KEY> header",
-                )
         resp.content_type = CONTENT_TYPE_LATEST
         resp.data = self._metrics.exposition(self._ledger)

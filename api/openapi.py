@@ -28,6 +28,9 @@ _COMMON = {401: s.Error, 413: s.Error, 400: s.Error, 422: s.Error, 503: s.Error}
 # Calls with the gateway's key may meet RATE_LIMIT / RATE_LIMIT_PER_USER (429), and a failed
 # Redis under RATE_LIMIT_REDIS_FAILURE=closed (503).
 _LIMITED = {429: s.Error, 503: s.Error}
+# A path parameter that is empty, ``.`` or ``..``, or holds a ``/``, makes a request target the
+# app refuses before routing (400, ``api.auth.TargetGuard``).
+_PATH_PARAMETER = {400: s.Error}
 
 OPERATIONS = (
     Operation(
@@ -90,7 +93,7 @@ OPERATIONS = (
         "A user's budget and open period",
         "api_key",
         None,
-        {200: s.UserBudgetResponse, 404: s.Error, 401: s.Error, **_LIMITED},
+        {200: s.UserBudgetResponse, 404: s.Error, 401: s.Error, **_PATH_PARAMETER, **_LIMITED},
     ),
     Operation(
         "get",
@@ -98,7 +101,14 @@ OPERATIONS = (
         "A user's usage added up by model or day",
         "api_key",
         None,
-        {200: s.UsageResponse, 404: s.Error, 401: s.Error, 422: s.Error, **_LIMITED},
+        {
+            200: s.UsageResponse,
+            404: s.Error,
+            401: s.Error,
+            422: s.Error,
+            **_PATH_PARAMETER,
+            **_LIMITED,
+        },
         query=s.UsageQuery,
     ),
     Operation(
@@ -148,7 +158,7 @@ OPERATIONS = (
         "A user",
         "admin_key",
         None,
-        {200: s.UserOut, 404: s.Error, 401: s.Error},
+        {200: s.UserOut, 404: s.Error, 401: s.Error, **_PATH_PARAMETER},
     ),
     Operation(
         "patch",

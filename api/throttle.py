@@ -6,31 +6,28 @@ the user; the policy itself lives in ``core.rate_limits``.
 
 import falcon
 
-from api.auth import ADMIN_PREFIX, API_PREFIX
+from api.auth import Access, RouteAccess
 from api.http import respond
 from core.errors import RateLimited
 from core.rate_limits import RateLimiter
 
 
 class KeyRateLimit:
-    """Counts every routed call made with the gateway's key (``/api/*`` outside admin).
+    """Counts every call to a route whose access is the gateway's key (``Access.GATEWAY``).
 
-    Runs after routing (``process_resource``), so only authenticated calls to real routes
-    count; admin calls are not limited.
+    Runs after routing and after ``KeyAuth`` (``process_resource``, on the matched route), so
+    only authenticated calls to real routes count; admin, metrics and public routes are not
+    limited.
     """
 
-    def __init__(self, limiter: RateLimiter) -> None:
+    def __init__(self, limiter: RateLimiter, route_access: RouteAccess) -> None:
         self._limiter = limiter
+        self._route_access = route_access
 
     def process_resource(
         self, req: falcon.Request, resp: falcon.Response, resource: object, params: dict
     ) -> None:
-        if (
-            resource is None
-            or req.method == "OPTIONS"
-            or not req.path.startswith(API_PREFIX)
-            or req.path.startswith(ADMIN_PREFIX)
-        ):
+        if req.method == "OPTIONS" or self._route_access.of(req.uri_template) is not Access.GATEWAY:
             return
         self._limiter.admit_key()
 

@@ -1,5 +1,13 @@
-"""Keys: X-API-Key opens /api/*, only X-Admin-Key opens /api/admin/*; refusals are 401 JSON."""
+"""Keys: each route declares who may call it and the key is checked on the route a request
+matched (X-API-Key for the gateway's routes, only X-Admin-Key for /api/admin/*); refusals are
+401 JSON. Request targets that are not plain paths are refused before routing (400)."""
 
+import json
+import logging
+
+import falcon
+import falcon.inspect
+import falcon.testing
 import pytest
 from api_helpers import (
     ADMIN,
@@ -8,10 +16,14 @@ from api_helpers import (
     API_KEY,
     assert_rejected,
     call,
+    check,
     snapshot,
 )
 
-from api.openapi import OPERATIONS
+from api.app import BillingApp
+from api.auth import Access, RouteAccess
+from api.http import dumps
+from api.openapi import OPERATIONS, openapi_document
 
 PROTECTED = [op for op in OPERATIONS if op.security is not None]
 BODIES = {
@@ -108,22 +120,157 @@ def test_sending_both_keys_does_not_open_admin_routes_with_a_wrong_admin_key(cli
 
 
 @pytest.mark.parametrize(
-    "path", ["/api/admin/products/", "/api/%61dmin/products", "/api/admin//products"]
+    ("path", "status"),
+    [
+        ("/api/admin/products/", 401),
+        ("/api/%61dmin/products", 401),
+        ("/api/admin//products", 400),
+        ("/api/./admin/products", 400),
+        ("/api/users/../admin/products", 400),
+        ("/api/%2e%2E/api/admin/products", 400),
+        ("/api%2Fadmin%2Fproducts", 400),
+    ],
 )
 def test_the_api_key_does_not_reach_admin_routes_by_spelling_the_path_differently(
-    client, plan, path
+    client, plan, path, status
 ):
-    reply = call(client, "GET", path, headers=API)
-    assert reply.status in (401, 404), reply.body
-    assert "products" not in reply.body
+    result = client.simulate_get(path, headers=API)
+    assert result.status_code == status, result.text
+    assert result.json["error"] == ("unauthorized" if status == 401 else "bad_request")
+    assert "products" not in result.json
 
 
-def test_unknown_routes_under_api_still_need_a_key(client):
-    assert_rejected(call(client, "GET", "/api/nothing-here"), 401, "unauthorized")
-    assert_rejected(call(client, "GET", "/api/admin/nothing-here", headers=API), 401)
-    assert_rejected(call(client, "GET", "/api/nothing-here", headers=API), 404, "not_found")
+@pytest.mark.parametrize(
+    "path", ["//api/admin/products", "/api/admin/products//", "/api/admin/./products"]
+)
+def test_a_target_that_is_not_a_plain_path_is_refused_even_with_the_right_key(shared_client, path):
+    before = snapshot(shared_client, "alice")
+    result = shared_client.simulate_post(
+        path,
+        headers={**ADMIN, "Content-Type": "application/json"},
+        body=json.dumps(BODIES["/api/admin/products"]),
+    )
+    assert result.status_code == 400, result.text
+    assert result.json["error"] == "bad_request"
+    assert snapshot(shared_client, "alice") == before
+
+
+@pytest.mark.parametrize(
+    ("request_uri", "path_info", "status"),
+    [
+        ("api/admin/products", "api/admin/products", "400 Bad Request"),
+        ("*", "*", "400 Bad Request"),
+        ("ftp://host/api/admin/products", "/api/admin/products", "400 Bad Request"),
+        ("http://[::1/api/admin/products", "/api/admin/products", "400 Bad Request"),
+        ("http://host/api/admin/products", "/api/admin/products", "401 Unauthorized"),
+        ("https://host/api/admin/products?x=//", "/api/admin/products", "401 Unauthorized"),
+        ("http://host", "", "200 OK"),
+    ],
+)
+def test_a_target_as_waitress_passes_it_on(client, request_uri, path_info, status):
+    """Targets Falcon's test client will not send, in the environ waitress makes of them: the
+    request line's target in REQUEST_URI, its decoded path in PATH_INFO."""
+    environ = falcon.testing.create_environ(headers=API)
+    environ.update(REQUEST_URI=request_uri, PATH_INFO=path_info)
+    start_response = falcon.testing.StartResponseMock()
+    body = b"".join(client.app(environ, start_response))
+    assert start_response.status == status, body
+    if status != "200 OK":
+        assert json.loads(body)["error"] == ("bad_request" if "400" in status else "unauthorized")
+
+
+def test_a_refused_target_is_logged_and_counted_as_unrouted(client, caplog):
+    with caplog.at_level(logging.INFO, logger="billing.request"):
+        assert client.simulate_get("/api/./check-budget").status_code == 400
+    lines = [record for record in caplog.records if record.name == "billing.request"]
+    assert [(line.fields["route"], line.fields["status"]) for line in lines] == [("unrouted", 400)]
+    scraped = client.simulate_get("/metrics").text
+    assert 'billing_http_requests_total{method="GET",route="unrouted",status="400"} 1.0' in scraped
+
+
+def test_unknown_routes_are_404_with_or_without_a_key(client):
+    """Nothing to protect and nothing hidden (every route is listed in /openapi.json)."""
+    for headers in ({}, API, ADMIN):
+        assert_rejected(call(client, "GET", "/api/nothing-here", headers=headers), 404)
+        assert_rejected(call(client, "GET", "/api/admin/nothing-here", headers=headers), 404)
+
+
+def test_a_method_a_route_lacks_still_needs_its_key(client):
+    assert_rejected(call(client, "DELETE", "/api/admin/products"), 401, "unauthorized")
+    assert_rejected(call(client, "DELETE", "/api/admin/products", headers=API), 401)
+    assert_rejected(call(client, "DELETE", "/api/admin/products", headers=ADMIN), 405)
 
 
 def test_public_routes_need_no_key(client):
     assert call(client, "GET", "/").status == 200
     assert call(client, "GET", "/openapi.json").status == 200
+
+
+def test_the_openapi_document_is_encoded_once_when_the_app_is_made(client, monkeypatch):
+    expected = dumps(openapi_document())
+
+    def encode_again(body: object) -> bytes:
+        raise AssertionError("the document was encoded for a request")
+
+    monkeypatch.setattr("api.http.dumps", encode_again)
+    for _ in range(2):
+        result = client.simulate_get("/openapi.json")
+        assert result.status_code == 200
+        assert result.headers["content-type"] == "application/json"
+        assert result.content == expected
+
+
+_PUBLISHED_SECURITY = {
+    Access.PUBLIC: None,
+    Access.METRICS: None,
+    Access.GATEWAY: "api_key",
+    Access.ADMIN: "admin_key",
+}
+
+
+def test_every_route_declares_the_access_its_openapi_operation_publishes(env):
+    declared = dict(env.app.route_access.items())
+    served = {route.path for route in falcon.inspect.inspect_routes(env.app)}
+    assert served == set(declared)
+    for op in OPERATIONS:
+        assert _PUBLISHED_SECURITY[declared[op.path]] == op.security, op.path
+    assert declared["/metrics"] is Access.METRICS
+
+
+class _Resource:
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        raise AssertionError("the resource of a route without a declared access ran")
+
+
+class _WithOptions(_Resource):
+    def on_options(self, req: falcon.Request, resp: falcon.Response) -> None:
+        raise AssertionError("unreachable")
+
+
+def test_a_route_cannot_be_added_without_a_declared_access():
+    app = BillingApp(RouteAccess())
+    with pytest.raises(TypeError, match="access"):
+        app.add_route("/x", _Resource())
+    with pytest.raises(TypeError, match="must be an Access"):
+        app.add_route("/x", _Resource(), access="public")
+    with pytest.raises(ValueError, match="on_options"):
+        app.add_route("/x", _WithOptions(), access=Access.ADMIN)
+    app.add_route("/x", _Resource(), access=Access.ADMIN)
+    with pytest.raises(ValueError, match="declared twice"):
+        app.add_route("/x", _Resource(), access=Access.PUBLIC)
+    assert app.route_access.items() == [("/x", Access.ADMIN)]
+
+
+def test_a_route_slipped_past_the_declaration_is_refused_and_its_resource_never_runs(env):
+    falcon.App.add_route(env.app, "/api/slipped-in", _Resource())
+    result = env.client.simulate_get("/api/slipped-in", headers={**API, **ADMIN})
+    assert result.status_code == 500
+    assert result.json == {"error": "internal_error", "message": "internal error"}
+
+
+def test_the_per_key_limit_counts_a_gateway_route_however_its_path_is_spelled(make_env):
+    client = make_env(rate_limit="2/minute").client
+    assert call(client, "GET", "/api/users/nobody/budget/", headers=API).status == 404
+    assert client.simulate_get("/api/users/nobody/budg%65t", headers=API).status_code == 404
+    assert call(client, "GET", "/api/admin/products", headers=ADMIN).status == 200
+    assert_rejected(check(client, "nobody"), 429, "rate_limited")

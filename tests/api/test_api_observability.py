@@ -23,6 +23,7 @@ from api_helpers import (
 from prometheus_client.parser import text_string_to_metric_families
 
 import api.logs
+from api.auth import Access
 from api.logs import (
     LOG_WRITE_LINES_MAX,
     BufferHandler,
@@ -250,7 +251,7 @@ class Broken:
 
 
 def test_an_unexpected_error_is_a_json_500_and_one_json_log_record(env, caplog):
-    env.app.add_route("/broken", Broken())
+    env.app.add_route("/broken", Broken(), access=Access.PUBLIC)
     with caplog.at_level(logging.INFO):
         result = env.client.simulate_get("/broken", headers={"X-Request-ID": "trace-bug"})
     assert result.status_code == 500
