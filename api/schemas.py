@@ -19,7 +19,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from core.money import AMOUNT_MAX, MONEY_ZERO, Money, MoneyError, money_from_input, money_to_text
-from core.periods import PERIOD_LABEL_REGEX, PERIOD_YEAR_MAX, PERIOD_YEAR_MIN
+from core.periods import PeriodLabel
 from core.provisioning import EMAIL_PATTERN, ID_LENGTH_MAX
 
 TOKENS_MAX = 1_000_000_000
@@ -81,14 +81,6 @@ ResponseTime = Annotated[
     Field(ge=0, le=RESPONSE_TIME_MS_MAX, allow_inf_nan=False),
     WithJsonSchema({"type": "number", "minimum": 0, "maximum": RESPONSE_TIME_MS_MAX}),
 ]
-Label = Annotated[
-    str,
-    Field(
-        pattern=f"^{PERIOD_LABEL_REGEX}$",
-        description=f"YYYY-MM, years {PERIOD_YEAR_MIN} to {PERIOD_YEAR_MAX}",
-        examples=["2026-12"],
-    ),
-]
 
 
 class Request(BaseModel):
@@ -121,7 +113,7 @@ class ReleaseReservationRequest(Request):
 class ResetBudgetsRequest(Request):
     """Without ``period``, close every open period now; with it, the guarded monthly reset."""
 
-    period: Label | None = None
+    period: PeriodLabel | None = None
     force: StrictBool = Field(
         False,
         description="apply a period the reset rule refuses (a future month, one not later than"

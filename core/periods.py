@@ -13,7 +13,11 @@ instant of the month after its label, in any zone), is an ISO 8601 time with a f
 import re
 import time
 from datetime import UTC, date, datetime
+from typing import Annotated
 from zoneinfo import ZoneInfo
+
+from pydantic import AfterValidator, WithJsonSchema
+from pydantic_core import PydanticCustomError
 
 PERIOD_YEAR_MIN = 2000
 PERIOD_YEAR_MAX = 9998
@@ -41,6 +45,31 @@ def parse_label(label: str) -> tuple[int, int]:
             f"must be a period label YYYY-MM, years {PERIOD_YEAR_MIN} to {PERIOD_YEAR_MAX}"
         )
     return int(match.group(1)), int(match.group(2))
+
+
+def _checked_label(value: str) -> str:
+    try:
+        parse_label(value)
+    except ValueError as error:
+        raise PydanticCustomError("period_label", str(error)) from None
+    return value
+
+
+# A label as the API's models and the flows' parameters take it: checked by parse_label, so a
+# refusal says what a label is rather than quoting the pattern; the schema (the API's document,
+# the Prefect UI's form) still publishes the pattern.
+PeriodLabel = Annotated[
+    str,
+    AfterValidator(_checked_label),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": f"^{PERIOD_LABEL_REGEX}$",
+            "description": f"YYYY-MM, years {PERIOD_YEAR_MIN} to {PERIOD_YEAR_MAX}",
+            "examples": ["2026-12"],
+        }
+    ),
+]
 
 
 def next_label(label: str) -> str:

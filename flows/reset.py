@@ -14,11 +14,8 @@ open periods began is refused like any other label.
 
 import sqlite3
 from dataclasses import asdict, dataclass
-from typing import Annotated
 from uuid import UUID
 from zoneinfo import ZoneInfo
-
-from pydantic import Field
 
 from prefect import flow, get_client, task
 from prefect.cache_policies import NO_CACHE
@@ -29,13 +26,7 @@ from prefect.tasks import exponential_backoff
 from core.errors import LedgerError, ResetRefused, Unavailable
 from core.ledger import Ledger, ResetResult
 from core.money import money_to_text
-from core.periods import (
-    PERIOD_LABEL_REGEX,
-    PERIOD_YEAR_MAX,
-    PERIOD_YEAR_MIN,
-    label_at,
-    to_ms,
-)
+from core.periods import PeriodLabel, label_at, to_ms
 from core.store.base import PeriodSummary
 from flows.common import ADMIN_NOTICE_HOOKS, flow_settings, mail_admin, opened_ledger
 
@@ -43,14 +34,6 @@ RESET_RETRIES = 4
 RESET_BACKOFF_SECONDS = 2
 TOP_SPENDERS_MAX = 100
 
-# The Prefect UI shows the pattern and description, and refuses a run whose label breaks it.
-PeriodLabel = Annotated[
-    str,
-    Field(
-        pattern=f"^{PERIOD_LABEL_REGEX}$",
-        description=f"YYYY-MM, years {PERIOD_YEAR_MIN} to {PERIOD_YEAR_MAX}",
-    ),
-]
 
 
 def _transient(_task: object, _run: object, state: object) -> bool:
