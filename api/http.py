@@ -20,6 +20,7 @@ _LEDGER_STATUS = {
     "conflict": falcon.HTTP_409,
     "reset_refused": falcon.HTTP_409,
     "validation_error": falcon.HTTP_422,
+    "amount_out_of_range": falcon.HTTP_422,
     "unavailable": falcon.HTTP_503,
     "identity_store_error": falcon.HTTP_502,
 }
@@ -169,12 +170,25 @@ def validate(model: type[ModelT], payload: object) -> ModelT:
 
 
 def validation_error(error: ValidationError) -> ApiError:
+    """422 naming the first field at fault; an amount past its bound is ``amount_out_of_range``
+    with that ``bound``, the code a store gives a counter that would pass one."""
+    items = error.errors(include_url=False, include_input=False)
     details = [
         {"field": ".".join(str(part) for part in item["loc"]) or None, "message": item["msg"]}
-        for item in error.errors(include_url=False, include_input=False)
+        for item in items
     ]
     first = details[0]
     message = f"{first['field']}: {first['message']}" if first["field"] else first["message"]
+    if items[0]["type"] == "amount_out_of_range":
+        bound = items[0]["ctx"]["bound"]
+        return ApiError(
+            falcon.HTTP_422,
+            "amount_out_of_range",
+            message,
+            field=first["field"],
+            bound=bound,
+            details=details,
+        )
     return ApiError(
         falcon.HTTP_422, "validation_error", message, field=first["field"], details=details
     )

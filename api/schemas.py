@@ -4,6 +4,7 @@ Requests are validated with these models. Responses are rendered as plain dicts 
 are checked against these models in the tests.
 """
 
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Annotated, Literal
 
@@ -18,7 +19,17 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from core.money import AMOUNT_MAX, MONEY_ZERO, Money, MoneyError, money_from_input, money_to_text
+from core.money import (
+    BUDGET_MAX,
+    COST_PER_CALL_MAX,
+    MONEY_ZERO,
+    NANOS_PER_UNIT,
+    Money,
+    MoneyError,
+    MoneyOutOfRange,
+    money_from_input,
+    money_to_text,
+)
 from core.periods import PeriodLabel
 from core.provisioning import EMAIL_PATTERN, ID_LENGTH_MAX
 
@@ -26,11 +37,32 @@ TOKENS_MAX = 1_000_000_000
 TEXT_LENGTH_MAX = 1024
 
 
-def _money(value: object) -> Money:
-    try:
-        return money_from_input(value)
-    except MoneyError as error:
-        raise PydanticCustomError("invalid_amount", str(error)) from None
+def _money_parser(bound: Money, bound_name: str) -> Callable[[object], Money]:
+    """Parse an amount in US dollars of at most ``bound``; past it, ``amount_out_of_range``
+    naming the bound (``api.http`` gives that code to the answer)."""
+
+    def parse(value: object) -> Money:
+        try:
+            return money_from_input(value, bound)
+        except MoneyOutOfRange:
+            raise PydanticCustomError(
+                "amount_out_of_range",
+                "must not exceed {bound_name} ({bound})",
+                {"bound_name": bound_name, "bound": Decimal(money_to_text(bound))},
+            ) from None
+        except MoneyError as error:
+            raise PydanticCustomError("invalid_amount", str(error)) from None
+
+    return parse
+
+
+def _money_schema(bound: Money) -> dict[str, object]:
+    return {
+        "type": "number",
+        "minimum": 0,
+        "maximum": bound // NANOS_PER_UNIT,
+        "description": "US dollars: a JSON number or decimal string, half-even to 9 places",
+    }
 
 
 def _positive(amount: Money) -> Money:
@@ -39,19 +71,24 @@ def _positive(amount: Money) -> Money:
     return amount
 
 
-_MONEY_IN_SCHEMA = {
-    "type": "number",
-    "minimum": 0,
-    "maximum": int(AMOUNT_MAX),
-    "description": "US dollars: a JSON number or decimal string, half-even to 9 places",
-}
-MoneyIn = Annotated[int, BeforeValidator(_money), WithJsonSchema(_MONEY_IN_SCHEMA)]
+# What one call may cost (a check's estimate, a usage), and what a plan, a tenant cap or a
+# credit grant may be (the bounds of core.money).
+CostIn = Annotated[
+    int,
+    BeforeValidator(_money_parser(COST_PER_CALL_MAX, "COST_PER_CALL_MAX")),
+    WithJsonSchema(_money_schema(COST_PER_CALL_MAX)),
+]
+BudgetIn = Annotated[
+    int,
+    BeforeValidator(_money_parser(BUDGET_MAX, "BUDGET_MAX")),
+    WithJsonSchema(_money_schema(BUDGET_MAX)),
+]
 # An amount that must not round to zero: its least is one nano-dollar (a smaller positive
 # amount the server would round up is left out of the document, which stays on the safe side).
-PositiveMoneyIn = Annotated[
-    MoneyIn,
+PositiveBudgetIn = Annotated[
+    BudgetIn,
     AfterValidator(_positive),
-    WithJsonSchema({**_MONEY_IN_SCHEMA, "minimum": Decimal(money_to_text(Money(1)))}),
+    WithJsonSchema({**_money_schema(BUDGET_MAX), "minimum": Decimal(money_to_text(Money(1)))}),
 ]
 MoneyOut = Annotated[
     Decimal, WithJsonSchema({"type": "number", "description": "US dollars, exact"})
@@ -92,7 +129,7 @@ class CheckBudgetRequest(Request):
     model: Annotated[str, Field(max_length=ID_LENGTH_MAX)] | None = None
     tokens_input: Tokens = 0
     tokens_output: Tokens = 0
-    cost_estimate: MoneyIn | None = None
+    cost_estimate: CostIn | None = None
     request_id: Identifier | None = None
 
 
@@ -102,7 +139,7 @@ class LogUsageRequest(Request):
     request_id: Identifier
     tokens_input: Tokens = 0
     tokens_output: Tokens = 0
-    cost_total: MoneyIn | None = None
+    cost_total: CostIn | None = None
     response_time: ResponseTime | None = Field(None, description="milliseconds")
 
 
@@ -132,13 +169,13 @@ class ProvisionUserRequest(Request):
 class ProductRequest(Request):
     id: Identifier
     name: Annotated[str, Field(min_length=1, max_length=TEXT_LENGTH_MAX)]
-    monthly_budget: MoneyIn
+    monthly_budget: BudgetIn
 
 
 class TenantRequest(Request):
     id: Identifier
     name: Annotated[str, Field(min_length=1, max_length=TEXT_LENGTH_MAX)]
-    monthly_budget: MoneyIn | None = None
+    monthly_budget: BudgetIn | None = None
 
 
 class UserPatchRequest(Request):
@@ -176,7 +213,7 @@ class UsageQuery(Request):
 
 
 class CreditRequest(Request):
-    amount: PositiveMoneyIn
+    amount: PositiveBudgetIn
     reason: Annotated[str, Field(min_length=1, max_length=TEXT_LENGTH_MAX)]
     grant_id: Identifier | None = Field(None, description="idempotency key: a retry adds nothing")
 
@@ -306,6 +343,9 @@ class Error(BaseModel):
     error: str = Field(description="stable code: validation_error, not_found, …")
     message: str
     field: str | None = None
+    bound: MoneyOut | None = Field(
+        None, description="amount_out_of_range: the bound (US dollars) the amount would pass"
+    )
 
 
 class ResetRefusedError(Error):

@@ -1,13 +1,17 @@
-"""The budget rules: what a user's figures are and when a request has room.
+"""The budget rules: what a user's figures are, when a request has room, and which amounts the
+counters can take.
 
 Every store reads a ``BudgetSnapshot`` inside the transaction that will act on the answer, and
-asks ``decide`` here; no other module compares money against a budget.
+asks ``decide`` (a hold), ``check_usage`` (a usage) or ``check_credit`` (a grant) here; no other
+module compares money against a budget or a bound (``core.money``).
 """
 
 from dataclasses import dataclass
+from decimal import Decimal
 from enum import StrEnum
 
-from core.money import Money
+from core.errors import AmountOutOfRange
+from core.money import COST_PER_CALL_MAX, COUNTER_MAX, Money, money_to_text
 
 
 class UserStatus(StrEnum):
@@ -82,13 +86,58 @@ def has_room(remaining: Money, cost_estimate: Money) -> bool:
 
 
 def decide(snapshot: BudgetSnapshot, cost_estimate: Money) -> BudgetStatus:
-    """The status of a request of ``cost_estimate``: ``ACTIVE`` is the only one allowed."""
+    """The status of a request of ``cost_estimate``: ``ACTIVE`` is the only one allowed.
+
+    Room is also what the counters can still take: a call whose usage could not be recorded
+    (``used`` plus active holds plus the estimate past ``COUNTER_MAX``, for the user or for
+    their tenant, capped or not) is denied, rather than made and then refused at log-usage.
+    """
     assert cost_estimate >= 0, cost_estimate
     if snapshot.user_status is not UserStatus.ACTIVE:
         return BudgetStatus.SUSPENDED
-    if not has_room(snapshot.remaining, cost_estimate):
+    if not has_room(snapshot.remaining, cost_estimate) or not has_room(
+        Money(COUNTER_MAX - snapshot.used - snapshot.held), cost_estimate
+    ):
         return BudgetStatus.EXCEEDED
     tenant_remaining = snapshot.tenant_remaining
     if tenant_remaining is not None and not has_room(tenant_remaining, cost_estimate):
         return BudgetStatus.TENANT_EXCEEDED
+    if not has_room(
+        Money(COUNTER_MAX - snapshot.tenant_used - snapshot.tenant_held), cost_estimate
+    ):
+        return BudgetStatus.TENANT_EXCEEDED
     return BudgetStatus.ACTIVE
+
+
+def check_cost(cost: Money, field: str) -> None:
+    """One call's cost, estimated or logged, given or priced, is at most ``COST_PER_CALL_MAX``."""
+    if cost > COST_PER_CALL_MAX:
+        raise _out_of_range(field, "one call's cost must not exceed", "COST_PER_CALL_MAX")
+
+
+def check_usage(snapshot: BudgetSnapshot, cost: Money) -> None:
+    """A usage of ``cost`` may be recorded: within the per-call bound, and the user's and the
+    tenant's ``used`` stay within ``COUNTER_MAX`` (``snapshot`` holds the figures before)."""
+    check_cost(cost, "cost_total")
+    if snapshot.used + cost > COUNTER_MAX:
+        raise _out_of_range("cost_total", "it would take the user's used past", "COUNTER_MAX")
+    if snapshot.tenant_used + cost > COUNTER_MAX:
+        raise _out_of_range("cost_total", "it would take the tenant's used past", "COUNTER_MAX")
+
+
+def check_credit(snapshot: BudgetSnapshot, amount: Money) -> None:
+    """A grant of ``amount`` keeps the user's ``credits`` within ``COUNTER_MAX``."""
+    if snapshot.credits + amount > COUNTER_MAX:
+        raise _out_of_range("amount", "it would take the user's credits past", "COUNTER_MAX")
+
+
+_BOUNDS = {"COST_PER_CALL_MAX": COST_PER_CALL_MAX, "COUNTER_MAX": COUNTER_MAX}
+
+
+def _out_of_range(field: str, refusal: str, bound_name: str) -> AmountOutOfRange:
+    bound_text = money_to_text(_BOUNDS[bound_name])
+    return AmountOutOfRange(
+        f"{field}: {refusal} {bound_name} ({bound_text}); nothing was written",
+        field=field,
+        bound=Decimal(bound_text),
+    )

@@ -1,5 +1,7 @@
 """Domain errors: each carries a stable ``code`` the API turns into a status and a JSON body."""
 
+from decimal import Decimal
+
 
 class ConfigurationError(ValueError):
     """A setting the service cannot start with; the message names the variable."""
@@ -52,6 +54,17 @@ class ResetRefused(LedgerError):
     """A labelled reset that could only destroy a month (``core.resets``); names a valid one."""
 
     code = "reset_refused"
+
+
+class AmountOutOfRange(LedgerError):
+    """An amount, or a counter it would move, past its bound in ``core.money``; nothing was
+    written, and sending it again cannot help. Names the request field and the bound."""
+
+    code = "amount_out_of_range"
+
+    def __init__(self, message: str, field: str, bound: Decimal) -> None:
+        super().__init__(message, field=field, bound=bound)
+        self.field = field
 
 
 class Unavailable(LedgerError):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
 from core.alerts import AdminNotice, Alert, AlertChannel
-from core.budget import MESSAGES, BudgetSnapshot, BudgetStatus, UserStatus, decide
+from core.budget import MESSAGES, BudgetSnapshot, BudgetStatus, UserStatus, check_cost, decide
 from core.errors import Invalid, NotFound
 from core.money import Money
 from core.passwords import hash_password
@@ -335,9 +335,12 @@ class Ledger:
         tokens_output: int,
         field: str,
     ) -> Money:
-        if given is not None:
-            return given
-        priced = None if model is None else self.prices.cost(model, tokens_input, tokens_output)
-        if priced is None:
+        """The amount given, else the model's price for the tokens; either within the per-call
+        bound, since a table laid over the bundled one may price a call at anything."""
+        amount = given
+        if amount is None and model is not None:
+            amount = self.prices.cost(model, tokens_input, tokens_output)
+        if amount is None:
             raise Invalid(f"{field} is required when the model's price is not known", field=field)
-        return priced
+        check_cost(amount, field)
+        return amount

@@ -25,8 +25,9 @@ import psycopg.conninfo
 import psycopg_pool
 
 from core.alerts import ALERT_THRESHOLDS_PERCENT, AdminNotice, Alert, AlertChannel, AlertSubject, crossings
-from core.budget import BudgetStatus, UserStatus, decide
+from core.budget import BudgetStatus, UserStatus, check_credit, check_usage, decide
 from core.errors import (
+    AmountOutOfRange,
     ConfigurationError,
     Duplicate,
     IdempotencyConflict,
@@ -609,6 +610,7 @@ class PostgresStore:
                         "grant_id was already used with different content", grant_id=grant.grant_id
                     )
                 return False, view
+            check_credit(view.budget, grant.amount)
             connection.execute(
                 "INSERT INTO credit_grants (grant_id, user_id, amount, reason, period_start,"
                 " created_at) VALUES (%s, %s, %s, %s, %s, %s)",
@@ -678,6 +680,11 @@ def _log_usage(
         )
     )
     check_settle(reservation, record.user_id)
+    try:
+        check_usage(view.budget, record.cost)
+    except AmountOutOfRange:
+        assert not inserted, record.request_id
+        raise
     assert inserted, record.request_id
     found = crossings(view.budget, record.cost, record.user_id, view.tenant_id)
     written = [(AlertSubject.USER, t) for t in user_alerts]

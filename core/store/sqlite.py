@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from core.alerts import AdminNotice, Alert, AlertChannel, crossings
-from core.budget import BudgetStatus, UserStatus, decide
+from core.budget import BudgetStatus, UserStatus, check_credit, check_usage, decide
 from core.errors import (
     ConfigurationError,
     Duplicate,
@@ -779,6 +779,7 @@ class SqliteStore:
                         "grant_id was already used with different content", grant_id=grant.grant_id
                     )
                 return False, view
+            check_credit(view.budget, grant.amount)
             connection.execute(
                 "INSERT INTO credit_grants (grant_id, user_id, amount, reason, period_start,"
                 " created_at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -813,6 +814,7 @@ def _log_usage_operation(
             check_replay(logged, record)
             return LogOutcome(False, view.budget)
         check_settle(reservation, record.user_id)
+        check_usage(view.budget, record.cost)
         # The schema's usage_counts trigger counts the cost and settles the hold.
         connection.execute(
             "INSERT INTO usage (request_id, user_id, tenant_id, model, tokens_input,"

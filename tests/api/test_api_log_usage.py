@@ -208,26 +208,54 @@ def test_negative_zero_is_zero(client, alice):
     assert '"amount":0,' in reply.text
 
 
-def test_the_largest_amount_is_accepted(client, alice):
-    reply = log_usage(client, "alice", "r1", "1000000000")
+def test_the_largest_cost_of_one_call_is_accepted(client, alice):
+    reply = log_usage(client, "alice", "r1", "1000000")
     assert reply.status == 201
-    assert reply["budget"]["remaining"] == D("-999999990")
+    assert reply["budget"]["remaining"] == D("-999990")
 
 
+@pytest.mark.parametrize(
+    ("path", "template", "field"),
+    [
+        (
+            "/api/log-usage",
+            '{"user_id":"alice","model":"m","request_id":"r","cost_total":%s}',
+            "cost_total",
+        ),
+        (
+            "/api/check-budget",
+            '{"user_id":"alice","cost_estimate":%s,"request_id":"r"}',
+            "cost_estimate",
+        ),
+    ],
+)
+@pytest.mark.parametrize("literal", ["1000000.000000001", '"1000001"', "1e9", "1e999"])
+def test_a_cost_past_the_largest_of_one_call_is_amount_out_of_range(
+    shared_client, path, template, field, literal
+):
+    before = snapshot(shared_client, "alice")
+    reply = call(shared_client, "POST", path, headers=API, body=template % literal)
+    assert_rejected(reply, 422, "amount_out_of_range", field=field)
+    assert reply["bound"] == 1_000_000
+    assert "COST_PER_CALL_MAX" in reply["message"]
+    assert snapshot(shared_client, "alice") == before
+
+
+# Each with the statuses it may get and the error code of a 422.
 BAD_AMOUNTS = [
-    pytest.param("-0.01", (422,), id="negative"),
-    pytest.param("1000000000.000000001", (422,), id="over the maximum"),
-    pytest.param("1e999", (422,), id="overflows a float"),
-    pytest.param("-1e999", (422,), id="overflows a float, negative"),
-    pytest.param("NaN", (400, 422), id="NaN literal"),
-    pytest.param("Infinity", (400, 422), id="Infinity literal"),
-    pytest.param("-Infinity", (400, 422), id="-Infinity literal"),
-    pytest.param('"NaN"', (422,), id="NaN string"),
-    pytest.param('"Infinity"', (422,), id="Infinity string"),
-    pytest.param('"-0.5"', (422,), id="negative string"),
-    pytest.param('"ten"', (422,), id="not a number"),
-    pytest.param("true", (422,), id="boolean"),
-    pytest.param("[1]", (422,), id="array"),
+    pytest.param("-0.01", (422,), "validation_error", id="negative"),
+    pytest.param("1000000000.000000001", (422,), "amount_out_of_range", id="over the maximum"),
+    pytest.param("1e999", (422,), "amount_out_of_range", id="overflows a float"),
+    pytest.param("-1e999", (422,), "validation_error", id="overflows a float, negative"),
+    pytest.param("NaN", (400, 422), "validation_error", id="NaN literal"),
+    pytest.param("Infinity", (400, 422), "validation_error", id="Infinity literal"),
+    pytest.param("-Infinity", (400, 422), "validation_error", id="-Infinity literal"),
+    pytest.param('"NaN"', (422,), "validation_error", id="NaN string"),
+    pytest.param('"Infinity"', (422,), "validation_error", id="Infinity string"),
+    pytest.param('"-0.5"', (422,), "validation_error", id="negative string"),
+    pytest.param('"ten"', (422,), "validation_error", id="not a number"),
+    pytest.param("true", (422,), "validation_error", id="boolean"),
+    pytest.param("[1]", (422,), "validation_error", id="array"),
 ]
 
 AMOUNT_FIELDS = {
@@ -270,8 +298,10 @@ AMOUNT_FIELDS = {
 
 
 @pytest.mark.parametrize("endpoint", sorted(AMOUNT_FIELDS))
-@pytest.mark.parametrize(("literal", "statuses"), BAD_AMOUNTS)
-def test_bad_amounts_are_refused_and_change_nothing(shared_client, endpoint, literal, statuses):
+@pytest.mark.parametrize(("literal", "statuses", "code"), BAD_AMOUNTS)
+def test_bad_amounts_are_refused_and_change_nothing(
+    shared_client, endpoint, literal, statuses, code
+):
     client = shared_client
     method, path, key, template, field = AMOUNT_FIELDS[endpoint]
     headers = API if key == "API" else ADMIN
@@ -279,7 +309,7 @@ def test_bad_amounts_are_refused_and_change_nothing(shared_client, endpoint, lit
     reply = call(client, method, path, headers=headers, body=template % literal)
     assert reply.status in statuses, reply.body
     if reply.status == 422:
-        assert_rejected(reply, 422, "validation_error", field=field)
+        assert_rejected(reply, 422, code, field=field)
     else:
         assert_rejected(reply, 400, "invalid_json")
     assert snapshot(client, "alice") == before

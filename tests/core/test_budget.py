@@ -3,7 +3,19 @@
 import pytest
 from core_helpers import usd
 
-from core.budget import MESSAGES, BudgetSnapshot, BudgetStatus, UserStatus, decide, has_room
+from core.budget import (
+    MESSAGES,
+    BudgetSnapshot,
+    BudgetStatus,
+    UserStatus,
+    check_cost,
+    check_credit,
+    check_usage,
+    decide,
+    has_room,
+)
+from core.errors import AmountOutOfRange
+from core.money import BUDGET_MAX, COST_PER_CALL_MAX, COUNTER_MAX
 
 
 def snapshot(
@@ -119,3 +131,88 @@ def test_has_room(remaining, estimate, room):
 def test_every_status_has_a_message():
     assert set(MESSAGES) == set(BudgetStatus)
     assert MESSAGES[BudgetStatus.ACTIVE] == "OK"
+
+
+# -- the bounds of core.money ---------------------------------------------------------------
+
+
+def nanos_snapshot(**figures: int) -> BudgetSnapshot:
+    """Figures in nano-dollars, for the edges of the bounds."""
+    values = {
+        "user_status": UserStatus.ACTIVE,
+        "plan_budget": BUDGET_MAX,
+        "credits": 0,
+        "used": 0,
+        "held": 0,
+        "tenant_cap": None,
+        "tenant_used": 0,
+        "tenant_held": 0,
+    }
+    values.update(figures)
+    return BudgetSnapshot(**values)
+
+
+def test_a_hold_must_leave_the_users_counters_within_counter_max():
+    """Credits can make the total larger than COUNTER_MAX; the counters still bound the room."""
+    figures = nanos_snapshot(credits=BUDGET_MAX, used=COUNTER_MAX - 10, held=4)
+    assert figures.remaining > 10
+    assert decide(figures, 6) is BudgetStatus.ACTIVE
+    assert decide(figures, 7) is BudgetStatus.EXCEEDED
+
+
+def test_a_hold_must_leave_an_uncapped_tenants_counters_within_counter_max():
+    figures = nanos_snapshot(tenant_used=COUNTER_MAX - 10, tenant_held=4)
+    assert decide(figures, 6) is BudgetStatus.ACTIVE
+    assert decide(figures, 7) is BudgetStatus.TENANT_EXCEEDED
+    full = nanos_snapshot(tenant_used=COUNTER_MAX)
+    assert decide(full, 0) is BudgetStatus.TENANT_EXCEEDED
+
+
+def test_a_capped_tenant_past_counter_max_is_denied_too():
+    figures = nanos_snapshot(tenant_cap=BUDGET_MAX, tenant_used=COUNTER_MAX - 1, tenant_held=1)
+    assert decide(figures, 0) is BudgetStatus.TENANT_EXCEEDED
+
+
+def test_a_cost_up_to_cost_per_call_max_passes_and_one_nano_more_is_out_of_range():
+    check_cost(COST_PER_CALL_MAX, "cost_estimate")
+    with pytest.raises(AmountOutOfRange) as refused:
+        check_cost(COST_PER_CALL_MAX + 1, "cost_estimate")
+    assert refused.value.code == "amount_out_of_range"
+    assert refused.value.details == {"field": "cost_estimate", "bound": 1_000_000}
+    assert "COST_PER_CALL_MAX" in refused.value.message
+
+
+@pytest.mark.parametrize(
+    ("figures", "cost", "who"),
+    [
+        ({"used": COUNTER_MAX - 5}, 6, "user's used"),
+        ({"tenant_used": COUNTER_MAX - 5}, 6, "tenant's used"),
+        ({"used": COUNTER_MAX}, 1, "user's used"),
+        ({}, COST_PER_CALL_MAX + 1, "one call's cost"),
+    ],
+)
+def test_a_usage_that_would_pass_a_bound_is_out_of_range(figures, cost, who):
+    with pytest.raises(AmountOutOfRange) as refused:
+        check_usage(nanos_snapshot(**figures), cost)
+    assert refused.value.details["field"] == "cost_total"
+    assert who in refused.value.message
+
+
+def test_a_usage_may_fill_the_counters_to_the_bound_exactly():
+    check_usage(nanos_snapshot(used=COUNTER_MAX - 5, tenant_used=COUNTER_MAX - 5), 5)
+    check_usage(nanos_snapshot(used=COUNTER_MAX, tenant_used=COUNTER_MAX), 0)
+
+
+def test_a_credit_may_fill_credits_to_the_bound_and_no_further():
+    check_credit(nanos_snapshot(credits=COUNTER_MAX - 5), 5)
+    with pytest.raises(AmountOutOfRange) as refused:
+        check_credit(nanos_snapshot(credits=COUNTER_MAX - 5), 6)
+    assert refused.value.details == {"field": "amount", "bound": 1_000_000_000}
+    assert "COUNTER_MAX" in refused.value.message
+
+
+def test_the_widest_room_arithmetic_stays_inside_int64():
+    """Every figure at its bound: budget + credits - used - held, user and tenant alike."""
+    int64_max = 2**63 - 1
+    assert BUDGET_MAX + COUNTER_MAX + COUNTER_MAX + COUNTER_MAX < int64_max
+    assert COUNTER_MAX + COST_PER_CALL_MAX < int64_max

@@ -7,7 +7,7 @@ import pytest
 import simplejson
 
 from core.money import (
-    AMOUNT_MAX,
+    BUDGET_MAX,
     NANOS_PER_UNIT,
     MoneyError,
     money_from_decimal,
@@ -94,7 +94,7 @@ def test_accepts_ints_decimals_and_decimal_strings(given, nanos):
         "-1",
         "-0.5",
         1_000_000_001,
-        AMOUNT_MAX + Decimal("0.000000001"),
+        Decimal(BUDGET_MAX).scaleb(-9) + Decimal("0.000000001"),
         "1000000000.000000001",
         "1e10",
         "",

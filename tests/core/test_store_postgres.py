@@ -52,7 +52,12 @@ def test_without_a_server_postgresql_tests_fail_in_ci_and_skip_elsewhere(monkeyp
 # -- migrations and opening -----------------------------------------------------------------
 
 
-MIGRATIONS = ["0001_ledger.sql", "0002_flows.sql", "0003_guarded_reset.sql"]
+MIGRATIONS = [
+    "0001_ledger.sql",
+    "0002_flows.sql",
+    "0003_guarded_reset.sql",
+    "0004_money_bounds.sql",
+]
 
 
 def test_opening_twice_applies_each_migration_once(new_url, clock):

@@ -20,7 +20,12 @@ from core.store import open_store
 from core.store.base import Product
 from core.store.sqlite import PROCESS_LOCK_SUFFIX, SqliteStore, sqlite_path_from_url
 
-MIGRATIONS = ["0001_ledger.sql", "0002_flows.sql", "0003_guarded_reset.sql"]
+MIGRATIONS = [
+    "0001_ledger.sql",
+    "0002_flows.sql",
+    "0003_guarded_reset.sql",
+    "0004_money_bounds.sql",
+]
 CHECKPOINT_WAIT_SECONDS_MAX = 10
 
 
