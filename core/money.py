@@ -25,7 +25,8 @@ a counter or any sum a write computes, on either store:
 With every figure at most 10**18 nano-dollars, the widest expression a write computes,
 ``budget + credits - used - held``, stays within ±2 * 10**18, under a quarter of the range.
 Sums over many users or periods are reads, not counters, and these bounds do not cap them:
-PostgreSQL adds BIGINTs as NUMERIC and Python's integers do not overflow.
+PostgreSQL adds BIGINTs as NUMERIC and Python's integers do not overflow; SQLite's SUM fails
+past 2**63 instead, so its usage view adds whole dollars and the nano-dollars under them apart.
 """
 
 import re

@@ -37,7 +37,7 @@ from core.errors import (
     ReservationClosed,
     Unavailable,
 )
-from core.money import Money
+from core.money import NANOS_PER_UNIT, Money
 from core.reconcile import EXPIRED_HOLD_GRACE_MS, Check, Drift
 from core.resets import OpenPeriods, ResetRequest, forced_reset_notice, reset_refusal
 from core.reservations import (
@@ -498,8 +498,12 @@ class SqliteStore:
         self, user_id: str, from_ms: int, to_ms: int, group_by: GroupBy
     ) -> list[UsageGroup]:
         key = "model" if group_by == "model" else f"created_at / {USAGE_BUCKET_MS}"
+        # SQLite's SUM of integers fails past 2^63 rather than widen, and a range may span many
+        # periods of usage at COUNTER_MAX: whole dollars and the nano-dollars under them are
+        # added apart, each sum as far from overflowing as the token sums beside them.
         rows = self._reader().execute(
-            f"SELECT {key}, COUNT(*), SUM(tokens_input), SUM(tokens_output), SUM(cost)"
+            f"SELECT {key}, COUNT(*), SUM(tokens_input), SUM(tokens_output),"
+            f" SUM(cost / {NANOS_PER_UNIT}), SUM(cost % {NANOS_PER_UNIT})"
             " FROM usage WHERE user_id = ? AND created_at >= ? AND created_at < ?"
             f" GROUP BY {key} ORDER BY {key}",
             (user_id, from_ms, to_ms),
@@ -510,9 +514,9 @@ class SqliteStore:
                 requests,
                 tokens_input,
                 tokens_output,
-                Money(cost),
+                Money(units * NANOS_PER_UNIT + nanos),
             )
-            for key, requests, tokens_input, tokens_output, cost in rows
+            for key, requests, tokens_input, tokens_output, units, nanos in rows
         ]
 
     def closed_period_summary(self, label: str, top_n: int) -> PeriodSummary:

@@ -175,3 +175,19 @@ def test_a_usage_may_still_settle_and_count_at_the_bound(roomy, raw):
     view = roomy.user("alice").budget
     assert (view.used, view.held) == (COUNTER_MAX, 0)
 
+
+def test_the_usage_view_adds_up_more_than_a_bigint_holds(roomy, raw, store, clock):
+    """Ten periods of usage at COUNTER_MAX in one range: past 2^63 nano-dollars, yet exact."""
+    for period in range(10):
+        raw.execute(
+            "INSERT INTO usage VALUES (?, 'alice', 't1', 'm', 1, 1, ?, NULL, ?, ?)",
+            (f"big-{period}", COUNTER_MAX, period, clock() + period),
+        )
+        raw.execute("UPDATE users SET used = 0 WHERE id = 'alice'")
+        raw.execute("UPDATE tenants SET used = 0 WHERE id = 't1'")
+    by_model = store.usage_groups("alice", clock(), clock() + 10, "model")
+    assert [(group.key, group.requests, group.cost) for group in by_model] == [
+        ("m", 10, 10 * COUNTER_MAX)
+    ]
+    by_bucket = store.usage_groups("alice", clock(), clock() + 10, "bucket")
+    assert sum(group.cost for group in by_bucket) == 10 * COUNTER_MAX > 2**63
