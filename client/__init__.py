@@ -13,6 +13,7 @@ from api.schemas import (
 from client.aio import AsyncBillingClient
 from client.calls import RetryPolicy
 from client.errors import (
+    AmountOutOfRange,
     BillingError,
     BudgetExceeded,
     Conflict,
@@ -24,6 +25,7 @@ from client.errors import (
 from client.sync import BillingClient
 
 __all__ = [
+    "AmountOutOfRange",
     "AsyncBillingClient",
     "BillingClient",
     "BillingError",

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from api import schemas
 from client.errors import (
+    AmountOutOfRange,
     BillingError,
     BudgetExceeded,
     Conflict,
@@ -30,6 +31,7 @@ ResultT = TypeVar("ResultT")
 Amount = Decimal | int | str
 
 ATTEMPTS_MAX_LIMIT = 10
+AMOUNT_OUT_OF_RANGE = "amount_out_of_range"
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,9 @@ def error_from(status: int, body: object) -> BillingError:
     code = str(details.get("error", "http_error"))
     message = str(details.get("message", f"HTTP {status}"))
     kind = {401: Unauthorized, 404: NotFound, 409: Conflict}.get(status)
-    if kind is None:
+    if code == AMOUNT_OUT_OF_RANGE:
+        kind = AmountOutOfRange
+    elif kind is None:
         kind = Unavailable if status >= 500 else Rejected
     return kind(message, status, code, details)
 

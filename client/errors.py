@@ -42,3 +42,9 @@ class Unauthorized(BillingError):
 
 class Rejected(BillingError):
     """Any other 4xx: bad input (400, 413, 422); sending it again will not help."""
+
+
+class AmountOutOfRange(Rejected):
+    """422 ``amount_out_of_range``: an amount past its bound, or a usage or credit that would take
+    a counter past one (the body's ``field`` and ``bound`` say which). Final: the service wrote
+    nothing and would refuse it again, so it is never retried."""

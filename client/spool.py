@@ -4,8 +4,9 @@ taken yet.
 One SQLite file (WAL, ``synchronous=FULL``): a record is on disk before ``put`` (or
 ``put_release``) returns, so a proxy crash or restart loses nothing. The spool holds at most
 ``records_max`` records of both kinds; a usage record the service refused for good (404, 409,
-4xx) stays in the file, marked rejected, for an operator. A release the service refuses has
-nothing left to do (no such hold, or it was settled) and is dropped.
+any other 4xx, such as 422 ``amount_out_of_range`` for a cost past a bound) is never sent
+again: it stays in the file, marked rejected, for an operator, and is logged once. A release
+the service refuses has nothing left to do (no such hold, or it was settled) and is dropped.
 """
 
 import json

@@ -1,9 +1,14 @@
 """The typed client (sync and async) against a real `billing serve`: results, errors, retries."""
 
 import asyncio
+import http.server
+import json
 import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 
@@ -11,6 +16,7 @@ import pytest
 from integration_support import ADMIN_KEY, API_KEY, PASSWORD, BillingServer
 
 from client import (
+    AmountOutOfRange,
     AsyncBillingClient,
     BillingClient,
     BillingError,
@@ -22,6 +28,7 @@ from client import (
     Unauthorized,
     Unavailable,
 )
+from client.spool import SpoolForwarder, UsageRecord, UsageSpool
 
 QUICK_RETRY = RetryPolicy(attempts_max=2, backoff_seconds_initial=0.01, backoff_seconds_max=0.02)
 
@@ -179,3 +186,84 @@ def test_client_package_does_not_import_litellm() -> None:
     """The plain client must work where LiteLLM is not installed."""
     probe = "import sys, client; assert not any(name.startswith('litellm') for name in sys.modules)"
     subprocess.run([sys.executable, "-c", probe], check=True, timeout=60)
+
+
+class _Canned(http.server.BaseHTTPRequestHandler):
+    """Answers every POST with the server's ``answer`` (status, JSON body) and counts them."""
+
+    def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.server.requests += 1
+        status, body = self.server.answer
+        payload = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+@contextmanager
+def canned(status: int, body: dict) -> Iterator[http.server.HTTPServer]:
+    """A server on loopback that gives one answer to every request, counting them."""
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Canned)
+    server.answer = (status, body)
+    server.requests = 0
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        thread.join()
+        server.server_close()
+
+
+OUT_OF_RANGE = {
+    "error": "amount_out_of_range",
+    "message": "cost_total: it would take the tenant's used past COUNTER_MAX (1000000000)",
+    "field": "cost_total",
+    "bound": 1000000000,
+}
+
+
+def test_amount_out_of_range_is_final_and_a_5xx_is_retried() -> None:
+    """One request for the 422, whatever the retry policy; every attempt for a 503."""
+    retry = RetryPolicy(attempts_max=3, backoff_seconds_initial=0.01, backoff_seconds_max=0.02)
+    with canned(422, OUT_OF_RANGE) as server:
+        url = f"http://127.0.0.1:{server.server_port}"
+        with BillingClient(url, API_KEY, retry=retry) as billing:
+            with pytest.raises(AmountOutOfRange) as refused:
+                billing.log_usage("u", "gpt-4o", "r-1", cost_total="1")
+
+            async def scenario() -> None:
+                async with AsyncBillingClient(url, API_KEY, retry=retry) as client:
+                    with pytest.raises(AmountOutOfRange):
+                        await client.reserve("u", "r-2", "1")
+
+            asyncio.run(scenario())
+        assert server.requests == 2
+    assert isinstance(refused.value, Rejected)
+    assert refused.value.body["field"] == "cost_total"
+    with canned(503, {"error": "unavailable", "message": "busy"}) as server:
+        url = f"http://127.0.0.1:{server.server_port}"
+        with BillingClient(url, API_KEY, retry=retry) as billing:
+            with pytest.raises(Unavailable):
+                billing.log_usage("u", "gpt-4o", "r-3", cost_total="1")
+        assert server.requests == 3
+
+
+def test_the_spool_sends_a_usage_refused_as_out_of_range_once(tmp_path: Path) -> None:
+    spool = UsageSpool(tmp_path / "spool.sqlite3", records_max=10)
+    spool.put(UsageRecord("u", "gpt-4o", "r-spooled", 1, 1, "1", 5))
+    with canned(422, OUT_OF_RANGE) as server:
+        url = f"http://127.0.0.1:{server.server_port}"
+        with BillingClient(url, API_KEY) as billing:
+            forwarder = SpoolForwarder(spool, billing, retry_seconds=1, batch_max=10)
+            assert forwarder.forward_once() == 0
+            assert forwarder.forward_once() == 0
+        assert server.requests == 1
+    assert spool.pending(10) == [] and spool.count() == 1
