@@ -1,0 +1,73 @@
+"""Strict, boring input: one meaning per body, and answers that never carry a client's text
+back whole."""
+
+import pytest
+from api_helpers import ADMIN, API, assert_rejected, call, snapshot
+
+from api.http import EXCERPT_CHARS_MAX, excerpt
+from api.openapi import OPERATIONS
+
+WRITES = [op for op in OPERATIONS if op.request is not None]
+
+
+def _headers(op):
+    return ADMIN if op.security == "admin_key" else API
+
+
+def _path(op):
+    return op.path.replace("{user_id}", "alice")
+
+
+# -- duplicate keys ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("op", WRITES, ids=lambda op: f"{op.method} {op.path}")
+def test_a_duplicate_key_is_400_naming_it(shared_client, op):
+    body = '{"user_id":"alice","request_id":"a","cost_estimate":1,"request_id":"b"}'
+    before = snapshot(shared_client, "alice")
+    reply = call(shared_client, op.method.upper(), _path(op), headers=_headers(op), body=body)
+    assert_rejected(reply, 400, "invalid_json", field="request_id")
+    assert reply["message"] == 'malformed JSON body: duplicate key "request_id"'
+    assert snapshot(shared_client, "alice") == before
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"user_id":"alice","cost_estimate":1,"cost_estimate":1}',
+        '{"user_id":"alice","cost_estimate":1,"x":{"a":1,"a":2}}',
+        '{"user_id":"alice","cost_estimate":1,"x":[{"a":1},{"b":1,"b":1}]}',
+        '{"user_id":"alice","cost_estimate":1,"user_id":"alice"}',
+    ],
+    ids=["same value", "in an ignored object", "in an array", "the same twice"],
+)
+def test_duplicate_keys_are_refused_wherever_they_are(shared_client, body):
+    reply = call(shared_client, "POST", "/api/check-budget", headers=API, body=body)
+    assert_rejected(reply, 400, "invalid_json")
+    assert "duplicate key" in reply["message"]
+
+
+def test_a_duplicated_key_is_quoted_short_and_escaped(shared_client):
+    key = r"k\u0000\u001b[31m\u202e\"" + "x" * 500  # JSON escapes: NUL, ESC, RLO, a quote
+    body = f'{{"user_id":"alice","cost_estimate":1,"{key}":1,"{key}":2}}'
+    reply = call(shared_client, "POST", "/api/check-budget", headers=API, body=body)
+    assert_rejected(reply, 400, "invalid_json")
+    quoted = reply["field"]
+    assert quoted.startswith('k\\x00\\x1b[31m\\u202e\\"x') and quoted.endswith("…")
+    assert len(quoted) < 2 * EXCERPT_CHARS_MAX
+    assert quoted in reply["message"]
+    assert not any(char in reply.body["message"] for char in "\x00\x1b\u202e")
+    assert "x" * 100 not in reply.text
+
+
+def test_distinct_keys_in_distinct_objects_are_fine(shared_client):
+    body = '{"user_id":"alice","cost_estimate":1,"x":[{"a":1},{"a":1}],"y":{"a":{"a":1}}}'
+    assert call(shared_client, "POST", "/api/check-budget", headers=API, body=body).status == 200
+
+
+def test_excerpt_cuts_and_escapes():
+    assert excerpt("alice") == "alice"
+    assert excerpt("a" * EXCERPT_CHARS_MAX) == "a" * EXCERPT_CHARS_MAX
+    assert excerpt("a" * (EXCERPT_CHARS_MAX + 1)) == "a" * EXCERPT_CHARS_MAX + "…"
+    assert excerpt('say "hi"\\now\n\x00\u202e') == 'say \\"hi\\"\\\\now\\n\\x00\\u202e'
+    assert excerpt("café 😀") == "café 😀"
