@@ -14,6 +14,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    Strict,
     StrictBool,
     WithJsonSchema,
 )
@@ -109,7 +110,8 @@ def _whole_count(value: object) -> object:
     return value
 
 
-Tokens = Annotated[int, BeforeValidator(_whole_count), Field(ge=0, le=TOKENS_MAX)]
+# Strict: a lax int would take true as 1 and "5" as 5.
+Tokens = Annotated[int, BeforeValidator(_whole_count), Strict(), Field(ge=0, le=TOKENS_MAX)]
 RESPONSE_TIME_MS_MAX = 86_400_000
 # A decimal string is accepted too, as for amounts; the document names only the number, since
 # pydantic would publish any string as valid.

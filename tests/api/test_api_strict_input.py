@@ -1,8 +1,10 @@
-"""Strict, boring input: one meaning per body, and answers that never carry a client's text
-back whole."""
+"""Strict, boring input: one meaning per body, integers that are integers, and answers that
+never carry a client's text back whole."""
+
+from decimal import Decimal
 
 import pytest
-from api_helpers import ADMIN, API, assert_rejected, call, snapshot
+from api_helpers import ADMIN, API, assert_rejected, call, check, snapshot
 
 from api.http import EXCERPT_CHARS_MAX, excerpt
 from api.openapi import OPERATIONS
@@ -63,6 +65,35 @@ def test_a_duplicated_key_is_quoted_short_and_escaped(shared_client):
 def test_distinct_keys_in_distinct_objects_are_fine(shared_client):
     body = '{"user_id":"alice","cost_estimate":1,"x":[{"a":1},{"a":1}],"y":{"a":{"a":1}}}'
     assert call(shared_client, "POST", "/api/check-budget", headers=API, body=body).status == 200
+
+
+# -- integers that are integers ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["tokens_input", "tokens_output"])
+@pytest.mark.parametrize("value", ["true", "false", '"5"', '"1e3"', "null"])
+@pytest.mark.parametrize("path", ["/api/check-budget", "/api/log-usage"])
+def test_a_token_count_that_is_not_a_json_integer_is_422(shared_client, path, field, value):
+    body = f'{{"user_id":"alice","model":"gpt-4o","request_id":"r","cost_estimate":1,"cost_total":1,"{field}":{value}}}'
+    before = snapshot(shared_client, "alice")
+    reply = call(shared_client, "POST", path, headers=API, body=body)
+    assert_rejected(reply, 422, "validation_error", field=field)
+    assert snapshot(shared_client, "alice") == before
+
+
+@pytest.mark.parametrize("value", ["true", "false"])
+def test_a_boolean_response_time_is_422(shared_client, value):
+    body = (
+        f'{{"user_id":"alice","model":"m","request_id":"r","cost_total":1,"response_time":{value}}}'
+    )
+    reply = call(shared_client, "POST", "/api/log-usage", headers=API, body=body)
+    assert_rejected(reply, 422, "validation_error", field="response_time")
+
+
+def test_a_whole_number_written_with_a_fraction_or_exponent_is_still_a_count(client, alice):
+    assert check(client, "alice", Decimal(1), tokens_input=Decimal("1000.0")).status == 200
+    body = '{"user_id":"alice","cost_estimate":1,"tokens_output":1e3}'
+    assert call(client, "POST", "/api/check-budget", headers=API, body=body).status == 200
 
 
 def test_excerpt_cuts_and_escapes():
