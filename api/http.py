@@ -125,51 +125,45 @@ def read_model(req: falcon.Request, model: type[ModelT], body_bytes_max: int) ->
     """Read at most ``body_bytes_max`` bytes of JSON and validate them against ``model``."""
     raw = read_body(req, body_bytes_max)
     if not raw.strip():
-        payload: Any = {}
-    else:
-        try:
-            text = raw.decode("utf-8")
-            payload = _DECODER.decode(text)
-        except ValueError as error:  # JSONDecodeError, bad UTF-8, an int of too many digits
-            raise ApiError(
-                falcon.HTTP_400, "invalid_json", f"malformed JSON body: {error}"
-            ) from None
-        except RecursionError:  # arrays in arrays in …: the decoder recurses once per level
-            raise ApiError(
-                falcon.HTTP_400, "invalid_json", "malformed JSON body: nested too deeply"
-            ) from None
-        # A NUL can only arrive escaped (the decoder refuses raw control characters).
-        if _NUL_ESCAPE in text:
-            _refuse_nul(payload)
-    return validate(model, payload)
+        return validate(model, {})
+    try:
+        text = raw.decode("utf-8")
+        payload = _DECODER.decode(text)
+    except ValueError as error:  # JSONDecodeError, bad UTF-8, an int of too many digits
+        raise ApiError(falcon.HTTP_400, "invalid_json", f"malformed JSON body: {error}") from None
+    except RecursionError:  # arrays in arrays in …: the decoder recurses once per level
+        raise ApiError(
+            falcon.HTTP_400, "invalid_json", "malformed JSON body: nested too deeply"
+        ) from None
+    body = validate(model, payload)
+    # A NUL can only arrive escaped (the decoder refuses raw control characters).
+    if _NUL_ESCAPE in text:
+        _refuse_nul(body)
+    return body
 
 
-# U+0000 in any text of a request body is refused: PostgreSQL cannot store it in a text column
+# U+0000 in the text of a request field is refused: PostgreSQL cannot store it in a text column
 # (it would fail as a 503, as if a retry could help), and SQLite must accept what PostgreSQL
 # does, so ids and names move between the stores.
 NUL = "\x00"
 _NUL_ESCAPE = "\\u0000"
 
 
-def _refuse_nul(payload: object) -> None:
-    """422 naming a field whose text (or a key within it) holds NUL."""
-    pending: list[tuple[object, str | None]] = [(payload, None)]
-    while pending:
-        value, field = pending.pop()
-        if isinstance(value, str):
-            if NUL in value:
-                raise ApiError(
-                    falcon.HTTP_422,
-                    "validation_error",
-                    f"{field}: must not contain NUL (U+0000)" if field else "must not contain NUL",
-                    field=field,
-                )
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                pending.append((key, field))
-                pending.append((item, field or key))
-        elif isinstance(value, list):
-            pending.extend((item, field) for item in value)
+def _refuse_nul(body: BaseModel) -> None:
+    """422 naming the first field of ``body`` whose text holds NUL.
+
+    Only the model's own fields are read (every request field is a scalar): keys the model
+    ignores, and their values, never reach a store, so a NUL in one is no reason to refuse,
+    and the answer never quotes them.
+    """
+    for field, value in body:
+        if isinstance(value, str) and NUL in value:
+            raise ApiError(
+                falcon.HTTP_422,
+                "validation_error",
+                f"{field}: must not contain NUL (U+0000)",
+                field=field,
+            )
 
 
 def refuse_nul_in_path(
