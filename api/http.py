@@ -122,7 +122,11 @@ def respond_text(resp: falcon.Response, text: bytes, status: str = falcon.HTTP_2
 
 
 def read_model(req: falcon.Request, model: type[ModelT], body_bytes_max: int) -> ModelT:
-    """Read at most ``body_bytes_max`` bytes of JSON and validate them against ``model``."""
+    """Read at most ``body_bytes_max`` bytes of JSON and validate them against ``model``.
+
+    The body is JSON whatever its Content-Type says: ``curl -d`` sends a form type, and the
+    gateway's clients never needed to say.
+    """
     raw = read_body(req, body_bytes_max)
     if not raw.strip():
         return validate(model, {})

@@ -1,6 +1,7 @@
-"""Strict, boring input: one meaning per body, integers that are integers, and answers that
-never carry a client's text back whole."""
+"""Strict, boring input: one meaning per body, integers that are integers, bodies read as JSON
+whatever their Content-Type, and answers that never carry a client's text back whole."""
 
+import json
 from decimal import Decimal
 
 import pytest
@@ -94,6 +95,64 @@ def test_a_whole_number_written_with_a_fraction_or_exponent_is_still_a_count(cli
     assert check(client, "alice", Decimal(1), tokens_input=Decimal("1000.0")).status == 200
     body = '{"user_id":"alice","cost_estimate":1,"tokens_output":1e3}'
     assert call(client, "POST", "/api/check-budget", headers=API, body=body).status == 200
+
+
+# -- bodies are JSON whatever the Content-Type says ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/x-www-form-urlencoded",  # what `curl -d` sends
+        "text/plain",
+        "application/json; charset=utf-8",
+        None,
+    ],
+)
+def test_a_body_is_read_as_json_whatever_its_content_type(client, alice, content_type):
+    headers = dict(API)
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    body = json.dumps({"user_id": "alice", "model": "gpt-4o", "request_id": "r", "cost_total": 1})
+    result = client.simulate_post("/api/log-usage", headers=headers, body=body)
+    assert result.status_code == 201, result.text
+    assert result.json["budget"]["used"] == 1
+
+
+def test_the_readmes_curl_examples_work_with_curls_form_type(client):
+    """The README's quick start, sent as `curl -d` sends it."""
+    form = {**ADMIN, "Content-Type": "application/x-www-form-urlencoded"}
+    gateway = {**API, "Content-Type": "application/x-www-form-urlencoded"}
+    steps = [
+        (form, "/api/admin/products", '{"id":"starter","name":"Starter","monthly_budget":20}', 201),
+        (
+            form,
+            "/api/admin/provision-user",
+            '{"email":"ada@example.com","password":"correct horse","product_id":"starter",'
+            '"user_id":"ada"}',
+            201,
+        ),
+        (
+            gateway,
+            "/api/check-budget",
+            '{"user_id":"ada","model":"gpt-4o","tokens_input":1000,"tokens_output":500,'
+            '"request_id":"req-1"}',
+            200,
+        ),
+        (
+            gateway,
+            "/api/log-usage",
+            '{"user_id":"ada","model":"gpt-4o","request_id":"req-1","tokens_input":1000,'
+            '"tokens_output":480,"cost_total":0.0073}',
+            201,
+        ),
+    ]
+    for headers, path, body, status in steps:
+        result = client.simulate_post(path, headers=headers, body=body)
+        assert result.status_code == status, (path, result.text)
+
+
+# -- answers quote client text short and escaped --------------------------------------------
 
 
 def test_excerpt_cuts_and_escapes():
