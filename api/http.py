@@ -237,9 +237,14 @@ def validation_error(error: ValidationError) -> ApiError:
 def handle_ledger_error(
     req: falcon.Request, resp: falcon.Response, error: LedgerError, _: dict
 ) -> None:
+    """The error as JSON; ids it names (a user id from the path, a request id) as excerpts."""
+    details = {
+        name: excerpt(value) if isinstance(value, str) else value
+        for name, value in error.details.items()
+    }
     respond(
         resp,
-        {"error": error.code, "message": error.message, **error.details},
+        {"error": error.code, "message": error.message, **details},
         _LEDGER_STATUS.get(error.code, falcon.HTTP_400),
     )
 

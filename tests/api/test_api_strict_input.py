@@ -5,7 +5,7 @@ import json
 from decimal import Decimal
 
 import pytest
-from api_helpers import ADMIN, API, assert_rejected, call, check, snapshot
+from api_helpers import ADMIN, API, assert_rejected, call, check, log_usage, snapshot
 
 from api.http import EXCERPT_CHARS_MAX, excerpt
 from api.openapi import OPERATIONS
@@ -161,3 +161,59 @@ def test_excerpt_cuts_and_escapes():
     assert excerpt("a" * (EXCERPT_CHARS_MAX + 1)) == "a" * EXCERPT_CHARS_MAX + "…"
     assert excerpt('say "hi"\\now\n\x00\u202e') == 'say \\"hi\\"\\\\now\\n\\x00\\u202e'
     assert excerpt("café 😀") == "café 😀"
+
+
+@pytest.mark.parametrize(
+    ("method", "path_template"),
+    [
+        ("GET", "/api/users/{}/budget"),
+        ("GET", "/api/users/{}/usage"),
+        ("GET", "/api/admin/users/{}"),
+    ],
+)
+def test_an_unknown_id_in_the_path_is_quoted_as_an_excerpt(shared_client, method, path_template):
+    user_id = "%1B%5B2J" + "z" * 2000
+    headers = ADMIN if "/admin/" in path_template else API
+    reply = call(shared_client, method, path_template.format(user_id), headers=headers)
+    assert_rejected(reply, 404, "not_found")
+    assert reply["user_id"].startswith("\\x1b[2Jzzz") and reply["user_id"].endswith("…")
+    assert "z" * 100 not in reply.text and "\x1b" not in reply.body["user_id"]
+
+
+def test_a_long_request_id_of_an_unknown_hold_is_quoted_as_an_excerpt(shared_client):
+    request_id = "r" * 256
+    reply = call(
+        shared_client,
+        "POST",
+        "/api/release-reservation",
+        headers=API,
+        json_body={"request_id": request_id},
+    )
+    assert_rejected(reply, 404, "not_found")
+    assert reply["request_id"] == "r" * EXCERPT_CHARS_MAX + "…"
+
+
+def test_an_unknown_model_is_not_quoted(shared_client):
+    model = "secret-model-name-" + "m" * 200
+    reply = call(
+        shared_client,
+        "POST",
+        "/api/check-budget",
+        headers=API,
+        json_body={"user_id": "alice", "model": model, "tokens_input": 10},
+    )
+    assert_rejected(reply, 422, "validation_error", field="cost_estimate")
+    assert "secret-model-name" not in reply.text
+
+
+def test_a_malformed_body_is_not_quoted(shared_client):
+    body = '{"user_id":"alice","cost_estimate":1, secret-garbage ' + "g" * 5000 + "}"
+    reply = call(shared_client, "POST", "/api/check-budget", headers=API, body=body)
+    assert_rejected(reply, 400, "invalid_json")
+    assert "secret" not in reply.text and len(reply["message"]) < 200
+
+
+def test_a_log_usage_of_an_unknown_user_names_it_as_an_excerpt(shared_client):
+    reply = log_usage(shared_client, "u" * 256, "r-unknown")
+    assert_rejected(reply, 404, "not_found")
+    assert reply["user_id"] == "u" * EXCERPT_CHARS_MAX + "…"
