@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.alerts import Alert, AlertChannel, AlertSubject
-from core.money import Money
+from core.money import NANOS_PER_UNIT, Money
 from core.reconcile import Check, Drift
 from core.store.base import PeriodSummary, Spender
 
@@ -145,8 +145,11 @@ RECORD_ALERT_ATTEMPT_SQL = (
     " WHERE id = :id AND state = 'pending'"
 )
 
+# Whole dollars and nano-dollars are added apart: ten users at COUNTER_MAX already pass
+# SQLite's 64-bit SUM, which fails with "integer overflow"; each part stays far inside it.
 SUMMARY_TOTAL_SQL = (
-    "SELECT COUNT(DISTINCT user_id), COALESCE(SUM(used), 0)"
+    f"SELECT COUNT(DISTINCT user_id), COALESCE(SUM(used / {NANOS_PER_UNIT}), 0),"
+    f" COALESCE(SUM(used - used / {NANOS_PER_UNIT} * {NANOS_PER_UNIT}), 0)"
     " FROM period_history_effective WHERE closed_by = :label"
 )
 
@@ -232,6 +235,7 @@ def summary_from_rows(
     label: str, total: tuple[Any, ...], top: Iterable[tuple[Any, ...]]
 ) -> PeriodSummary:
     """A ``PeriodSummary`` from the rows of ``SUMMARY_TOTAL_SQL`` and ``SUMMARY_TOP_SQL``."""
-    users, spend_total = total
+    users, spend_units, spend_nanos = total
+    spend_total = int(spend_units) * NANOS_PER_UNIT + int(spend_nanos)
     spenders = [Spender(user_id, email, Money(int(spent))) for user_id, email, spent in top]
     return PeriodSummary(label, int(users), Money(int(spend_total)), spenders)

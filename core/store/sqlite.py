@@ -651,18 +651,17 @@ class SqliteStore:
                 " FROM users u JOIN products p ON p.id = u.product_id WHERE u.period_label < ?",
                 (now_ms, label, before),
             )
-            # A tenant's used is its users' open-period usage: what the closed periods held
-            # leaves it, what the periods left open hold stays.
-            connection.execute(
-                "UPDATE tenants SET used = used - COALESCE((SELECT SUM(u.used) FROM users u"
-                " WHERE u.tenant_id = tenants.id AND u.period_label < ?), 0), updated_at = ?",
-                (before, now_ms),
-            )
             users_reset = connection.execute(
                 "UPDATE users SET used = 0, credits = 0, period_label = ?,"
                 " period_start = MAX(?, period_start + 1), updated_at = ? WHERE period_label < ?",
                 (label, now_ms, now_ms, before),
             ).rowcount
+            # A tenant's used is its users' open-period usage: what the periods left open hold.
+            connection.execute(
+                "UPDATE tenants SET used = COALESCE((SELECT SUM(u.used) FROM users u"
+                " WHERE u.tenant_id = tenants.id), 0), updated_at = ?",
+                (now_ms,),
+            )
             if request.apply_once:
                 connection.execute(
                     "INSERT INTO applied_resets (label, users_reset, applied_at) VALUES (?, ?, ?)",

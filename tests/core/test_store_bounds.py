@@ -191,3 +191,17 @@ def test_the_usage_view_adds_up_more_than_a_bigint_holds(roomy, raw, store, cloc
     ]
     by_bucket = store.usage_groups("alice", clock(), clock() + 10, "bucket")
     assert sum(group.cost for group in by_bucket) == 10 * COUNTER_MAX > 2**63
+
+
+def test_a_reset_summary_adds_up_counters_whose_total_passes_64_bits(ledger, basic, raw, clock):
+    """Ten users at COUNTER_MAX: their closed periods total past 2**63 nano-dollars. The
+    counters are set directly; the summary reads only what the reset closed."""
+    for index in range(10):
+        provision(ledger, f"u{index}", tenant_id=f"t{index}")
+    raw.execute("UPDATE users SET used = ?", (COUNTER_MAX,))
+    raw.execute("UPDATE tenants SET used = ?", (COUNTER_MAX,))
+    clock.advance(1)
+    label = ledger.reset_budgets(None).label
+    summary = ledger.closed_period_summary(label, 3)
+    assert summary.spend_total == 10 * COUNTER_MAX > 2**63
+    assert [spender.used for spender in summary.top_spenders] == [COUNTER_MAX] * 3

@@ -22,15 +22,14 @@ BEGIN
            u.tenant_id, u.product_id, p.monthly_budget, u.credits, u.used, p_label
       FROM users u JOIN products p ON p.id = u.product_id
      WHERE u.period_label < p_before COLLATE "C";
-    -- A tenant's used is its users' open-period usage: what the closed periods held leaves it.
-    UPDATE tenants t SET used = t.used - COALESCE((SELECT SUM(u.used) FROM users u
-                                                   WHERE u.tenant_id = t.id
-                                                     AND u.period_label < p_before COLLATE "C"), 0),
-           updated_at = p_now;
     UPDATE users u SET used = 0, credits = 0, period_label = p_label,
            period_start = GREATEST(p_now, u.period_start + 1), updated_at = p_now
      WHERE u.period_label < p_before COLLATE "C";
     GET DIAGNOSTICS v_users_reset = ROW_COUNT;
+    -- A tenant's used is its users' open-period usage: what the periods left open hold.
+    UPDATE tenants t SET used = COALESCE((SELECT SUM(u.used) FROM users u
+                                          WHERE u.tenant_id = t.id), 0),
+           updated_at = p_now;
     IF p_apply_once THEN
         INSERT INTO applied_resets (label, users_reset, applied_at)
         VALUES (p_label, v_users_reset, p_now);
