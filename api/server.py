@@ -3,6 +3,7 @@
 import gc
 import logging
 import os
+import resource
 import socket
 import sys
 
@@ -13,13 +14,26 @@ from waitress.task import ErrorTask
 from api.http import HTTP_ERROR_CODES, JSON, dumps, too_large_message
 from core.settings import Settings
 
+log = logging.getLogger(__name__)
+
 # Waitress buffers a whole body before the app sees it; past this margin over BODY_BYTES_MAX it
 # refuses the request itself (``JsonErrorTask``: 413 as soon as Content-Length says so), below it
 # the app answers with its own JSON 413.
 WAITRESS_BODY_MARGIN_BYTES = 1024 * 1024
+# With select() a descriptor past 1023 (FD_SETSIZE) killed the worker, ~1,000 idle connections
+# in; with poll() (``asyncore_use_poll``) only this limit counts. Past it waitress stops accepting
+# and new connections wait in the listen backlog. Each idle connection costs every turn of
+# waitress's loop ~5 µs: at 1,000 a check-budget took 1-2 ms longer, at 2,500 ~11 ms longer.
 WAITRESS_CONNECTION_LIMIT = 1000
 WAITRESS_CHANNEL_TIMEOUT_SECONDS = 60
 WAITRESS_BACKLOG = 1024
+# Descriptors a worker may need: per connection its socket and, at most, a temporary file each
+# for a large body and a large answer (waitress spills them to disk); per thread a SQLite
+# connection's database, WAL and shared-memory files (a PostgreSQL connection is one socket);
+# and the process's own (listener, waitress's trigger pipe, logs, metrics files, the write lock).
+DESCRIPTORS_PER_CONNECTION = 3
+DESCRIPTORS_PER_THREAD = 3
+DESCRIPTORS_RESERVED = 256
 # Responses shorter than this are left for waitress's main loop to send, with the others that
 # are ready, instead of being sent by the thread that made them (waitress's default, 1). On 2
 # cores at 32 connections: 36-42% more requests per second and half the p99 latency, for the
@@ -99,6 +113,41 @@ def pin_to_cpu(cpu: int) -> None:
             continue  # the thread ended meanwhile
 
 
+def descriptors_needed(connection_limit: int, threads: int) -> int:
+    return (
+        connection_limit * DESCRIPTORS_PER_CONNECTION
+        + threads * DESCRIPTORS_PER_THREAD
+        + DESCRIPTORS_RESERVED
+    )
+
+
+def fit_connection_limit(threads: int) -> int:
+    """Raise this process's soft ``RLIMIT_NOFILE`` to what ``WAITRESS_CONNECTION_LIMIT`` needs;
+    the connection limit that fits the descriptors allowed (lower, and logged, when the hard
+    limit is too low).
+
+    A process out of descriptors fails every accept and every database open, so connections are
+    refused (left in the listen backlog) before that can happen.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = descriptors_needed(WAITRESS_CONNECTION_LIMIT, threads)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        soft = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return WAITRESS_CONNECTION_LIMIT
+    fitting = max(1, (soft - descriptors_needed(0, threads)) // DESCRIPTORS_PER_CONNECTION)
+    log.warning(
+        "open files limit (RLIMIT_NOFILE) is %d, %d needed for %d connections: accepting at"
+        " most %d connections at a time",
+        soft,
+        needed,
+        WAITRESS_CONNECTION_LIMIT,
+        fitting,
+    )
+    return fitting
+
+
 def run_waitress(app: object, settings: Settings, listener: socket.socket | None = None) -> None:
     """Serve ``app`` until interrupted, with the service's limits.
 
@@ -109,6 +158,7 @@ def run_waitress(app: object, settings: Settings, listener: socket.socket | None
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     # Waitress takes no error renderer; every channel makes its error answers with this class.
     HTTPChannel.error_task_class = JsonErrorTask
+    connection_limit = fit_connection_limit(settings.threads)
     freeze_startup_heap()
     where: dict[str, object] = (
         {"host": settings.host, "port": settings.port}
@@ -120,9 +170,12 @@ def run_waitress(app: object, settings: Settings, listener: socket.socket | None
         **where,
         threads=settings.threads,
         backlog=WAITRESS_BACKLOG,
-        connection_limit=WAITRESS_CONNECTION_LIMIT,
+        connection_limit=connection_limit,
         channel_timeout=WAITRESS_CHANNEL_TIMEOUT_SECONDS,
         max_request_body_size=settings.body_bytes_max + WAITRESS_BODY_MARGIN_BYTES,
         send_bytes=WAITRESS_SEND_BYTES,
+        # select() fails past descriptor 1023 (FD_SETSIZE): ~1,000 idle connections killed a
+        # worker (ValueError: filedescriptor out of range in select()).
+        asyncore_use_poll=True,
         ident="cloudfreedom-billing",
     )
