@@ -9,6 +9,7 @@ import sys
 
 import waitress
 from waitress.channel import HTTPChannel
+from waitress.server import BaseWSGIServer
 from waitress.task import ErrorTask
 
 from api.http import HTTP_ERROR_CODES, JSON, dumps, too_large_message
@@ -34,6 +35,15 @@ WAITRESS_BACKLOG = 1024
 DESCRIPTORS_PER_CONNECTION = 3
 DESCRIPTORS_PER_THREAD = 3
 DESCRIPTORS_RESERVED = 256
+# A connection's next pipelined request waits, with no thread, while more than this of its
+# earlier answers is unsent (``BoundedOutputChannel``); a connection that does not pipeline
+# never has more unsent than its one answer.
+WAITRESS_OUTBUF_HIGH_WATERMARK_BYTES = 64 * 1024
+# Requests one connection may have waiting for their answers. Waitress parses every request a
+# read brings (8 KiB: ~200 short GETs, ~800 bytes each parsed) and answers them all: 800 clients
+# that each pipelined 100 GETs of /openapi.json and never read grew a worker from 63 to 372 MB,
+# 338 MB of it kept after they left; with this bound, 5 MB.
+WAITRESS_PIPELINED_REQUESTS_MAX = 16
 # Responses shorter than this are left for waitress's main loop to send, with the others that
 # are ready, instead of being sent by the thread that made them (waitress's default, 1). On 2
 # cores at 32 connections: 36-42% more requests per second and half the p99 latency, for the
@@ -41,6 +51,9 @@ DESCRIPTORS_RESERVED = 256
 # (one hand-off to the main loop). Waitress has deprecated the setting since 1.3 but still
 # honours it in 3.x (a DeprecationWarning at start-up); pyproject keeps waitress below 4.
 WAITRESS_SEND_BYTES = 18_000
+# While a request waits, waitress's loop sends a connection's output only once it is at least
+# ``send_bytes``: a parked connection (more than the watermark unsent) always qualifies.
+assert WAITRESS_OUTBUF_HIGH_WATERMARK_BYTES >= WAITRESS_SEND_BYTES
 
 
 class JsonErrorTask(ErrorTask):
@@ -64,6 +77,63 @@ class JsonErrorTask(ErrorTask):
         self.set_close_on_finish()
         self.content_length = len(body)
         self.write(body)
+
+
+class BoundedOutputChannel(HTTPChannel):
+    """A connection with at most ``WAITRESS_PIPELINED_REQUESTS_MAX`` requests waiting and at
+    most ``outbuf_high_watermark`` bytes unsent (plus one answer), and no thread waiting on its
+    client.
+
+    Waitress serves a connection's pipelined requests one after another and, once more than the
+    watermark is unsent, makes the serving thread wait until the client reads: a client that
+    pipelines requests and never reads held a thread for as long as it stayed connected (with
+    one thread, another client's request went unanswered). Here the next request waits instead,
+    parked with no thread, and waitress's loop queues it again once the client has read enough.
+    Waitress's wait inside a write goes too: every answer of the app is one body, already built.
+    """
+
+    error_task_class = JsonErrorTask
+    parked = False  # the next request waits for the client to read
+
+    def received(self, data: bytes) -> bool:
+        """Parse ``data`` as waitress does, then keep at most ``WAITRESS_PIPELINED_REQUESTS_MAX``
+        requests waiting: the last one kept is answered with ``Connection: close`` and the rest
+        is dropped, for the client to send again on a new connection (as HTTP has a client do
+        when a connection closes with requests unanswered)."""
+        parsed = super().received(data)
+        with self.requests_lock:
+            if len(self.requests) > WAITRESS_PIPELINED_REQUESTS_MAX:
+                for dropped in self.requests[WAITRESS_PIPELINED_REQUESTS_MAX:]:
+                    dropped.close()
+                del self.requests[WAITRESS_PIPELINED_REQUESTS_MAX:]
+                last = self.requests[-1]
+                last.headers["CONNECTION"] = "close"
+                last.connection_close = True
+                if self.request is not None:
+                    self.request.close()
+                    self.request = None
+        return parsed
+
+    def service(self) -> None:
+        with self.outbuf_lock:
+            if self.connected and self.total_outbufs_len > self.adj.outbuf_high_watermark:
+                self.parked = True
+                return
+        super().service()
+
+    def _flush_outbufs_below_high_watermark(self) -> None:
+        return
+
+    def handle_write(self) -> None:
+        super().handle_write()
+        if not self.parked:
+            return
+        # Under the lock ``service`` parks under, so a park and this check cannot miss each other.
+        with self.outbuf_lock:
+            if self.parked and self.total_outbufs_len <= self.adj.outbuf_high_watermark:
+                self.parked = False
+                if self.connected:
+                    self.server.add_task(self)
 
 
 def freeze_startup_heap() -> None:
@@ -156,8 +226,6 @@ def run_waitress(app: object, settings: Settings, listener: socket.socket | None
     """
     # Under saturation waitress warns once per queued request; that is load, not news.
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
-    # Waitress takes no error renderer; every channel makes its error answers with this class.
-    HTTPChannel.error_task_class = JsonErrorTask
     connection_limit = fit_connection_limit(settings.threads)
     freeze_startup_heap()
     where: dict[str, object] = (
@@ -165,8 +233,10 @@ def run_waitress(app: object, settings: Settings, listener: socket.socket | None
         if listener is None
         else {"sockets": [listener]}
     )
-    waitress.serve(
+    socket_map: dict[int, object] = {}  # waitress's: descriptor → its server or a connection
+    server = waitress.create_server(
         app,
+        socket_map,
         **where,
         threads=settings.threads,
         backlog=WAITRESS_BACKLOG,
@@ -174,8 +244,14 @@ def run_waitress(app: object, settings: Settings, listener: socket.socket | None
         channel_timeout=WAITRESS_CHANNEL_TIMEOUT_SECONDS,
         max_request_body_size=settings.body_bytes_max + WAITRESS_BODY_MARGIN_BYTES,
         send_bytes=WAITRESS_SEND_BYTES,
+        outbuf_high_watermark=WAITRESS_OUTBUF_HIGH_WATERMARK_BYTES,
         # select() fails past descriptor 1023 (FD_SETSIZE): ~1,000 idle connections killed a
         # worker (ValueError: filedescriptor out of range in select()).
         asyncore_use_poll=True,
         ident="cloudfreedom-billing",
     )
+    for dispatcher in socket_map.values():
+        if isinstance(dispatcher, BaseWSGIServer):
+            dispatcher.channel_class = BoundedOutputChannel
+    server.print_listen("Serving on http://{}:{}")
+    server.run()
