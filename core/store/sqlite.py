@@ -53,6 +53,7 @@ from core.store.base import (
     USER_VIEW_COLUMNS,
     CheckOutcome,
     CreditGrant,
+    FailureLog,
     GroupBy,
     LogOutcome,
     NewUser,
@@ -256,6 +257,8 @@ class SqliteStore:
         self._write_lock = threading.Lock()
         self._leader_active = False
         self._write_failures = WriteFailures(clock_ms)
+        self._failed_batches = FailureLog(log, "sqlite write batch failed, nothing written")
+        self._failed_housekeeping = FailureLog(log, "sqlite housekeeping skipped a round")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with ExitStack() as opened:  # closes what was opened if a later step fails
@@ -387,7 +390,9 @@ class SqliteStore:
     def _run_batch(self, batch: list[_PendingWrite]) -> None:
         """One transaction for the whole batch; each write acknowledged only after COMMIT."""
         if not self._process_lock.acquire(self._busy_timeout_ms):
-            log.warning("sqlite writer: write lock held elsewhere past the busy timeout, or closed")
+            self._failed_batches.failed(
+                "write lock held elsewhere past the busy timeout, or the store closed"
+            )
             _finish(batch, Unavailable("database is busy; nothing was written"))
             return
         try:
@@ -401,7 +406,7 @@ class SqliteStore:
         try:
             connection.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as error:
-            log.warning("sqlite writer could not begin a transaction: %s", error)
+            self._failed_batches.failed(f"could not begin a transaction: {error}")
             _finish(batch, Unavailable("database is busy; nothing was written"))
             return
         try:
@@ -415,7 +420,10 @@ class SqliteStore:
             if not self._committed.is_set():  # a read, mostly: set takes a lock
                 self._committed.set()
         except BaseException as error:
-            log.exception("sqlite write batch failed; rolled back")
+            # A database's refusal (a full disk) is a line with a count; anything else is a bug,
+            # and its line carries the traceback.
+            bug = None if isinstance(error, sqlite3.Error) else error
+            self._failed_batches.failed(f"{type(error).__name__}: {error}", error=bug)
             self._write_failures.failed(str(error))
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
@@ -438,6 +446,8 @@ class SqliteStore:
         last_sweep_ms = 0
         try:
             while not self._closing.is_set():
+                self._failed_batches.report_due()
+                self._failed_housekeeping.report_due()
                 try:
                     if self._committed.wait(SWEEP_INTERVAL_MS / 1000):
                         if self._closing.wait(CHECKPOINT_INTERVAL_MS / 1000):
@@ -450,7 +460,7 @@ class SqliteStore:
                         if _any_hold_expired(connection, now_ms):
                             self._write(_sweep_expired)
                 except (sqlite3.Error, LedgerError) as error:
-                    log.warning("sqlite housekeeping skipped a round: %s", error)
+                    self._failed_housekeeping.failed(f"{type(error).__name__}: {error}")
         finally:
             connection.close()
 

@@ -1,5 +1,6 @@
 """A disk that fills up under `billing serve` on SQLite: writes are refused whole (503), every
-acknowledged one is kept, reads go on, the health check says the database fails, and writes
+acknowledged one is kept, reads go on, the health check says the database fails, the log gets a
+line per kind of failure with a count rather than a traceback per refused write, and writes
 resume once there is room, in the same process and after a restart.
 
 ``RLIMIT_FSIZE`` on the server stands in for a full disk: past it a write fails with ``EFBIG``,
@@ -27,6 +28,10 @@ from integration_support import (
 FILE_BYTES_MAX = 512 * 1024
 LOGS_MAX = 20_000
 REFUSALS_WANTED = 3
+# Refusals more once the disk is full, and the lines all of them may leave in the server's log
+# (one per kind of failure, at most every few seconds; the disk they go to is the full one).
+REFUSALS_MORE = 300
+FAILURE_LINES_MAX = 3
 COST = Decimal("0.001")
 # Long ids make each usage row big, so the limit is reached in a few hundred requests.
 ID_PAD = "x" * 100
@@ -52,6 +57,24 @@ def test_a_full_disk_refuses_writes_whole_and_loses_nothing_acknowledged(workdir
                 break
         assert refused == REFUSALS_WANTED, f"{logged} logged and the disk never filled"
         assert logged > 0
+        for number in range(LOGS_MAX):
+            body = usage_body("filler", f"more-{number}-{ID_PAD}", COST, f"model-{ID_PAD}")
+            answer = client.post("/api/log-usage", content=dumps(body), headers=api_headers())
+            if answer.status_code == 201:  # room again in the WAL, restarted after a checkpoint
+                logged += 1
+                continue
+            assert answer.status_code == 503, answer.text
+            refused += 1
+            if refused == REFUSALS_WANTED + REFUSALS_MORE:
+                break
+        assert refused == REFUSALS_WANTED + REFUSALS_MORE
+        failure_lines = [
+            line for line in full.output().splitlines() if '"logger":"core.store.sqlite"' in line
+        ]
+        print(f"{refused} refused writes, {len(failure_lines)} log lines:")
+        print("\n".join(failure_lines))
+        assert 1 <= len(failure_lines) <= FAILURE_LINES_MAX
+        assert "Traceback" not in full.output()
         assert user_budget(client, "filler")["used"] == logged * COST
         check = {"user_id": "filler", "cost_estimate": 1}
         answer = client.post("/api/check-budget", content=dumps(check), headers=api_headers())
