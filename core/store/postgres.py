@@ -14,6 +14,7 @@ SQLite.
 """
 
 import logging
+import re
 import select
 import threading
 from collections.abc import Callable, Iterator
@@ -53,6 +54,7 @@ from core.store.base import (
     USER_VIEW_COLUMNS,
     CheckOutcome,
     CreditGrant,
+    FailureLog,
     GroupBy,
     LogOutcome,
     NewUser,
@@ -123,6 +125,7 @@ class PostgresStore:
         self._clock_ms = clock_ms
         self._pool_size = pool_size
         self._write_failures = WriteFailures(clock_ms)
+        self._failures = FailureLog(log, "postgres operation failed")
         self._pool = psycopg_pool.ConnectionPool(
             database_url,
             min_size=pool_size,
@@ -171,7 +174,8 @@ class PostgresStore:
 
     @contextmanager
     def _connection(self, write: bool = False) -> Iterator[psycopg.Connection[Any]]:
-        """A pooled connection; failures of the database become ``Unavailable`` (a 503).
+        """A pooled connection; failures of the database become ``Unavailable`` (a 503),
+        logged as ``FailureLog`` lines.
 
         With ``write``, the database's own failure (not a busy pool, not a constraint) is
         remembered for the health check until a write succeeds (``WriteFailures``).
@@ -184,14 +188,16 @@ class PostgresStore:
             finally:
                 self._pool.putconn(connection)
         except psycopg_pool.TooManyRequests:
+            self._failures.failed("too many requests wait for a connection")
             raise Unavailable("too many requests wait for the database; retry shortly") from None
         except psycopg_pool.PoolTimeout:
+            self._failures.failed("no connection free in time")
             raise Unavailable("no database connection free in time; retry shortly") from None
         except psycopg.IntegrityError as error:
             log.error("integrity check refused a write: %s", error)
             raise Unavailable("write refused by a database constraint") from None
         except psycopg.Error as error:
-            log.warning("postgres operation failed: %s", error)
+            self._failures.failed(_first_line(error))
             if write:
                 self._write_failures.failed(_first_line(error))
             raise Unavailable("database operation failed; retry shortly") from None
@@ -208,6 +214,7 @@ class PostgresStore:
                 return connection
             connection.close()
             self._pool.putconn(connection)
+        self._failures.failed("the server keeps closing connections")
         raise Unavailable("the database keeps closing connections; retry shortly")
 
     def _one(
@@ -290,13 +297,16 @@ class PostgresStore:
             self._last_sweep_ms = now_ms
             self._one("SELECT ledger_sweep_expired(%s, %s)", (now_ms, SWEEP_BATCH_MAX), write=True)
         except LedgerError as error:
-            log.warning("postgres sweep of expired holds skipped a round: %s", error)
+            self._failures.failed(f"sweep of expired holds skipped a round: {error}")
         finally:
             self._sweep_lock.release()
 
     def _housekeeping_loop(self) -> None:
-        """Sweep expired holds when no write comes along to do it."""
+        """Sweep expired holds when no write comes along to do it, and log the failures
+        counted since their last line (``FailureLog.report_due``)."""
         while not self._closing.wait(SWEEP_INTERVAL_MS / 1000):
+            self._failures.report_due()
+            _POOL_WARNINGS.failures.report_due()
             self._sweep_if_due(self._clock_ms())
 
     # -- reads -------------------------------------------------------------------------------
@@ -706,6 +716,28 @@ def _configure(connection: psycopg.Connection[Any]) -> None:
     """
     connection.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
     connection.execute("SET plan_cache_mode = force_generic_plan")
+
+
+class _PoolWarnings(logging.Filter):
+    """psycopg_pool's warnings, a line for each failed connection attempt and each dropped
+    connection (48 lines through a 6 s outage), counted into one ``FailureLog`` instead."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = FailureLog(log, "postgres pool")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.WARNING:
+            return True
+        message = record.getMessage().strip().split("\n", 1)[0]
+        self.failures.failed(_OBJECT_ADDRESS.sub("", message))
+        return False
+
+
+# " at 0x7f…" in an object's repr: one kind of failure per connection object otherwise.
+_OBJECT_ADDRESS = re.compile(r" at 0x[0-9a-f]+")
+_POOL_WARNINGS = _PoolWarnings()
+logging.getLogger("psycopg.pool").addFilter(_POOL_WARNINGS)
 
 
 def _closed_by_server(connection: psycopg.Connection[Any]) -> bool:
