@@ -84,6 +84,19 @@ AUTOVACUUM_OFF_WARNING = (
 )
 POOL_WAITING_MAX = 4_096
 CONNECT_TIMEOUT_SECONDS = 10
+# How long the pool retries replacing a lost connection before it gives up. With
+# psycopg_pool's default (5 minutes) its attempts back off from 1 s, doubling, so after an
+# outage of N seconds the next came up to N seconds after the server was back: requests failed
+# for ~3 s more after a restart. Given up, the pool connects again only for a request that
+# starts waiting; the housekeeper asks it to whenever requests wait with no connection idle
+# (``_reconnect_while_waiting``): an attempt at least every ~0.75 s while requests wait.
+POOL_RECONNECT_TIMEOUT_SECONDS = 0.5
+# GET / waits this long for its probe of the server, and /metrics this long for a pooled
+# connection, instead of the pool's timeout (5 s by default: past the health check's 3 s).
+HEALTH_PROBE_WAIT_SECONDS = 0.5
+METRICS_POOL_WAIT_SECONDS = 0.5
+# libpq's shortest connect timeout; the probe is waited for less (HEALTH_PROBE_WAIT_SECONDS).
+PROBE_CONNECT_TIMEOUT_SECONDS = 2
 STATEMENT_TIMEOUT_MS = 30_000
 SWEEP_INTERVAL_MS = 250
 SWEEP_BATCH_MAX = 1_000
@@ -126,12 +139,14 @@ class PostgresStore:
         self._pool_size = pool_size
         self._write_failures = WriteFailures(clock_ms)
         self._failures = FailureLog(log, "postgres operation failed")
+        self._probe = _HealthProbe(database_url)
         self._pool = psycopg_pool.ConnectionPool(
             database_url,
             min_size=pool_size,
             max_size=pool_size,
             timeout=pool_timeout_seconds,
             max_waiting=POOL_WAITING_MAX,
+            reconnect_timeout=POOL_RECONNECT_TIMEOUT_SECONDS,
             kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_SECONDS},
             configure=_configure,
             name="billing",
@@ -173,15 +188,18 @@ class PostgresStore:
     # -- connections -------------------------------------------------------------------------
 
     @contextmanager
-    def _connection(self, write: bool = False) -> Iterator[psycopg.Connection[Any]]:
-        """A pooled connection; failures of the database become ``Unavailable`` (a 503),
-        logged as ``FailureLog`` lines.
+    def _connection(
+        self, write: bool = False, wait_seconds: float | None = None
+    ) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection, waited for at most ``wait_seconds`` (None: the pool's timeout);
+        failures of the database become ``Unavailable`` (a 503), logged as ``FailureLog``
+        lines.
 
         With ``write``, the database's own failure (not a busy pool, not a constraint) is
         remembered for the health check until a write succeeds (``WriteFailures``).
         """
         try:
-            connection = self._live_connection()
+            connection = self._live_connection(wait_seconds)
             try:
                 with connection:  # what the pool's own connection() does: end the transaction
                     yield connection
@@ -204,12 +222,12 @@ class PostgresStore:
         if write:
             self._write_failures.succeeded()
 
-    def _live_connection(self) -> psycopg.Connection[Any]:
+    def _live_connection(self, wait_seconds: float | None) -> psycopg.Connection[Any]:
         """A pooled connection the server has not closed. After a restart or failover every
         idle one is closed: each found so is dropped (the pool opens its replacement) and the
         next taken, so no call fails on a connection that was dead before it began."""
         for _ in range(self._pool_size + 1):
-            connection = self._pool.getconn()
+            connection = self._pool.getconn(wait_seconds)
             if not _closed_by_server(connection):
                 return connection
             connection.close()
@@ -218,23 +236,26 @@ class PostgresStore:
         raise Unavailable("the database keeps closing connections; retry shortly")
 
     def _one(
-        self, sql: str, params: tuple[object, ...], write: bool = False
+        self,
+        sql: str,
+        params: tuple[object, ...],
+        write: bool = False,
+        wait_seconds: float | None = None,
     ) -> tuple[Any, ...] | None:
-        with self._connection(write) as connection:
+        with self._connection(write, wait_seconds) as connection:
             return connection.execute(sql, params).fetchone()
 
     def close(self) -> None:
         self._closing.set()
         self._housekeeper.join(timeout=CONNECT_TIMEOUT_SECONDS)
         self._pool.close()
+        self._probe.close()
 
     def check_health(self) -> None:
-        """Raise when the server does not answer, answers but takes no writes (a standby, or
-        a primary demoted by a failover while this process kept its address), or refused the
-        last write (a full disk) with none succeeding since."""
-        with self._connection() as connection:
-            row = connection.execute("SELECT current_setting('transaction_read_only')").fetchone()
-        if row is None or row[0] != "off":
+        """Raise when the server does not answer within ``HEALTH_PROBE_WAIT_SECONDS``, answers
+        but takes no writes (a standby, or a primary demoted by a failover while this process
+        kept its address), or refused the last write (a full disk) with none succeeding since."""
+        if self._probe.read_only_setting() != "off":
             raise Unavailable("PostgreSQL takes no writes: transaction_read_only is on")
         self._write_failures.check()
 
@@ -286,28 +307,46 @@ class PostgresStore:
 
     # -- expired holds -----------------------------------------------------------------------
 
-    def _sweep_if_due(self, now_ms: int) -> None:
+    def _sweep_if_due(self, now_ms: int, wait_seconds: float | None = None) -> None:
         """Mark holds past expiry ``expired`` at most every ``SWEEP_INTERVAL_MS``, one sweeper
-        per process (and, by an advisory lock in the function, one across processes)."""
+        per process (and, by an advisory lock in the function, one across processes); waits
+        ``wait_seconds`` at most for a connection (None: the pool's timeout)."""
         if now_ms - self._last_sweep_ms < SWEEP_INTERVAL_MS:
             return
         if not self._sweep_lock.acquire(blocking=False):
             return
         try:
             self._last_sweep_ms = now_ms
-            self._one("SELECT ledger_sweep_expired(%s, %s)", (now_ms, SWEEP_BATCH_MAX), write=True)
+            self._one(
+                "SELECT ledger_sweep_expired(%s, %s)",
+                (now_ms, SWEEP_BATCH_MAX),
+                write=True,
+                wait_seconds=wait_seconds,
+            )
         except LedgerError as error:
             self._failures.failed(f"sweep of expired holds skipped a round: {error}")
         finally:
             self._sweep_lock.release()
 
     def _housekeeping_loop(self) -> None:
-        """Sweep expired holds when no write comes along to do it, and log the failures
-        counted since their last line (``FailureLog.report_due``)."""
+        """Sweep expired holds when no write comes along to do it, log the failures counted
+        since their last line (``FailureLog.report_due``), and reconnect while requests wait."""
         while not self._closing.wait(SWEEP_INTERVAL_MS / 1000):
             self._failures.report_due()
             _POOL_WARNINGS.failures.report_due()
-            self._sweep_if_due(self._clock_ms())
+            self._reconnect_while_waiting()
+            # No longer than a round: waiting the pool's timeout through an outage held up the
+            # reconnecting above for 5 s at a time.
+            self._sweep_if_due(self._clock_ms(), SWEEP_INTERVAL_MS / 1000)
+
+    def _reconnect_while_waiting(self) -> None:
+        """Requests wait and no connection is idle: the pool tries to connect now (``check``
+        grows an empty pool that is short of connections), not only when the next request
+        starts waiting. Requests already waiting when the server came back were otherwise
+        left to their timeout: the first answer came 1.8 s after it was back."""
+        stats = self._pool.get_stats()
+        if stats.get("requests_waiting", 0) and not stats.get("pool_available", 0):
+            self._pool.check()
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -320,10 +359,12 @@ class PostgresStore:
         return None if row is None else row[0]
 
     def count_open_reservations(self, now_ms: int) -> int:
-        row = self._one(
-            "SELECT count(*) FROM reservations WHERE state = 'open' AND expires_at > %s",
-            (now_ms,),
-        )
+        """For /metrics: waits ``METRICS_POOL_WAIT_SECONDS`` at most for a connection."""
+        with self._connection(wait_seconds=METRICS_POOL_WAIT_SECONDS) as connection:
+            row = connection.execute(
+                "SELECT count(*) FROM reservations WHERE state = 'open' AND expires_at > %s",
+                (now_ms,),
+            ).fetchone()
         assert row is not None
         return int(row[0])
 
@@ -738,6 +779,75 @@ class _PoolWarnings(logging.Filter):
 _OBJECT_ADDRESS = re.compile(r" at 0x[0-9a-f]+")
 _POOL_WARNINGS = _PoolWarnings()
 logging.getLogger("psycopg.pool").addFilter(_POOL_WARNINGS)
+
+
+class _HealthProbe:
+    """Asks the server whether it takes writes, on a connection of its own, and waits at most
+    ``HEALTH_PROBE_WAIT_SECONDS`` for the answer.
+
+    Not through the pool: a pool busy serving requests is not a database that is down, and a
+    pool whose server is down made the health check wait the pool's timeout (5 s). The probe
+    runs in a thread of its own, one at a time: a check that finds one running waits for it,
+    so a server that hangs holds one thread, not one per check.
+    """
+
+    def __init__(self, database_url: str) -> None:
+        self._database_url = database_url
+        self._lock = threading.Lock()
+        self._running: threading.Thread | None = None
+        # The last probe's answer: transaction_read_only, or why there is none.
+        self._answer: tuple[str | None, str] = (None, "no probe of PostgreSQL has finished")
+        self._connection: psycopg.Connection[Any] | None = None  # used by one probe at a time
+        self._closed = False
+
+    def read_only_setting(self) -> str:
+        """``transaction_read_only`` as the server says it; ``Unavailable`` when it fails, does
+        not answer in time, or the store is closed."""
+        with self._lock:
+            if self._closed:
+                raise Unavailable("the store is closed")
+            probe = self._running
+            if probe is None or not probe.is_alive():
+                probe = threading.Thread(target=self._probe, name="postgres-probe", daemon=True)
+                self._running = probe
+                probe.start()
+        probe.join(HEALTH_PROBE_WAIT_SECONDS)
+        if probe.is_alive():
+            raise Unavailable(f"PostgreSQL did not answer within {HEALTH_PROBE_WAIT_SECONDS} s")
+        setting, failure = self._answer
+        if setting is None:
+            raise Unavailable(failure)
+        return setting
+
+    def _probe(self) -> None:
+        try:
+            connection = self._connection
+            if connection is None or _closed_by_server(connection):
+                if connection is not None:
+                    connection.close()
+                self._connection = None
+                connection = psycopg.connect(
+                    self._database_url,
+                    autocommit=True,
+                    connect_timeout=PROBE_CONNECT_TIMEOUT_SECONDS,
+                )
+                self._connection = connection
+            row = connection.execute("SELECT current_setting('transaction_read_only')").fetchone()
+            self._answer = ("on" if row is None else row[0], "")
+        except Exception as error:  # whatever it is, the last answer must not stand
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+            self._answer = (None, f"PostgreSQL probe failed: {_first_line(error)}")
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            probe = self._running
+        if probe is not None:
+            probe.join(HEALTH_PROBE_WAIT_SECONDS)
+        if self._connection is not None and (probe is None or not probe.is_alive()):
+            self._connection.close()
 
 
 def _closed_by_server(connection: psycopg.Connection[Any]) -> bool:
