@@ -47,11 +47,12 @@ PIPELINED_REQUESTS = 100
 SELECT_DESCRIPTORS_MAX = 1024
 WAIT_SECONDS = 25.0
 POLL_SECONDS = 0.1
-# How long the pipelined requests may take to be answered: ~14 s of CPU on this branch's
-# worker (/openapi.json encoded per request), more on a machine whose cores are busy elsewhere.
+# How long the pipelined requests may take to be answered: 3 s measured on 2 cores (15-20 s
+# while /openapi.json was encoded per request), more on a machine whose cores are busy elsewhere.
 PIPELINED_ANSWERS_WAIT_SECONDS = 60.0
 PROBE_PAUSE_SECONDS = 0.01
-# Measured on 2 shared cores: p99 0.1-0.15 s while 800 clients pipeline; asserted far above.
+# Measured on 2 shared cores: p99 0.04 s while 800 clients pipeline (0.1-0.25 s while
+# /openapi.json was encoded per request); asserted far above.
 PROBE_P99_SECONDS_MAX = 5.0
 # Measured: 4-7 MB more after the pipelining clients left than before they came.
 RSS_GROWTH_BYTES_MAX = 50 * 1024 * 1024
