@@ -32,7 +32,7 @@ from core.money import (
     money_to_text,
 )
 from core.periods import PeriodLabel
-from core.provisioning import EMAIL_PATTERN, ID_LENGTH_MAX
+from core.identifiers import EMAIL_PATTERN, ID_LENGTH_MAX
 
 TOKENS_MAX = 1_000_000_000
 TEXT_LENGTH_MAX = 1024

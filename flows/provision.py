@@ -15,15 +15,9 @@ from prefect.cache_policies import NONE
 from pydantic import Field, SecretStr
 
 from adapters.pocketbase import open_identity_store
+from core.identifiers import EMAIL_PATTERN, ID_LENGTH_MAX, ID_PATTERN
 from core.passwords import one_time_password
-from core.provisioning import (
-    EMAIL_PATTERN,
-    ID_LENGTH_MAX,
-    ID_PATTERN,
-    Provisioner,
-    ProvisionOutcome,
-    ProvisionRequest,
-)
+from core.provisioning import Provisioner, ProvisionOutcome, ProvisionRequest
 from core.service import open_ledger
 from core.settings import Settings
 from flows.mail import mail_credentials, send_mail
