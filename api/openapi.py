@@ -1,4 +1,4 @@
-"""The OpenAPI 3.1 document, generated from the pydantic models in ``api.schemas``.
+"""The OpenAPI 3.1 document, generated from the pydantic models in ``wire.schemas``.
 
 ``OPERATIONS`` lists every operation with each status code it can return and that body's model;
 a test checks it against the app's routes and against the responses the API really sends.
@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from api import __version__
-from api import schemas as s
+from wire import schemas as s
 
 
 @dataclass(frozen=True)

@@ -4,12 +4,6 @@
 works without LiteLLM installed.
 """
 
-from api.schemas import (
-    CheckBudgetResponse,
-    LogUsageResponse,
-    ReleaseReservationResponse,
-    UserBudgetResponse,
-)
 from client.aio import AsyncBillingClient
 from client.calls import RetryPolicy
 from client.errors import (
@@ -23,6 +17,12 @@ from client.errors import (
     Unavailable,
 )
 from client.sync import BillingClient
+from wire.schemas import (
+    CheckBudgetResponse,
+    LogUsageResponse,
+    ReleaseReservationResponse,
+    UserBudgetResponse,
+)
 
 __all__ = [
     "AmountOutOfRange",

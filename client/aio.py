@@ -4,11 +4,11 @@ import asyncio
 
 import httpx
 
-from api import schemas
 from client import calls
 from client.base import ClientBase, transport_failure
 from client.calls import Amount, Call, ResultT
 from client.errors import BillingError, Unavailable
+from wire import schemas
 
 
 class AsyncBillingClient(ClientBase):

@@ -1,6 +1,6 @@
 """What each API call sends and how its answer is read; shared by the sync and async clients.
 
-Answers are validated against the service's own response models (``api.schemas``), so the
+Answers are validated against the service's own response models (``wire.schemas``), so the
 client and the server cannot disagree on the contract; every money field is a ``Decimal``.
 """
 
@@ -15,7 +15,6 @@ import httpx
 import simplejson
 from pydantic import BaseModel
 
-from api import schemas
 from client.errors import (
     AmountOutOfRange,
     BillingError,
@@ -26,6 +25,7 @@ from client.errors import (
     Unauthorized,
     Unavailable,
 )
+from wire import schemas
 
 ResultT = TypeVar("ResultT")
 Amount = Decimal | int | str

@@ -1,6 +1,6 @@
 """Typed errors of the billing client; each carries the HTTP status, stable code and body."""
 
-from api.schemas import CheckBudgetResponse
+from wire.schemas import CheckBudgetResponse
 
 
 class BillingError(Exception):

@@ -4,7 +4,13 @@ import falcon
 
 from api.http import read_model, refuse_nul_in_path, respond
 from api.render import money_json, user_json
-from api.schemas import (
+from core.budget import UserStatus
+from core.errors import Invalid
+from core.ledger import Ledger
+from core.money import Money
+from core.provisioning import Provisioner, ProvisionRequest
+from core.store.base import Product, Tenant
+from wire.schemas import (
     CreditRequest,
     ProductRequest,
     ProvisionUserRequest,
@@ -12,12 +18,6 @@ from api.schemas import (
     TenantRequest,
     UserPatchRequest,
 )
-from core.budget import UserStatus
-from core.errors import Invalid
-from core.ledger import Ledger
-from core.money import Money
-from core.provisioning import Provisioner, ProvisionRequest
-from core.store.base import Product, Tenant
 
 
 class _AdminResource:

@@ -7,11 +7,11 @@ import falcon
 from api.http import read_model, respond, respond_text
 from api.metrics import NOT_FOUND_REASON, Metrics
 from api.render import check_answer, log_answer, money_json
-from api.schemas import CheckBudgetRequest, LogUsageRequest, ReleaseReservationRequest
 from core.errors import IdempotencyConflict, NotFound
 from core.ledger import Ledger
 from core.money import Money
 from core.rate_limits import RateLimiter
+from wire.schemas import CheckBudgetRequest, LogUsageRequest, ReleaseReservationRequest
 
 _NOT_FOUND_BUDGET = {"total": 0, "used": 0, "remaining": 0}
 _LOGGED = "Usage logged and budget updated successfully"

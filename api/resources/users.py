@@ -7,11 +7,11 @@ import falcon
 
 from api.http import refuse_nul_in_path, respond, validate
 from api.render import budget_json, money_json
-from api.schemas import UsageQuery
 from core.errors import Invalid
 from core.ledger import Ledger
 from core.money import Money
 from core.periods import TIME_MS_MAX, TIME_MS_MIN, iso_from_ms, time_in_range, to_ms
+from wire.schemas import UsageQuery
 
 
 @falcon.before(refuse_nul_in_path)

@@ -19,13 +19,13 @@ from pydantic import BaseModel
 
 from api.app import create_app
 from api.openapi import OPERATIONS, Operation
-from api.schemas import Error
 from core.ledger import Ledger
 from core.prices import load_price_table
 from core.provisioning import IdentityStore
 from core.settings import Keys, Settings
 from core.store import open_store
 from core.store.base import LedgerStore
+from wire.schemas import Error
 
 API_KEY = "api-key-kkkkkkkkkkkkkkkk"
 ADMIN_KEY = "admin-key-aaaaaaaaaaaaaaaa"

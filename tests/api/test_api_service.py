@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from api import __version__
 from api.openapi import OPERATIONS
-from api.schemas import Health
+from wire.schemas import Health
 
 
 def test_health_reports_ok_version_and_database(client):

@@ -15,9 +15,9 @@ import pytest
 from integration_support import API_KEY, BillingServer, read_only, server_env
 from ports import free_port
 
-from api.schemas import BudgetWithReserved
 from client import BillingClient
 from core.money import NANOS_PER_UNIT, money_from_input
+from wire.schemas import BudgetWithReserved
 
 REPO = Path(__file__).resolve().parents[2]
 LITELLM_BIN = REPO / ".venv-litellm" / "bin" / "litellm"
