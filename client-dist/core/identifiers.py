@@ -1,0 +1,1 @@
+../../core/identifiers.py
