@@ -8,11 +8,13 @@ PYPROJECT_SUM := $(shell cksum pyproject.toml | cut -d' ' -f1)
 SERVE_STAMP := $(VENV)/.installed-serve-$(PYPROJECT_SUM)
 TEST_STAMP := $(VENV)/.installed-test-$(PYPROJECT_SUM)
 # The LiteLLM proxy is heavy and pins its own dependencies: it lives in its own virtualenv, used
-# only by tests/integration/test_litellm_*.py, with this project installed so the proxy can
-# import client.litellm. Never 1.107.0 (a compromised release).
+# only by tests/integration/test_litellm_*.py, with the client's distribution (client-dist/)
+# installed so the proxy can import client.litellm, and nothing of the server, so those tests
+# fail if the callback comes to need it. Never 1.107.0 (a compromised release).
 LITELLM_VERSION := 1.106.12
 LITELLM_VENV := .venv-litellm
-LITELLM_STAMP := $(LITELLM_VENV)/.installed-$(LITELLM_VERSION)-$(PYPROJECT_SUM)
+CLIENT_PYPROJECT_SUM := $(shell cksum client-dist/pyproject.toml | cut -d' ' -f1)
+LITELLM_STAMP := $(LITELLM_VENV)/.installed-$(LITELLM_VERSION)-$(CLIENT_PYPROJECT_SUM)
 
 .PHONY: serve test install litellm-proxy
 
@@ -32,12 +34,11 @@ $(SERVE_STAMP) $(TEST_STAMP): pyproject.toml
 
 litellm-proxy: $(LITELLM_STAMP)
 
-$(LITELLM_STAMP): pyproject.toml
-	$(PYTHON) -m venv $(LITELLM_VENV)
+$(LITELLM_STAMP): client-dist/pyproject.toml
+	$(PYTHON) -m venv --clear $(LITELLM_VENV)
 	$(LITELLM_VENV)/bin/pip install --quiet --upgrade pip
 	$(LITELLM_VENV)/bin/pip install --quiet 'litellm[proxy]==$(LITELLM_VERSION)'
-	$(LITELLM_VENV)/bin/pip install --quiet --editable .
-	rm -f $(LITELLM_VENV)/.installed-*
+	$(LITELLM_VENV)/bin/pip install --quiet --editable ./client-dist
 	touch $@
 
 serve: $(SERVE_STAMP)
