@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
-from bench.run import ADMIN_KEY, API_KEY, SCENARIOS, SMALL_USERS
+from bench.scenarios import ADMIN_KEY, API_KEY, SCENARIOS, SMALL_USERS
 from bench.seed import seeded_database, user_id
 
 SCENARIO_BY_NAME = {scenario.name: scenario for scenario in SCENARIOS}

@@ -45,88 +45,33 @@ import falcon
 import psycopg
 
 from api.logs import REQUEST_MESSAGE
+from bench import BENCH_DIR, RESULTS_DIR, BenchFailure
+from bench.scenarios import (
+    ADMIN_KEY,
+    API_KEY,
+    LARGE_USAGE_ROWS,
+    LARGE_USERS,
+    LOADS,
+    SCENARIOS,
+    SMALL_USERS,
+    Scenario,
+    Variant,
+    variants,
+)
 from bench.seed import seeded_database
 from core.ledger import wall_clock_ms
 from core.settings import Settings
 from core.store import open_store
 from core.store.postgres import autovacuum_off
 
-BENCH_DIR = Path(__file__).resolve().parent
 LUA_SCRIPT = BENCH_DIR / "lua" / "post.lua"
-RESULTS_DIR = BENCH_DIR / "results"
 
-API_KEY = "bench-api-key-0123456789abcdef"
-ADMIN_KEY = "bench-admin-key-0123456789abcdef"
 POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 SEED_TABLES = ("products", "tenants", "users", "usage")
 READY_WAIT_SECONDS = 60.0
 STOP_WAIT_SECONDS = 15.0
 WRK_GRACE_SECONDS = 30.0
 PROCESSES_MAX = 1_000  # processes a CPU meter follows
-
-SMALL_USERS = 1_000
-LARGE_USERS = 1_000_000
-LARGE_USAGE_ROWS = 10_000_000
-
-# (connections, wrk threads): throughput under load, and the latency of one request at a time.
-LOADS = ((32, 2), (1, 1))
-
-
-# Every scenario's body is written once, here: wrk fills it in (``lua/post.lua``) and so does
-# ``bench.instructions``. Slots: "{user}" (a seeded user, picked uniformly) and "{request_id}"
-# (unique per request).
-CHECK_BODY = (
-    '{"user_id":"{user}","model":"gpt-4o","tokens_input":100,"tokens_output":100,'
-    '"cost_estimate":0.001}'
-)
-
-
-@dataclass(frozen=True)
-class Scenario:
-    name: str
-    label: str
-    path: str
-    target: str  # "service" or "bare"
-    body: str  # a template: see CHECK_BODY
-
-    def fill(self, user: str, request_id: str) -> bytes:
-        """The body with its slots filled in, as ``lua/post.lua`` fills them."""
-        return self.body.replace("{user}", user).replace("{request_id}", request_id).encode()
-
-
-SCENARIOS = (
-    # The bare app reads and discards a body the size of a check's.
-    Scenario("bare", "bare Falcon (reference)", "/bare", "bare", CHECK_BODY),
-    Scenario("check_budget", "check-budget", "/api/check-budget", "service", CHECK_BODY),
-    Scenario(
-        "check_reserve",
-        "check-budget + reservation",
-        "/api/check-budget",
-        "service",
-        CHECK_BODY.removesuffix("}") + ',"request_id":"{request_id}"}',
-    ),
-    Scenario(
-        "log_usage",
-        "log-usage",
-        "/api/log-usage",
-        "service",
-        '{"user_id":"{user}","model":"gpt-4o","request_id":"{request_id}","tokens_input":100,'
-        '"tokens_output":100,"cost_total":0.001,"response_time":850}',
-    ),
-)
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One configuration of ``billing serve`` under test."""
-
-    database: str  # "sqlite" or "postgres"
-    workers: int
-
-    @property
-    def label(self) -> str:
-        return f"{self.database} ×{self.workers}"
-
 
 # Issue 2 §9: throughput at 32 connections as a fraction of bare, p99 at 1 connection.
 RATIO_TARGETS = {"check_budget": 0.75, "check_reserve": 0.5, "log_usage": 0.4}
@@ -140,10 +85,6 @@ BUSY_FRACTION_MAX = 0.05
 # Variables the server reads (every Settings field); scrubbed from the inherited environment so
 # only ours count.
 _SERVER_VARIABLES = tuple(name.upper() for name in Settings.model_fields)
-
-
-class BenchFailure(RuntimeError):
-    """The run cannot be trusted (a server did not start, wrk saw errors, …)."""
 
 
 @dataclass
@@ -530,7 +471,7 @@ def run_size(
                 " autovacuum would have by then",
                 flush=True,
             )
-        for variant in variants(arguments):
+        for variant in variants(arguments.databases, arguments.workers):
             port = free_port()
             services[variant] = Process(
                 f"billing serve ({variant.label})",
@@ -666,10 +607,6 @@ def run_size(
             _drop_postgres(arguments.postgres_url, scratch_postgres)
     _fill_ratios(size_run)
     return size_run
-
-
-def variants(arguments: argparse.Namespace) -> list[Variant]:
-    return [Variant(db, workers) for db in arguments.databases for workers in arguments.workers]
 
 
 def _copy_sqlite_seed(seed_path: Path, db_path: Path) -> str:
@@ -1216,7 +1153,7 @@ def main(argv: list[str] | None = None) -> int:
             sample.foreign_cpu for run in runs for m in run.measurements for sample in m.samples
         ),
         "threads": arguments.threads,
-        "variants": [variant.label for variant in variants(arguments)],
+        "variants": [variant.label for variant in variants(arguments.databases, arguments.workers)],
         "sizes": [
             {key: value for key, value in asdict(run).items() if key != "measurements"}
             for run in runs

@@ -1,5 +1,6 @@
 -- wrk script of every scenario: POST the scenario's body, filled in from the template the runner
--- passes (bench/run.py SCENARIOS writes each body once; bench.instructions sends the same ones).
+-- passes (bench/scenarios.py SCENARIOS writes each body once; bench.instructions sends the same
+-- ones).
 --
 -- Script arguments (after `--` on the wrk command line):
 --   args[1]  number of pre-provisioned users: "{user}" becomes "bench-u<n>", n uniform in [0, N)
