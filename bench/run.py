@@ -23,9 +23,7 @@ import argparse
 import json
 import math
 import os
-import platform
 import re
-import resource
 import shutil
 import signal
 import socket
@@ -38,14 +36,22 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
-from importlib.metadata import version
 from pathlib import Path
 
-import falcon
 import psycopg
 
 from api.logs import REQUEST_MESSAGE
 from bench import BENCH_DIR, RESULTS_DIR, BenchFailure
+from bench.machine import (
+    BUSY_FRACTION_MAX,
+    CpuMeter,
+    code_state,
+    cpu_seconds,
+    machine_info,
+    processes_named,
+    warn_if_busy,
+    with_descendants,
+)
 from bench.scenarios import (
     ADMIN_KEY,
     API_KEY,
@@ -71,7 +77,6 @@ SEED_TABLES = ("products", "tenants", "users", "usage")
 READY_WAIT_SECONDS = 60.0
 STOP_WAIT_SECONDS = 15.0
 WRK_GRACE_SECONDS = 30.0
-PROCESSES_MAX = 1_000  # processes a CPU meter follows
 
 # Issue 2 §9: throughput at 32 connections as a fraction of bare, p99 at 1 connection.
 RATIO_TARGETS = {"check_budget": 0.75, "check_reserve": 0.5, "log_usage": 0.4}
@@ -80,7 +85,6 @@ LARGE_OVER_SMALL_MIN = 0.9
 # Issue 4 §6: check-budget req/s at 32 connections, PostgreSQL over SQLite and 2 workers over 1.
 POSTGRES_OVER_SQLITE_MIN = 0.5
 WORKERS_2_OVER_1_MIN = 1.4
-BUSY_FRACTION_MAX = 0.05
 
 # Variables the server reads (every Settings field); scrubbed from the inherited environment so
 # only ours count.
@@ -441,7 +445,7 @@ def run_size(
     name: str, users: int, usage_rows: int, arguments: argparse.Namespace, workdir: Path
 ) -> SizeRun:
     print(f"\n== {name}: {users:,} users, {usage_rows:,} usage rows", flush=True)
-    busy_before = _warn_if_busy()
+    busy_before = warn_if_busy()
     seed = seeded_database(users, usage_rows)
     how = "cached" if seed.cached else f"built in {seed.seconds:.1f} s"
     print(f"   seed: {seed.path.name} ({how})", flush=True)
@@ -519,11 +523,11 @@ def run_size(
         server_pids = tuple(p.popen.pid for p in (bare, *services.values()))
         # The processes whose CPU a request of each server costs: it, its workers and, on
         # PostgreSQL, the database's own server processes.
-        postgres_pids = _processes_named("postgres") if "postgres" in databases else ()
-        cost_pids = {bare: _with_descendants((bare.popen.pid,))}
+        postgres_pids = processes_named("postgres") if "postgres" in databases else ()
+        cost_pids = {bare: with_descendants((bare.popen.pid,))}
         for variant, service in services.items():
             extra = postgres_pids if variant.database == "postgres" else ()
-            cost_pids[service] = _with_descendants((service.popen.pid,)) + extra
+            cost_pids[service] = with_descendants((service.popen.pid,)) + extra
         # Rounds interleave the scenarios, so a slow spell of the machine hits bare and service
         # alike instead of one scenario's every run.
         for round_index in range(arguments.repeat):
@@ -709,102 +713,6 @@ def _check_ledger(database_url: str) -> None:
         )
 
 
-class CpuMeter:
-    """CPU used, during one wrk run, by processes other than the servers, wrk and us.
-
-    A server is its process and every descendant (``billing serve`` supervises worker
-    processes); with PostgreSQL under test its server processes count as ours too.
-    """
-
-    def __init__(self, pids: tuple[int, ...], postgres: bool = False) -> None:
-        self._pids = _with_descendants(pids)
-        if postgres:
-            self._pids += _processes_named("postgres")
-        self._ticks = os.sysconf("SC_CLK_TCK")
-        self._start = self._sample()
-
-    def _sample(self) -> tuple[float, float, float]:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        total, busy = sum(fields[:8]), sum(fields[:8]) - fields[3] - fields[4]
-        ours = cpu_seconds(self._pids) * self._ticks
-        for who in (resource.RUSAGE_CHILDREN, resource.RUSAGE_SELF):  # wrk (waited for), us
-            usage = resource.getrusage(who)
-            ours += (usage.ru_utime + usage.ru_stime) * self._ticks
-        return total, busy, ours
-
-    def foreign_share(self) -> float:
-        total, busy, ours = (
-            after - before for after, before in zip(self._sample(), self._start, strict=True)
-        )
-        return max(0.0, (busy - ours) / total) if total > 0 else 0.0
-
-
-def cpu_seconds(pids: tuple[int, ...]) -> float:
-    """CPU time (user + system, every thread) these processes have used so far."""
-    ticks = 0
-    for pid in pids:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # a process that ended between two samples
-            continue
-        ticks += int(stat[11]) + int(stat[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def _with_descendants(pids: tuple[int, ...]) -> tuple[int, ...]:
-    found: list[int] = []
-    pending = list(pids)
-    while pending and len(found) < PROCESSES_MAX:
-        pid = pending.pop()
-        found.append(pid)
-        for children in Path(f"/proc/{pid}/task").glob("*/children"):
-            try:
-                pending.extend(int(child) for child in children.read_text().split())
-            except OSError:
-                continue
-    return tuple(found)
-
-
-def _processes_named(name: str) -> tuple[int, ...]:
-    found: list[int] = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and len(found) < PROCESSES_MAX:
-            try:
-                if (entry / "comm").read_text().strip() == name:
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return tuple(found)
-
-
-def cpu_busy_fraction(seconds: float = 2.0) -> float:
-    """How busy the machine's cores are (0–1) over ``seconds``, from /proc/stat."""
-
-    def sample() -> tuple[int, int]:
-        first_line = Path("/proc/stat").read_text().split("\n", 1)[0]
-        fields = [int(value) for value in first_line.split()[1:]]
-        idle = fields[3] + fields[4]  # idle + iowait
-        return idle, sum(fields[:8])
-
-    idle_before, total_before = sample()
-    time.sleep(seconds)
-    idle_after, total_after = sample()
-    total = max(total_after - total_before, 1)
-    return 1 - (idle_after - idle_before) / total
-
-
-def _warn_if_busy() -> float:
-    """The servers and wrk share the machine's cores: anything else running skews the figures."""
-    busy = cpu_busy_fraction()
-    if busy > BUSY_FRACTION_MAX:
-        print(
-            f"   WARNING: the CPUs were {busy:.0%} busy before the run (nothing of the bench"
-            " running): other work on this machine will skew the figures",
-            flush=True,
-        )
-    return busy
-
-
 def _fill_ratios(size_run: SizeRun) -> None:
     bare = {m.connections: m for m in size_run.measurements if m.scenario == "bare"}
     for measurement in size_run.measurements:
@@ -813,53 +721,6 @@ def _fill_ratios(size_run: SizeRun) -> None:
 
 
 # -- report ----------------------------------------------------------------------------------
-
-
-def machine_info() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
-    return {
-        "nproc": os.cpu_count(),
-        "cpu": cpu,
-        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "sqlite": sqlite3.sqlite_version,
-        "falcon": falcon.__version__,
-        "waitress": version("waitress"),
-        "wrk": (wrk_version.stdout + wrk_version.stderr).splitlines()[0].split(" Copyright")[0],
-    }
-
-
-def code_state() -> dict:
-    """The commit measured, and the service files changed since it (a run of a work in progress)."""
-
-    def git(*arguments: str) -> str:
-        try:
-            done = subprocess.run(
-                ["git", *arguments],
-                cwd=BENCH_DIR.parent,
-                capture_output=True,
-                text=True,
-                timeout=10,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return ""
-        return done.stdout.rstrip() if done.returncode == 0 else ""
-
-    changed = git("status", "--porcelain", "--", "api", "core", "pyproject.toml")
-    return {
-        "commit": git("rev-parse", "--short", "HEAD") or "unknown",
-        "uncommitted": [line[3:] for line in changed.splitlines()],
-    }
 
 
 def evaluate_targets(runs: list[SizeRun]) -> list[dict]:
