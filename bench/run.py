@@ -21,13 +21,10 @@ with the same rows as the SQLite seed and dropped afterwards (small database onl
 
 import argparse
 import json
-import math
 import os
-import re
 import shutil
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,8 +33,8 @@ from pathlib import Path
 
 import psycopg
 
-from api.logs import REQUEST_MESSAGE
-from bench import BENCH_DIR, RESULTS_DIR, BenchFailure
+from bench import RESULTS_DIR, BenchFailure
+from bench.load import in_app_latency, run_wrk
 from bench.machine import (
     BUSY_FRACTION_MAX,
     CpuMeter,
@@ -50,7 +47,6 @@ from bench.machine import (
 )
 from bench.processes import Process, billing_command, free_port, server_env, smoke_test
 from bench.scenarios import (
-    API_KEY,
     LARGE_USAGE_ROWS,
     LARGE_USERS,
     LOADS,
@@ -66,11 +62,8 @@ from core.settings import Settings
 from core.store import open_store
 from core.store.postgres import autovacuum_off
 
-LUA_SCRIPT = BENCH_DIR / "lua" / "post.lua"
-
 POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 SEED_TABLES = ("products", "tenants", "users", "usage")
-WRK_GRACE_SECONDS = 30.0
 
 # Issue 2 §9: throughput at 32 connections as a fraction of bare, p99 at 1 connection.
 RATIO_TARGETS = {"check_budget": 0.75, "check_reserve": 0.5, "log_usage": 0.4}
@@ -173,102 +166,6 @@ class SizeRun:
     cpu_busy_before: float
     measurements: list[Measurement] = field(default_factory=list)
     picked_users: int = 0
-
-
-# -- processes -------------------------------------------------------------------------------
-
-
-# -- wrk -------------------------------------------------------------------------------------
-
-_NON_2XX = re.compile(r"Non-2xx or 3xx responses:\s*(\d+)")
-_SOCKET_ERRORS = re.compile(r"Socket errors:.*")
-
-
-def run_wrk(
-    scenario: Scenario,
-    base_url: str,
-    connections: int,
-    threads: int,
-    seconds: int,
-    users: int,
-    tag: str,
-) -> dict:
-    """One wrk run; returns the JSON line printed by the script's ``done``. Fails on any error."""
-    command = [
-        "wrk",
-        f"-t{threads}",
-        f"-c{connections}",
-        f"-d{seconds}s",
-        "--timeout",
-        "5s",
-        "-s",
-        str(LUA_SCRIPT),
-        base_url + scenario.path,
-        "--",
-        str(users),
-        tag,
-        scenario.body,
-    ]
-    env = dict(os.environ, BENCH_API_KEY=API_KEY)
-    try:
-        finished = subprocess.run(
-            command,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=seconds + WRK_GRACE_SECONDS,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as error:
-        raise BenchFailure(f"wrk did not finish: {' '.join(command)}") from error
-    output = finished.stdout + finished.stderr
-    if finished.returncode != 0:
-        raise BenchFailure(f"wrk exited with {finished.returncode}:\n{output}")
-    lines = [line for line in finished.stdout.splitlines() if line.startswith("BENCH_JSON ")]
-    if len(lines) != 1:
-        raise BenchFailure(f"no result line from the wrk script:\n{output}")
-    result = json.loads(lines[0].removeprefix("BENCH_JSON "))
-    non_2xx = _NON_2XX.search(output)
-    errors = result["errors"]
-    if non_2xx or errors["status"] or _SOCKET_ERRORS.search(output) or any(errors.values()):
-        raise BenchFailure(
-            f"{scenario.name} at {connections} connections: wrk saw errors"
-            f" ({'non-2xx: ' + non_2xx.group(1) if non_2xx else ''} {errors}):\n{output}"
-        )
-    if result["requests"] == 0:
-        raise BenchFailure(f"{scenario.name}: wrk completed no request:\n{output}")
-    return result
-
-
-def in_app_latency(log_path: Path, offset: int, route: str) -> tuple[float, float] | None:
-    """p50 and p99 (ms) of the 2xx requests to ``route`` the service logged after ``offset``.
-
-    Each request line carries the time from the app's first middleware to its last
-    (``api.observe``): what the service's own code took, without waitress, loopback or wrk.
-    Beside wrk's figures it shows how much of a one-connection p99 is the app's. None when
-    the log has no such line (the bare app logs none).
-    """
-    durations_ms = []
-    with open(log_path, "rb") as log:
-        log.seek(offset)
-        for line in log:
-            if f'"message":"{REQUEST_MESSAGE}"'.encode() not in line:
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:  # a line cut by the run's end, or one not of ours
-                continue
-            if record.get("route") == route and 200 <= record.get("status", 0) < 300:
-                durations_ms.append(float(record["duration_ms"]))
-    if not durations_ms:
-        return None
-    durations_ms.sort()
-    return _nearest_rank(durations_ms, 0.50), _nearest_rank(durations_ms, 0.99)
-
-
-def _nearest_rank(ordered: list[float], fraction: float) -> float:
-    assert ordered and 0 < fraction <= 1
-    return ordered[math.ceil(len(ordered) * fraction) - 1]
 
 
 # -- one database size -----------------------------------------------------------------------
