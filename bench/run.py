@@ -20,14 +20,12 @@ with the same rows as the SQLite seed and dropped afterwards (small database onl
 """
 
 import argparse
-import json
 import os
 import shutil
 import sqlite3
 import sys
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import psycopg
@@ -46,6 +44,7 @@ from bench.machine import (
 )
 from bench.measurements import Measurement, Sample, SizeRun, fill_ratios
 from bench.processes import Process, billing_command, free_port, server_env, smoke_test
+from bench.report import build_report, markdown, print_summary, write_results
 from bench.scenarios import (
     LARGE_USAGE_ROWS,
     LARGE_USERS,
@@ -57,6 +56,7 @@ from bench.scenarios import (
     variants,
 )
 from bench.seed import seeded_database
+from bench.targets import evaluate_targets
 from core.ledger import wall_clock_ms
 from core.settings import Settings
 from core.store import open_store
@@ -64,14 +64,6 @@ from core.store.postgres import autovacuum_off
 
 POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 SEED_TABLES = ("products", "tenants", "users", "usage")
-
-# Issue 2 §9: throughput at 32 connections as a fraction of bare, p99 at 1 connection.
-RATIO_TARGETS = {"check_budget": 0.75, "check_reserve": 0.5, "log_usage": 0.4}
-P99_TARGETS_MS = {"check_budget": 1.0, "log_usage": 2.0}
-LARGE_OVER_SMALL_MIN = 0.9
-# Issue 4 §6: check-budget req/s at 32 connections, PostgreSQL over SQLite and 2 workers over 1.
-POSTGRES_OVER_SQLITE_MIN = 0.5
-WORKERS_2_OVER_1_MIN = 1.4
 
 
 # -- one database size -----------------------------------------------------------------------
@@ -349,184 +341,6 @@ def _check_ledger(database_url: str) -> None:
         )
 
 
-# -- report ----------------------------------------------------------------------------------
-
-
-def evaluate_targets(runs: list[SizeRun]) -> list[dict]:
-    checks: list[dict] = []
-    for run in runs:
-        by_key = {(m.scenario, m.variant, m.connections): m for m in run.measurements}
-        single = sorted({m.variant for m in run.measurements if m.variant.endswith(" ×1")})
-        for variant in single:  # issue 2 compares one server process with one bare process
-            for scenario, minimum in RATIO_TARGETS.items():
-                measured = by_key[(scenario, variant, 32)].ratio_to_bare
-                checks.append(
-                    {
-                        "size": f"{run.name} {variant}",
-                        "target": f"{scenario} req/s at 32 conn ≥ {minimum}× bare",
-                        "measured": f"{measured:.3f}×",
-                        "pass": measured >= minimum,
-                    }
-                )
-            for scenario, maximum in P99_TARGETS_MS.items():
-                measured = by_key[(scenario, variant, 1)].p99_ms
-                checks.append(
-                    {
-                        "size": f"{run.name} {variant}",
-                        "target": f"{scenario} p99 at 1 conn ≤ {maximum:g} ms",
-                        "measured": f"{measured:.2f} ms",
-                        "pass": measured <= maximum,
-                    }
-                )
-        checks += _variant_checks(run, by_key)
-    small = next((run for run in runs if run.name == "small"), None)
-    large = next((run for run in runs if run.name == "large"), None)
-    if small is not None and large is not None:
-        small_by = {(m.scenario, m.variant, m.connections): m for m in small.measurements}
-        for m in large.measurements:
-            s = small_by.get((m.scenario, m.variant, m.connections))
-            if m.scenario == "bare" or s is None:
-                continue
-            for figure, ratio in (
-                ("req/s", m.requests_per_sec / s.requests_per_sec),
-                ("p50", s.p50_ms / m.p50_ms),  # latency: large may be at most small / 0.9
-                ("p99", s.p99_ms / m.p99_ms),
-            ):
-                checks.append(
-                    {
-                        "size": f"large vs small {m.variant}",
-                        "target": f"{m.scenario} {figure} at {m.connections} conn"
-                        f" ≥ {LARGE_OVER_SMALL_MIN}× small",
-                        "measured": f"{ratio:.3f}×",
-                        "pass": ratio >= LARGE_OVER_SMALL_MIN,
-                    }
-                )
-    return checks
-
-
-def _variant_checks(run: SizeRun, by_key: dict) -> list[dict]:
-    """Issue 4 §6: check-budget at 32 connections, PostgreSQL vs SQLite, 2 workers vs 1."""
-    checks = []
-    labels = {m.variant for m in run.measurements if m.variant}
-    pairs = [(f"postgres ×{w}", f"sqlite ×{w}", POSTGRES_OVER_SQLITE_MIN) for w in (1, 2, 4, 8)] + [
-        (f"{db} ×2", f"{db} ×1", WORKERS_2_OVER_1_MIN) for db in ("sqlite", "postgres")
-    ]
-    for measured_label, reference_label, minimum in pairs:
-        if measured_label in labels and reference_label in labels:
-            ratio = (
-                by_key[("check_budget", measured_label, 32)].requests_per_sec
-                / by_key[("check_budget", reference_label, 32)].requests_per_sec
-            )
-            checks.append(
-                {
-                    "size": run.name,
-                    "target": f"check_budget req/s at 32 conn, {measured_label}"
-                    f" ≥ {minimum}× {reference_label}",
-                    "measured": f"{ratio:.3f}×",
-                    "pass": ratio >= minimum,
-                }
-            )
-    return checks
-
-
-_LABELS = {scenario.name: scenario.label for scenario in SCENARIOS}
-
-
-def table_rows(runs: list[SizeRun]) -> list[list[str]]:
-    rows = []
-    for run in runs:
-        for m in run.measurements:
-            rates = [sample.requests_per_sec for sample in m.samples]
-            rows.append(
-                [
-                    run.name,
-                    m.variant or "bare",
-                    _LABELS[m.scenario],
-                    str(m.connections),
-                    f"{m.requests_per_sec:,.0f}",
-                    f"{min(rates):,.0f}–{max(rates):,.0f}",
-                    f"{m.p50_ms:.2f}",
-                    f"{m.p99_ms:.2f}",
-                    _ms_text(m.app_ms("app_p50_ms")),
-                    _ms_text(m.app_ms("app_p99_ms")),
-                    f"{m.cpu_us_per_request:,.0f}",
-                    "—" if m.scenario == "bare" else f"{m.ratio_to_bare:.2f}×",
-                ]
-            )
-    return rows
-
-
-def _ms_text(value: float | None) -> str:
-    return "—" if value is None else f"{value:.2f}"
-
-
-HEADER = [
-    "size",
-    "server",
-    "scenario",
-    "conns",
-    "req/s",
-    "req/s range",
-    "p50 ms",
-    "p99 ms",
-    "in app p50 ms",
-    "in app p99 ms",
-    "CPU µs/req",
-    "× bare",
-]
-
-
-def text_table(rows: list[list[str]]) -> str:
-    widths = [max(len(row[i]) for row in [HEADER, *rows]) for i in range(len(HEADER))]
-    right = set(range(3, len(HEADER)))
-
-    def line(row: list[str]) -> str:
-        return "  ".join(
-            cell.rjust(w) if i in right else cell.ljust(w)
-            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-        )
-
-    return "\n".join([line(HEADER), line(["-" * w for w in widths]), *map(line, rows)])
-
-
-def markdown(report: dict, runs: list[SizeRun], checks: list[dict]) -> str:
-    machine = report["machine"]
-    sizes = ", ".join(
-        f"{run.name} = {run.users:,} users / {run.usage_rows:,} usage rows"
-        f" (requests spread over {run.picked_users:,} users)"
-        for run in runs
-    )
-    lines = [
-        f"Machine: {machine['nproc']} cores ({machine['cpu']}), {machine['memory_gb']} GiB;"
-        f" Python {machine['python']}, SQLite {machine['sqlite']}, Falcon {machine['falcon']},"
-        f" waitress {machine['waitress']}, {machine['wrk']}; server and wrk on the same machine."
-        f" Code: {report['code']['commit']}"
-        + (
-            f" with uncommitted changes in {', '.join(report['code']['uncommitted'])}."
-            if report["code"]["uncommitted"]
-            else "."
-        ),
-        "",
-        f"Medians of {report['repeat']} interleaved runs of {report['duration_s']} s, each after a"
-        f" {report['warmup_s']} s warm-up (req/s range: slowest–fastest run); waitress"
-        f" threads={report['threads']}; SQLITE_SYNCHRONOUS=FULL (default); server ="
-        " database ×workers (`billing serve --workers N`); 32 connections ="
-        " `wrk -t2 -c32`, 1 connection = `wrk -t1 -c1`. Databases: " + sizes + "."
-        f" Other processes used at most {report['foreign_cpu_max']:.0%} of the CPUs during a"
-        " measured run.",
-        "",
-        "| " + " | ".join(HEADER) + " |",
-        "|" + "|".join(["---"] * 3 + ["---:"] * (len(HEADER) - 3)) + "|",
-    ]
-    lines += ["| " + " | ".join(row) + " |" for row in table_rows(runs)]
-    lines += ["", "| size, server | target | measured | |", "|---|---|---:|---|"]
-    lines += [
-        f"| {c['size']} | {c['target']} | {c['measured']} | {'PASS' if c['pass'] else 'MISS'} |"
-        for c in checks
-    ]
-    return "\n".join(lines) + "\n"
-
-
 # -- main ------------------------------------------------------------------------------------
 
 
@@ -632,40 +446,19 @@ def main(argv: list[str] | None = None) -> int:
 
     checks = evaluate_targets(runs)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    report = {
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": machine,
-        "code": code,
-        "duration_s": arguments.duration,
-        "warmup_s": arguments.warmup,
-        "repeat": arguments.repeat,
-        "foreign_cpu_max": max(
-            sample.foreign_cpu for run in runs for m in run.measurements for sample in m.samples
-        ),
-        "threads": arguments.threads,
-        "variants": [variant.label for variant in variants(arguments.databases, arguments.workers)],
-        "sizes": [
-            {key: value for key, value in asdict(run).items() if key != "measurements"}
-            for run in runs
-        ],
-        "measurements": [m.summary() for run in runs for m in run.measurements],
-        "targets": checks,
-    }
-    text = markdown(report, runs, checks)
-    for suffix, content in (("json", json.dumps(report, indent=2) + "\n"), ("md", text)):
-        (RESULTS_DIR / f"bench-{stamp}.{suffix}").write_text(content, "utf-8")
-        (RESULTS_DIR / f"latest.{suffix}").write_text(content, "utf-8")
-
-    print("\n" + text_table(table_rows(runs)) + "\n")
-    for check in checks:
-        print(
-            f"{'PASS' if check['pass'] else 'MISS'}  [{check['size']}] {check['target']}:"
-            f" {check['measured']}"
-        )
-    print(
-        f"\nwritten: {RESULTS_DIR / f'bench-{stamp}.json'}, {RESULTS_DIR / f'bench-{stamp}.md'}"
-        " (and latest.*)"
+    report = build_report(
+        machine,
+        code,
+        runs,
+        checks,
+        duration=arguments.duration,
+        warmup=arguments.warmup,
+        repeat=arguments.repeat,
+        threads=arguments.threads,
+        variants=[variant.label for variant in variants(arguments.databases, arguments.workers)],
     )
+    written = write_results(stamp, report, markdown(report, runs, checks))
+    print_summary(runs, checks, written)
     return 0 if all(check["pass"] for check in checks) else 1
 
 
