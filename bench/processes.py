@@ -9,10 +9,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
-from bench import BENCH_DIR, BenchFailure
-from bench.scenarios import ADMIN_KEY, API_KEY
+from bench import BENCH_DIR, RESULTS_DIR, BenchFailure
+from bench.scenarios import ADMIN_KEY, API_KEY, Variant
 from core.settings import Settings
 
 READY_WAIT_SECONDS = 60.0
@@ -178,3 +181,66 @@ def smoke_test(service: Process, bare: Process, tag: str) -> None:
     )
     if status != 200 or not json.loads(answer)["allowed"]:
         raise BenchFailure(f"smoke test: bench-u0 has no room: {answer!r}")
+
+
+@dataclass(frozen=True)
+class Servers:
+    """The servers of one database size: a ``billing serve`` per variant, and the bare app."""
+
+    bare: Process
+    services: dict[Variant, Process]
+
+    def all(self) -> tuple[Process, ...]:
+        return (self.bare, *self.services.values())
+
+    def check_alive(self) -> None:
+        for process in self.all():
+            if process.popen.poll() is not None:
+                raise BenchFailure(f"{process.name} died during the run:\n{process.log_tail()}")
+
+
+@contextmanager
+def started_servers(
+    size: str,
+    variants: list[Variant],
+    database_urls: dict[str, str],
+    threads: int,
+    size_dir: Path,
+    tag: str,
+) -> Iterator[Servers]:
+    """Every server started, ready and smoke-tested; all of them stopped on the way out."""
+    services: dict[Variant, Process] = {}
+    bare = None
+    try:
+        for variant in variants:
+            port = free_port()
+            services[variant] = Process(
+                f"billing serve ({variant.label})",
+                billing_command(),
+                server_env(
+                    port,
+                    threads,
+                    size_dir / "data",
+                    database_urls[variant.database],
+                    variant.workers,
+                ),
+                RESULTS_DIR / f"server-{size}-{variant.database}-{variant.workers}.log",
+                port,
+            )
+        bare_port = free_port()
+        bare = Process(
+            "bare app",
+            [sys.executable, "-m", "bench.bare_app"],
+            server_env(bare_port, threads, size_dir / "data-bare", None),
+            RESULTS_DIR / f"bare-{size}.log",
+            bare_port,
+        )
+        bare.wait_ready("/")
+        for variant, service in services.items():
+            service.wait_ready("/")
+            smoke_test(service, bare, f"{tag}-{variant.database}-{variant.workers}")
+        yield Servers(bare, services)
+    finally:
+        for process in (bare, *services.values()):
+            if process is not None:
+                process.stop()
