@@ -10,10 +10,10 @@ serve`` on it and ``python -m bench.bare_app`` (same waitress settings, via
 throughput) and at 1 connection (``-t1 -c1``: the latency one request adds), each measured run
 after a warm-up run, ``--repeat`` times in interleaved rounds; the table shows medians. Any
 non-2xx answer or socket error fails the run. Results are printed and written to
-``bench/results/`` as JSON and markdown, with the targets of issue 2 §9 checked.
+``bench/results/`` as JSON and markdown, with the targets (``bench.targets``) checked.
 
 Every (database, workers) pair given by ``--databases`` and ``--workers`` is a server of its own,
-all measured in the same interleaved rounds against the same bare app, so issue 4's targets
+all measured in the same interleaved rounds against the same bare app, so the scaling targets
 (PostgreSQL check-budget ≥ 0.5× SQLite's; ``--workers 2`` ≥ 1.4× ``--workers 1``) compare
 figures of one run. PostgreSQL gets a scratch database on ``--postgres-url``'s server, filled
 with the same rows as the SQLite seed and dropped afterwards (small database only).
@@ -110,7 +110,7 @@ def _numbers_list(text: str) -> list[int]:
     return list(dict.fromkeys(values))
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.run",
         description=__doc__,
@@ -165,6 +165,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--duration and --repeat must be at least 1, --warmup at least 0")
     if arguments.active_users is not None and arguments.active_users < 1:
         parser.error("--active-users must be at least 1")
+    return arguments
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = parse_arguments(argv)
     if shutil.which("wrk") is None:
         raise SystemExit("bench: wrk is not installed (apt-get install wrk)")
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
