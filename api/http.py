@@ -26,7 +26,7 @@ _LEDGER_STATUS = {
 }
 
 # The stable ``error`` code of an HTTP error raised by Falcon (404, 405, …) or by waitress
-# before the app sees the request (400, 413, 431, 501; ``api.server``).
+# before the app sees the request (400, 413, 431, 501; ``service.server``).
 HTTP_ERROR_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -190,7 +190,7 @@ def read_body(req: falcon.Request, body_bytes_max: int) -> bytes:
 
 
 def too_large_message(body_bytes_max: int) -> str:
-    """What a 413 says, whether the app or waitress (``api.server``) refuses the body."""
+    """What a 413 says, whether the app or waitress (``service.server``) refuses the body."""
     return f"request body exceeds {body_bytes_max} bytes"
 
 

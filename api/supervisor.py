@@ -35,9 +35,10 @@ from types import FrameType
 from prometheus_client.multiprocess import mark_process_dead
 
 from api.metrics import MULTIPROC_DIR_VARIABLE
-from api.server import NO_CPU, WAITRESS_BACKLOG, worker_cpu
 from core.errors import ConfigurationError
 from core.settings import Settings
+from service.cpus import NO_CPU, worker_cpu
+from service.server import WAITRESS_BACKLOG
 
 log = logging.getLogger("billing.supervisor")
 

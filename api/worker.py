@@ -1,7 +1,7 @@
 """One worker process of ``billing serve``; started by ``api.supervisor``, not by hand.
 
 ``python -m api.worker <listening socket fd> <supervisor pid> <cpu or ->``: pins itself to the
-CPU it is given (see ``api.server.pin_to_cpu``), reads the same settings and kept keys as the
+CPU it is given (see ``service.cpus.pin_to_cpu``), reads the same settings and kept keys as the
 supervisor, opens its own store, and serves the inherited socket with waitress until ``SIGTERM``
 (requests in flight finish, then the store closes).
 """
@@ -19,9 +19,10 @@ from api.app import create_app
 from api.cli import load_settings
 from api.logs import configure_logging
 from api.metrics import Metrics, multiprocess_dir_from_environment
-from api.server import NO_CPU, pin_to_cpu, run_waitress
 from core.service import open_ledger
 from core.settings import resolve_keys
+from service.cpus import NO_CPU, pin_to_cpu
+from service.server import run_waitress
 
 log = logging.getLogger("billing.worker")
 

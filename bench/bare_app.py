@@ -2,9 +2,10 @@
 
 It does what every request to the service must do at the least — waitress parses the request,
 Falcon routes it, the body is read — and nothing else: no auth, no validation, no database.
-Served through ``api.server.run_waitress`` with ``Settings()`` (``PORT``, ``HOST``, ``THREADS``
-from the environment, as for ``billing serve``), so threads and limits are the service's, and
-pinned to the CPU the service's first worker gets when ``PIN_WORKERS_TO_CPUS`` is on.
+Served through ``service.server.run_waitress`` with ``Settings()`` (``PORT``, ``HOST``,
+``THREADS`` from the environment, as for ``billing serve``), so threads and limits are the
+service's, and pinned to the CPU the service's first worker gets when ``PIN_WORKERS_TO_CPUS`` is
+on.
 
     PORT=3100 THREADS=8 python -m bench.bare_app
 """
@@ -13,8 +14,9 @@ import logging
 
 import falcon
 
-from api.server import pin_to_cpu, run_waitress, worker_cpu
 from core.settings import Settings
+from service.cpus import pin_to_cpu, worker_cpu
+from service.server import run_waitress
 
 # About the size of a check-budget answer, so the reference writes a comparable response.
 BODY = (

@@ -6,7 +6,7 @@
 For each database size (small: 1,000 users, no usage; with ``--large`` also 1,000,000 users and
 10,000,000 usage rows) it copies the seeded database (see ``bench.seed``), starts ``billing
 serve`` on it and ``python -m bench.bare_app`` (same waitress settings, via
-``api.server.run_waitress``), then runs wrk for each scenario at 32 connections (``-t2 -c32``:
+``service.server.run_waitress``), then runs wrk for each scenario at 32 connections (``-t2 -c32``:
 throughput) and at 1 connection (``-t1 -c1``: the latency one request adds), each measured run
 after a warm-up run, ``--repeat`` times in interleaved rounds; the table shows medians. Any
 non-2xx answer or socket error fails the run. Results are printed and written to

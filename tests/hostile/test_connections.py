@@ -32,7 +32,7 @@ from integration_support import (
 )
 from ports import free_port
 
-from api.server import (
+from service.server import (
     DESCRIPTORS_PER_CONNECTION,
     DESCRIPTORS_RESERVED,
     WAITRESS_CONNECTION_LIMIT,
@@ -67,7 +67,7 @@ BIG_REQUEST = b"GET /big HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 ONE_THREAD_SERVER = """
 import sys
 import falcon
-from api.server import run_waitress
+from service.server import run_waitress
 from core.settings import Settings
 
 class Answer:
@@ -202,7 +202,7 @@ def test_a_worker_short_of_descriptors_raises_its_limit_or_accepts_fewer_connect
     program = (
         "import logging, resource, sys\n"
         "logging.basicConfig(stream=sys.stdout, format='%(message)s')\n"
-        "from api.server import fit_connection_limit\n"
+        "from service.server import fit_connection_limit\n"
         f"print(fit_connection_limit({threads}), *resource.getrlimit(resource.RLIMIT_NOFILE))\n"
     )
 

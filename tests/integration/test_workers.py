@@ -31,7 +31,7 @@ from integration_support import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.server import worker_cpu
+from service.cpus import worker_cpu
 
 WAIT_SECONDS = 20.0
 POLL_SECONDS = 0.1

@@ -1,9 +1,9 @@
-"""What ``run_waitress`` does to the heap before serving (``api.server.freeze_startup_heap``)."""
+"""What ``run_waitress`` does to the heap before serving (``service.server.freeze_startup_heap``)."""
 
 import gc
 import weakref
 
-from api.server import freeze_startup_heap
+from service.server import freeze_startup_heap
 
 
 class _Node:

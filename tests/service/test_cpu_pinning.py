@@ -8,13 +8,13 @@ import os
 import subprocess
 import sys
 
-from api.server import worker_cpu
+from service.cpus import worker_cpu
 
 CHILD_WAIT_SECONDS = 30
 
 PIN_AND_REPORT = """
 import os, sys, threading
-from api.server import pin_to_cpu
+from service.cpus import pin_to_cpu
 started_before = threading.Thread(target=threading.Event().wait, args=(5,), daemon=True)
 started_before.start()
 pin_to_cpu(int(sys.argv[1]))

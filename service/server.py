@@ -2,10 +2,8 @@
 
 import gc
 import logging
-import os
 import resource
 import socket
-import sys
 
 import waitress
 from waitress.channel import HTTPChannel
@@ -15,7 +13,8 @@ from waitress.task import ErrorTask
 from api.http import HTTP_ERROR_CODES, JSON, dumps, too_large_message
 from core.settings import Settings
 
-log = logging.getLogger(__name__)
+# The name its lines have always carried, which log filters match; not this module's.
+log = logging.getLogger("api.server")
 
 # Waitress buffers a whole body before the app sees it; past this margin over BODY_BYTES_MAX it
 # refuses the request itself (``JsonErrorTask``: 413 as soon as Content-Length says so), below it
@@ -142,45 +141,11 @@ def freeze_startup_heap() -> None:
     What start-up built (modules, the app, the price table: ~60,000 objects) lives as long as
     the process, yet each full collection walked all of it. Under write load at 32 connections
     the requests in flight keep surviving young collections, so full ones come every few
-    seconds: 28-35 ms each with the GIL held, a stall for every thread (measured on 2 cores,
-    session 9); frozen, 0.6 ms. Collect first, so no start-up garbage is kept forever.
+    seconds: 28-35 ms each with the GIL held, a stall for every thread (measured on 2 cores);
+    frozen, 0.6 ms. Collect first, so no start-up garbage is kept forever.
     """
     gc.collect()
     gc.freeze()
-
-
-# How the supervisor tells a worker to leave itself unpinned (its CPU argument).
-NO_CPU = "-"
-
-
-def worker_cpu(slot: int) -> int | None:
-    """The CPU for worker ``slot``: the slot-th CPU this process may run on, wrapping around.
-
-    None where a process cannot be pinned (not Linux).
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    cpus = sorted(os.sched_getaffinity(0))
-    return cpus[slot % len(cpus)]
-
-
-def pin_to_cpu(cpu: int) -> None:
-    """Run every thread of this process, and every thread it starts later, on ``cpu`` (Linux).
-
-    A CPython process runs Python on one core at a time (the GIL), and each time a thread lets
-    the GIL go (a socket call, every SQLite step) a waiting thread takes it. With the threads
-    spread over cores every such hand-off wakes a thread on another core, an inter-processor
-    interrupt (dear on a virtual machine); on one core it is an ordinary switch. Measured on 2
-    cores: context switches per check-budget 42 → 5, requests per second 2–3× (bench/README.md,
-    session 4). ``OSError`` when ``cpu`` is not one this process may use.
-    """
-    assert sys.platform.startswith("linux"), "pinning needs Linux"
-    os.sched_setaffinity(0, {cpu})  # this thread first: an unusable CPU raises OSError here
-    for name in os.listdir("/proc/self/task"):
-        try:
-            os.sched_setaffinity(int(name), {cpu})
-        except ProcessLookupError:
-            continue  # the thread ended meanwhile
 
 
 def descriptors_needed(connection_limit: int, threads: int) -> int:
