@@ -13,7 +13,6 @@ import httpx
 from pydantic import ValidationError
 
 from adapters.pocketbase import open_identity_store
-from api.logs import configure_logging
 from api.supervisor import supervise
 from core.errors import ConfigurationError, IdentityUnavailable
 from core.service import open_ledger
@@ -23,6 +22,7 @@ from core.store.sqlite_backup import BackupFailed, backup_sqlite
 from flows.cli import FLOW_COMMANDS
 from flows.cli import add_commands as add_flow_commands
 from flows.cli import run_command as run_flow_command
+from service.logs import configure_logging
 
 log = logging.getLogger("billing")
 

@@ -17,11 +17,11 @@ from types import FrameType
 from adapters.pocketbase import open_identity_store
 from api.app import create_app
 from api.cli import load_settings
-from api.logs import configure_logging
 from api.metrics import Metrics, multiprocess_dir_from_environment
 from core.service import open_ledger
 from core.settings import resolve_keys
 from service.cpus import NO_CPU, pin_to_cpu
+from service.logs import configure_logging
 from service.server import run_waitress
 
 log = logging.getLogger("billing.worker")

@@ -97,9 +97,9 @@ def _app(scenario: str, data_dir: Path, cleanup: ExitStack) -> Callable:
 
         return create_bare_app()
     from api.app import create_app
-    from api.logs import configure_logging
     from core.service import open_ledger
     from core.settings import Settings, resolve_keys
+    from service.logs import configure_logging
 
     configure_logging()
     settings = Settings(

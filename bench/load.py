@@ -7,7 +7,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from api.logs import REQUEST_MESSAGE
+from api.observe import REQUEST_MESSAGE
 from bench import BENCH_DIR, BenchFailure
 from bench.scenarios import API_KEY, Scenario
 

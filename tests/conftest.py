@@ -13,7 +13,7 @@ import pytest
 import redis
 from pg_testing import ScratchDatabase, unavailable
 
-import api.logs
+import service.logs
 
 BACKENDS = ["sqlite", "postgres"]
 
@@ -97,9 +97,8 @@ def process_logging_restored(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(logging, "logThreads", logging.logThreads)
     monkeypatch.setattr(logging, "logMultiprocessing", logging.logMultiprocessing)
     monkeypatch.setattr(logging.getLogger("httpx"), "level", logging.getLogger("httpx").level)
-    monkeypatch.setattr(api.logs, "_handler", api.logs._handler)
-    monkeypatch.setattr(api.logs, "_writer", api.logs._writer)
-    writer_before = api.logs._writer
+    monkeypatch.setattr(service.logs, "_writer", service.logs._writer)
+    writer_before = service.logs._writer
     yield
-    if api.logs._writer is not writer_before and api.logs._writer is not None:
-        api.logs._writer.stop()
+    if service.logs._writer is not writer_before and service.logs._writer is not None:
+        service.logs._writer.stop()

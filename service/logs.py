@@ -8,12 +8,13 @@ import atexit
 import collections
 import json
 import logging
-import os
 import sys
 import threading
 import time
 from json.encoder import encode_basestring_ascii
 from typing import TextIO
+
+from api.observe import REQUEST_MESSAGE, RequestLineHandler
 
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
 _ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
@@ -25,8 +26,9 @@ LOG_FLUSH_INTERVAL_SECONDS = 0.05
 # Lines joined into one write; the writer takes the rest at once in further writes.
 LOG_WRITE_LINES_MAX = 1_000
 LOG_STOP_WAIT_SECONDS = 5.0
-# Loggers between a named logger and the root ("a.b.c" has three); a deeper chain logs the slow way.
-LOGGER_DEPTH_MAX = 16
+# The logger of the dropped-lines notice: the name its lines have always carried, which log
+# filters match.
+DROPPED_NOTICE_LOGGER = "api.logs"
 
 
 class LineBuffer:
@@ -74,7 +76,7 @@ def _dropped_notice(count: int) -> str:
     """A warning line in the same shape as every other, made by the same formatter."""
     record = logging.makeLogRecord(
         {
-            "name": __name__,
+            "name": DROPPED_NOTICE_LOGGER,
             "levelno": logging.WARNING,
             "levelname": "WARNING",
             "msg": "log lines dropped: the buffer was full",
@@ -118,7 +120,7 @@ class LineWriter:
             pass
 
 
-class BufferHandler(logging.Handler):
+class BufferHandler(RequestLineHandler):
     """Formats a record in the thread that logs it and appends the line to a ``LineBuffer``."""
 
     def __init__(self, lines: LineBuffer) -> None:
@@ -143,68 +145,22 @@ class BufferHandler(logging.Handler):
         except Exception:
             self.handleError(record)
 
-    def append_line(self, line: str) -> None:
-        self._lines.append(line)
-
-
-_writer: LineWriter | None = None
-_handler: BufferHandler | None = None
-
-
-REQUEST_MESSAGE = "request"
-
-
-def log_request(
-    logger: logging.Logger,
-    method: str,
-    route: str,
-    status: int,
-    duration_ms: float,
-    request_id: str,
-) -> None:
-    """One request's line at INFO: ``message`` "request" and these five fields.
-
-    When this module's handler is the one handler the record would reach, the line is written
-    by a template straight from the fields: no LogRecord, no handler chain, no dict to encode
-    (together most of a check-budget's logging cost). Otherwise (a test's capturing handler,
-    any handler added) the record goes through ``logging`` as usual, with the same fields.
-    """
-    if not logger.isEnabledFor(logging.INFO):
-        return
-    handler = _handler
-    if handler is None or not _reaches_only(logger, handler, logging.INFO):
-        fields = {
-            "method": method,
-            "route": route,
-            "status": status,
-            "duration_ms": duration_ms,
-            "request_id": request_id,
-        }
-        logger.info(REQUEST_MESSAGE, extra={"fields": fields})
-        return
-    line = handler.json_formatter.request_line(
-        time.time(), logger.name, os.getpid(), method, route, status, duration_ms, request_id
-    )
-    handler.append_line(line)
-
-
-def _reaches_only(logger: logging.Logger, handler: logging.Handler, level: int) -> bool:
-    """Whether a record of ``logger`` at ``level`` would reach ``handler`` and nothing else."""
-    current: logging.Logger | None = logger
-    for _ in range(LOGGER_DEPTH_MAX):
-        if current is None or current.filters:
-            return False
-        if current is logging.root:
-            return (
-                len(current.handlers) == 1
-                and current.handlers[0] is handler
-                and not handler.filters
-                and level >= handler.level
+    def write_request(
+        self,
+        created: float,
+        logger_name: str,
+        pid: int,
+        method: str,
+        route: str,
+        status: int,
+        duration_ms: float,
+        request_id: str,
+    ) -> None:
+        self._lines.append(
+            self.json_formatter.request_line(
+                created, logger_name, pid, method, route, status, duration_ms, request_id
             )
-        if current.handlers or not current.propagate:
-            return False
-        current = current.parent
-    return False
+        )
 
 
 class JsonFormatter(logging.Formatter):
@@ -285,15 +241,17 @@ class JsonFormatter(logging.Formatter):
         return f"{text}.{int((created - seconds) * 1000):03d}Z"
 
 
+_writer: LineWriter | None = None
+
+
 def configure_logging(level: int = logging.INFO) -> None:
     """One JSON handler on the root logger (replacing any), for this process; lines are
     formatted by the thread that logs them and written by one ``LineWriter``."""
-    global _writer, _handler
+    global _writer
     if _writer is not None:
         _writer.stop()
     lines = LineBuffer()
     handler = BufferHandler(lines)
-    _handler = handler
     _writer = LineWriter(lines)
     atexit.register(_writer.stop)  # the lines still buffered are written before exit
     root = logging.getLogger()
