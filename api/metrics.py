@@ -7,7 +7,6 @@ imported) and a scrape adds them up; otherwise the metrics live in one private r
 
 import logging
 import math
-import os
 import threading
 import time
 from bisect import bisect_left
@@ -31,7 +30,6 @@ from core.ledger import Ledger
 
 log = logging.getLogger(__name__)
 
-MULTIPROC_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS_SECONDS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
@@ -40,10 +38,6 @@ NOT_FOUND_REASON = "not_found"
 LOG_USAGE_RESULTS = ("created", "exists", "conflict")
 RATE_LIMIT_SCOPES = ("key", "user")
 _KNOWN_METHODS = frozenset(falcon.COMBINED_METHODS)
-# How often a worker adds what it counted to the files a scrape reads (multiprocess mode). A
-# scrape adds the answering process's own counts first; another worker's may be this late.
-METRICS_FLUSH_INTERVAL_SECONDS = 1.0
-METRICS_STOP_WAIT_SECONDS = 5.0
 
 
 class _Tally:
@@ -94,29 +88,11 @@ class _Tally:
                         value.inc(count)
 
 
-class _Flusher:
-    """A thread that flushes a tally every ``METRICS_FLUSH_INTERVAL_SECONDS`` until stopped."""
-
-    def __init__(self, tally: _Tally) -> None:
-        self._tally = tally
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="metrics-flush", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stopping.wait(METRICS_FLUSH_INTERVAL_SECONDS):
-            self._tally.flush()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._thread.join(METRICS_STOP_WAIT_SECONDS)
-
-
 class Metrics:
     """The service's metrics; one per process. Label values come from small fixed sets only.
 
-    Counts go through a ``_Tally``: flushed before every exposition, and in multiprocess mode
-    also every ``METRICS_FLUSH_INTERVAL_SECONDS`` by a thread, and by ``close``.
+    Counts go through a ``_Tally``: flushed before every exposition and by ``flush``, which a
+    worker's runtime calls every second in multiprocess mode (``service.metrics``).
     """
 
     def __init__(self, multiprocess_dir: Path | None = None) -> None:
@@ -179,7 +155,6 @@ class Metrics:
         self._rejection_children = {scope: rejections.labels(scope) for scope in RATE_LIMIT_SCOPES}
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._tally = _Tally()
-        self._flusher = None if multiprocess_dir is None else _Flusher(self._tally)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         if method not in _KNOWN_METHODS:
@@ -208,10 +183,8 @@ class Metrics:
     def redis_failure(self) -> None:
         self._tally.count(self._redis_failures)
 
-    def close(self) -> None:
-        """Stop the flushing thread and flush what is left (a worker's last counts count)."""
-        if self._flusher is not None:
-            self._flusher.stop()
+    def flush(self) -> None:
+        """Add every count taken so far to the metrics a scrape reads."""
         self._tally.flush()
 
     def exposition(self, ledger: Ledger) -> bytes:
@@ -256,11 +229,6 @@ class _OpenHolds:
         )
         family.add_metric([], count)
         yield family
-
-
-def multiprocess_dir_from_environment() -> Path | None:
-    value = os.environ.get(MULTIPROC_DIR_VARIABLE)
-    return Path(value) if value else None
 
 
 class MetricsResource:

@@ -34,10 +34,10 @@ from types import FrameType
 
 from prometheus_client.multiprocess import mark_process_dead
 
-from api.metrics import MULTIPROC_DIR_VARIABLE
 from core.errors import ConfigurationError
 from core.settings import Settings
 from service.cpus import NO_CPU, worker_cpu
+from service.metrics import MULTIPROC_DIR_VARIABLE
 from service.server import WAITRESS_BACKLOG
 
 log = logging.getLogger("billing.supervisor")

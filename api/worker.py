@@ -17,11 +17,11 @@ from types import FrameType
 from adapters.pocketbase import open_identity_store
 from api.app import create_app
 from api.cli import load_settings
-from api.metrics import Metrics, multiprocess_dir_from_environment
 from core.service import open_ledger
 from core.settings import resolve_keys
 from service.cpus import NO_CPU, pin_to_cpu
 from service.logs import configure_logging
+from service.metrics import worker_metrics
 from service.server import run_waitress
 
 log = logging.getLogger("billing.worker")
@@ -65,12 +65,9 @@ def main(argv: list[str] | None = None) -> None:
     store, ledger = open_ledger(settings)
     try:
         listener = socket.socket(fileno=listener_fd)
-        metrics = Metrics(multiprocess_dir_from_environment())
-        try:
+        with worker_metrics() as metrics:
             app = create_app(settings, keys, ledger, identities, metrics)
             run_waitress(app, settings, listener)
-        finally:
-            metrics.close()  # the counts since its last flush
     finally:
         store.close()
         if identities is not None:
