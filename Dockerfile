@@ -4,9 +4,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_
 RUN useradd --create-home --uid 10001 billing && install -d -o billing -g billing /data
 WORKDIR /app
 COPY pyproject.toml README.md prefect.yaml ./
+COPY adapters adapters
 COPY api api
 COPY core core
 COPY flows flows
+COPY service service
+COPY wire wire
 RUN pip install '.[flows,postgres,redis]'
 USER billing
 ENV DATA_DIR=/data PORT=3000

@@ -34,7 +34,9 @@ def free_port() -> int:
 
 def billing_command() -> list[str]:
     beside = Path(sys.executable).parent / "billing"
-    return [str(beside), "serve"] if beside.exists() else [sys.executable, "-m", "api.cli", "serve"]
+    if beside.exists():
+        return [str(beside), "serve"]
+    return [sys.executable, "-m", "service.cli", "serve"]
 
 
 def server_env(

@@ -89,7 +89,7 @@ def dead_redis_url() -> str:
 
 @pytest.fixture
 def process_logging_restored(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """For a test that calls ``api.cli.main`` in process: its ``configure_logging`` replaces the
+    """For a test that calls ``service.cli.main`` in process: its ``configure_logging`` replaces the
     root logger's handlers and starts a log-writer thread; afterwards both are as they were."""
     root = logging.getLogger()
     monkeypatch.setattr(root, "handlers", list(root.handlers))

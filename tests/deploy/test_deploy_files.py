@@ -1,14 +1,18 @@
 """docker-compose.yml, the Dockerfile and .env.example agree with the code.
 
 No Docker engine runs here, so these files are checked statically: every command names a real
-entry point of the project, and every variable the code reads is documented in .env.example.
+entry point of the project, the image holds every package the ``billing`` command imports, and
+every variable the code reads is documented in .env.example.
 """
 
+import ast
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
+from fnmatch import fnmatch
 from pathlib import Path
 
 import pytest
@@ -22,7 +26,7 @@ COMMAND_WAIT_SECONDS = 60
 SERVICES_EXPECTED = {"api", "postgres", "redis", "prefect-server", "prefect-worker", "pocketbase"}
 # Variables only docker-compose itself reads (passwords of its databases, the Prefect UI's URL).
 COMPOSE_ONLY_VARIABLES = {"POSTGRES_PASSWORD", "PREFECT_POSTGRES_PASSWORD", "PREFECT_UI_API_URL"}
-CODE_FOLDERS = ("api", "core", "flows", "adapters")
+CODE_FOLDERS = ("api", "core", "flows", "adapters", "service")
 ENVIRON_READ = re.compile(
     r"""(?:environ\.get|getenv|environ)\s*[(\[]\s*["']([A-Z][A-Z0-9_]*)["']"""
 )
@@ -70,6 +74,28 @@ def project_commands() -> list[list[str]]:
     return commands
 
 
+def packages_imported_from(package: str) -> set[str]:
+    """``package`` and every package of this repository its modules import, and theirs."""
+    ours = {path.parent.name for path in ROOT.glob("*/__init__.py")}
+    found: set[str] = set()
+    pending = [package]
+    while pending:
+        current = pending.pop()
+        if current in found:
+            continue
+        found.add(current)
+        for source in (ROOT / current).rglob("*.py"):
+            for node in ast.walk(ast.parse(source.read_text(), filename=str(source))):
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                else:
+                    continue
+                pending.extend(name.split(".")[0] for name in names if name.split(".")[0] in ours)
+    return found
+
+
 def test_compose_has_every_service_of_the_deployment() -> None:
     services = compose()["services"]
     assert SERVICES_EXPECTED <= set(services)
@@ -95,7 +121,7 @@ def test_each_command_names_a_real_entry_point(command: list[str]) -> None:
         subcommand = [word for word in command[1:] if not word.startswith("-")][:2]
         words = command[1 : 1 + len(subcommand)]
         result = subprocess.run(
-            [str(BIN / "billing"), *words, "--help"],
+            [sys.executable, "-m", "service.cli", *words, "--help"],
             capture_output=True,
             text=True,
             timeout=COMMAND_WAIT_SECONDS,
@@ -104,6 +130,25 @@ def test_each_command_names_a_real_entry_point(command: list[str]) -> None:
     else:
         assert program in {"prefect", "pocketbase", "python"}, f"unknown program {program}"
         assert shutil.which(program, path=str(BIN)) or program == "python", program
+
+
+def test_the_billing_script_runs_the_module_these_tests_run() -> None:
+    """The commands above are checked with ``python -m service.cli``; the image runs the console
+    script pyproject.toml makes, which must call the same function."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["scripts"]["billing"] == "service.cli:main"
+
+
+def test_the_image_installs_every_package_the_billing_command_imports() -> None:
+    needed = packages_imported_from("service")
+    assert {"service", "api", "core", "flows", "adapters"} <= needed
+    app_stage = re.split(r"^FROM ", (ROOT / "Dockerfile").read_text(), flags=re.M)[1]
+    copied = set(re.findall(r"^COPY (\w+) \1$", app_stage, re.M))
+    assert needed - copied == set(), "the Dockerfile does not COPY them"
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    included = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    missing = {name for name in needed if not any(fnmatch(name, pattern) for pattern in included)}
+    assert missing == set(), "pyproject.toml does not install them"
 
 
 def test_every_variable_the_code_reads_is_documented() -> None:

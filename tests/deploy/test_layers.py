@@ -1,7 +1,8 @@
 """The layers of the brief: ``core`` knows no HTTP and no Prefect; ``flows`` call into ``core``
-and never into ``api``; the wire contract and the client need nothing of the server. Checked on
-the source's imports, so a new module cannot slip past, and for the client on what importing it
-really loads."""
+and never into ``api``; ``api`` is the HTTP layer alone, which the process runtime (``service``)
+wires to ``flows`` and ``adapters``, never the other way; the wire contract and the client need
+nothing of the server. Checked on the source's imports, so a new module cannot slip past, and
+for the client on what importing it really loads."""
 
 import ast
 import subprocess
@@ -13,11 +14,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 # Entries are dotted prefixes: "core.store" forbids core.store and every module under it.
-SERVER = {"api", "flows", "adapters", "core.store", "core.ledger", "falcon", "waitress", "limits"}
+SERVER = {"api", "flows", "adapters", "service", "core.store", "core.ledger"}
+SERVER |= {"falcon", "waitress", "limits"}
 FORBIDDEN = {
-    "core": {"api", "flows", "adapters", "wire", "client"}
+    "core": {"api", "flows", "adapters", "service", "wire", "client"}
     | {"falcon", "waitress", "httpx", "prefect"},
-    "flows": {"api"},
+    "adapters": {"api", "flows", "service"},
+    "flows": {"api", "service"},
+    "api": {"service", "flows", "adapters"},
     "wire": SERVER | {"client"},
     "client": SERVER,
 }

@@ -60,10 +60,10 @@ def test_billing_flows_deploy_creates_the_pool_and_the_deployments(tmp_path):
         "BUDGET_TIMEZONE": "Europe/Berlin",
         "DATABASE_URL": f"sqlite:///{tmp_path / 'billing.db'}",
     }
-    billing = Path(sys.executable).parent / "billing"
+    billing = [sys.executable, "-m", "service.cli"]
     for _ in range(2):  # a second deploy finds the pool and updates the deployments
         subprocess.run(
-            [str(billing), "flows", "deploy", "--project-dir", str(PROJECT_DIR)],
+            [*billing, "flows", "deploy", "--project-dir", str(PROJECT_DIR)],
             env=environment,
             check=True,
             timeout=300,

@@ -11,7 +11,7 @@ from prefect import get_client
 from prefect.flow_engine import run_flow
 from prefect.states import Scheduled
 
-from api.cli import main as billing
+from service.cli import main as billing
 from core.errors import Unavailable
 from core.ledger import Ledger
 from core.periods import next_label

@@ -6,7 +6,6 @@ A server's database is a SQLite file (a ``Path``) or a PostgreSQL URL (a ``str``
 import json
 import os
 import resource
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -41,12 +40,10 @@ _SERVER_VARIABLES = tuple(name.upper() for name in Settings.model_fields)
 
 
 def billing_command(*arguments: str) -> list[str]:
-    """The `billing` console script next to this interpreter (the real server, no shell)."""
-    beside = Path(sys.executable).parent / "billing"
-    found = str(beside) if beside.exists() else shutil.which("billing")
-    if found is None:
-        return [sys.executable, "-m", "api.cli", *arguments]
-    return [found, *arguments]
+    """The `billing` command of the code under test (the real server, no shell): its module run
+    by this interpreter, since a console script installed beside it may be bound to another
+    checkout. tests/deploy holds the console script to the same function."""
+    return [sys.executable, "-m", "service.cli", *arguments]
 
 
 Database = Path | str

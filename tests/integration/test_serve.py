@@ -275,7 +275,7 @@ def test_migrate_on_postgresql_applies_once_then_reports_up_to_date(
 
 # `billing` with Prefect made unimportable, as after `make serve` (which installs no flows extra).
 WITHOUT_PREFECT = (
-    "import sys; sys.modules['prefect'] = None; from api.cli import main; main(sys.argv[1:])"
+    "import sys; sys.modules['prefect'] = None; from service.cli import main; main(sys.argv[1:])"
 )
 
 

@@ -5,7 +5,7 @@ import socket
 import sys
 from pathlib import Path
 
-from api.supervisor import WORKER_RESTARTS_MAX, Supervisor
+from service.supervisor import WORKER_RESTARTS_MAX, Supervisor
 
 # Stands in for a worker that fails at start (bad database, bad configuration): exits at once.
 FAILING_WORKER = (sys.executable, "-c", "raise SystemExit(3)")

@@ -221,7 +221,7 @@ def test_a_worker_that_cannot_be_pinned_warns_and_serves(workdir: Path) -> None:
     with socket.create_server(("127.0.0.1", 0)) as listener, open(errors_path, "wb") as errors:
         port = listener.getsockname()[1]
         worker = subprocess.Popen(
-            [sys.executable, "-m", "api.worker", str(listener.fileno()), str(os.getpid()),
+            [sys.executable, "-m", "service.worker", str(listener.fileno()), str(os.getpid()),
              str(unusable_cpu)],
             env=env,
             pass_fds=[listener.fileno()],

@@ -12,7 +12,7 @@ from adapters.pocketbase import BILLING_FIELDS
 def billing(pocketbase: PocketBaseServer, *args: str, **env: str) -> subprocess.CompletedProcess:
     environment = {**os.environ, **pocketbase.environment(), **env}
     return subprocess.run(
-        [sys.executable, "-m", "api.cli", *args],
+        [sys.executable, "-m", "service.cli", *args],
         env=environment,
         capture_output=True,
         text=True,

@@ -1,7 +1,7 @@
 """``billing serve`` with ``WORKERS`` processes: one listening socket, supervised workers.
 
 The supervisor binds ``HOST``:``PORT`` once and hands the socket to each worker (a fresh
-``python -m api.worker``), which serves it with waitress. One shared socket rather than
+``python -m service.worker``), which serves it with waitress. One shared socket rather than
 ``SO_REUSEPORT`` sockets per worker: a worker that dies loses only its own connections (with
 ``SO_REUSEPORT`` the connections the kernel already queued on its socket are reset), a worker
 started later accepts from the same queue, a port already taken fails once at start, and no other
@@ -15,7 +15,7 @@ is wrong that a restart will not fix, and the whole server stops with status 1 s
 manager (docker, systemd) sees it. ``SIGTERM``/``SIGINT`` stop every worker with ``SIGTERM`` (each
 finishes its requests in flight), and ``SIGKILL`` the ones still running after
 ``WORKER_STOP_WAIT_SECONDS``. A worker dies with the supervisor even when it is killed (Linux
-``PR_SET_PDEATHSIG``, see ``api.worker``).
+``PR_SET_PDEATHSIG``, see ``service.worker``).
 """
 
 import logging
@@ -48,7 +48,7 @@ WORKER_STOP_WAIT_SECONDS = 8.0
 SUPERVISOR_POLL_SECONDS = 0.2
 # Each worker runs this with three more arguments: the listening socket's fd, the supervisor's
 # pid, and the CPU to pin itself to (``NO_CPU`` for none).
-WORKER_COMMAND = (sys.executable, "-m", "api.worker")
+WORKER_COMMAND = (sys.executable, "-m", "service.worker")
 
 
 def supervise(settings: Settings) -> int:

@@ -1,9 +1,9 @@
-"""One worker process of ``billing serve``; started by ``api.supervisor``, not by hand.
+"""One worker process of ``billing serve``; started by ``service.supervisor``, not by hand.
 
-``python -m api.worker <listening socket fd> <supervisor pid> <cpu or ->``: pins itself to the
-CPU it is given (see ``service.cpus.pin_to_cpu``), reads the same settings and kept keys as the
-supervisor, opens its own store, and serves the inherited socket with waitress until ``SIGTERM``
-(requests in flight finish, then the store closes).
+``python -m service.worker <listening socket fd> <supervisor pid> <cpu or ->``: pins itself to
+the CPU it is given (see ``service.cpus.pin_to_cpu``), reads the same settings and kept keys as
+the supervisor, opens its own store, and serves the inherited socket with waitress until
+``SIGTERM`` (requests in flight finish, then the store closes).
 """
 
 import ctypes
@@ -16,9 +16,9 @@ from types import FrameType
 
 from adapters.pocketbase import open_identity_store
 from api.app import create_app
-from api.cli import load_settings
 from core.service import open_ledger
 from core.settings import resolve_keys
+from service.cli import load_settings
 from service.cpus import NO_CPU, pin_to_cpu
 from service.logs import configure_logging
 from service.metrics import worker_metrics
@@ -49,7 +49,9 @@ def _stop(number: int, frame: FrameType | None) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     arguments = sys.argv[1:] if argv is None else argv
-    assert len(arguments) == 3, "usage: python -m api.worker <listening fd> <supervisor pid> <cpu>"
+    assert len(arguments) == 3, (
+        "usage: python -m service.worker <listening fd> <supervisor pid> <cpu>"
+    )
     listener_fd, supervisor_pid = int(arguments[0]), int(arguments[1])
     signal.signal(signal.SIGTERM, _stop)
     exit_with_supervisor(supervisor_pid)

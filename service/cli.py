@@ -13,7 +13,6 @@ import httpx
 from pydantic import ValidationError
 
 from adapters.pocketbase import open_identity_store
-from api.supervisor import supervise
 from core.errors import ConfigurationError, IdentityUnavailable
 from core.service import open_ledger
 from core.settings import Keys, Settings, resolve_keys
@@ -23,6 +22,7 @@ from flows.cli import FLOW_COMMANDS
 from flows.cli import add_commands as add_flow_commands
 from flows.cli import run_command as run_flow_command
 from service.logs import configure_logging
+from service.supervisor import supervise
 
 log = logging.getLogger("billing")
 
@@ -39,7 +39,7 @@ def load_settings() -> Settings:
 
 
 def serve(settings: Settings) -> int:
-    """Keys and migrations once, here; then the supervised workers (``api.supervisor``)."""
+    """Keys and migrations once, here; then the supervised workers (``service.supervisor``)."""
     keys = resolve_keys(settings)
     _announce_keys(keys)
     identities = open_identity_store(settings)  # a bad PocketBase setting stops start-up here
