@@ -1,2 +1,1 @@
-"""The process runtime: the ``billing`` command, its supervisor and workers, waitress, logs and
-process metrics; it wires ``api``, ``flows`` and ``adapters`` together."""
+"""The process runtime that wires ``api``, ``flows`` and ``adapters`` into ``billing``."""

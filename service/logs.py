@@ -26,8 +26,7 @@ LOG_FLUSH_INTERVAL_SECONDS = 0.05
 # Lines joined into one write; the writer takes the rest at once in further writes.
 LOG_WRITE_LINES_MAX = 1_000
 LOG_STOP_WAIT_SECONDS = 5.0
-# The logger of the dropped-lines notice: the name its lines have always carried, which log
-# filters match.
+# The dropped-lines notice keeps the logger name it has always carried, which log filters match.
 DROPPED_NOTICE_LOGGER = "api.logs"
 
 

@@ -1,5 +1,4 @@
-"""A worker's metrics in multiprocess mode: the directory the supervisor shares, and a flush
-thread, so a scrape answered by any worker adds up every worker's counts."""
+"""A worker's multiprocess metrics: the directory the supervisor shares, and a flush thread."""
 
 import os
 import threading

@@ -13,7 +13,7 @@ from waitress.task import ErrorTask
 from api.http import HTTP_ERROR_CODES, JSON, dumps, too_large_message
 from core.settings import Settings
 
-# The name its lines have always carried, which log filters match; not this module's.
+# Its lines keep the logger name they have always carried, which log filters match.
 log = logging.getLogger("api.server")
 
 # Waitress buffers a whole body before the app sees it; past this margin over BODY_BYTES_MAX it
