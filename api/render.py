@@ -11,11 +11,12 @@ import json
 
 from simplejson import RawJSON
 
+from core.accounts import UserView
 from core.budget import BudgetSnapshot
 from core.ledger import CheckResult
 from core.money import Money, money_to_text
 from core.periods import iso_from_ms
-from core.store.base import LogOutcome, UserView
+from core.usage import LogOutcome
 
 
 def money_json(amount: Money) -> RawJSON:

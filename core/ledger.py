@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
+from core.accounts import CreditGrant, NewUser, Product, Tenant, UserView
 from core.alerts import AdminNotice, Alert, AlertChannel
 from core.budget import MESSAGES, BudgetSnapshot, BudgetStatus, UserStatus, check_cost, decide
 from core.errors import Invalid, NotFound
@@ -25,21 +26,10 @@ from core.reconcile import (
     ReconcileReport,
     backfill,
 )
-from core.resets import ResetRequest
 from core.reservations import Reservation, retention_cutoff_ms
-from core.store.base import (
-    CreditGrant,
-    LedgerStore,
-    LogOutcome,
-    NewUser,
-    PeriodSummary,
-    Product,
-    ResetOutcome,
-    Tenant,
-    UsageGroup,
-    UserView,
-)
-from core.usage import UsageRecord
+from core.resets import PeriodSummary, ResetOutcome, ResetRequest
+from core.store.base import LedgerStore
+from core.usage import LogOutcome, UsageGroup, UsageRecord
 
 USAGE_RANGE_DAYS_MAX = 366
 PRUNE_BATCH_MAX = 10_000

@@ -15,9 +15,9 @@ import logging
 from dataclasses import dataclass
 from typing import Protocol
 
+from core.accounts import UserView
 from core.errors import Duplicate, IdentityUnavailable, Invalid
 from core.ledger import Ledger, new_user_id
-from core.store.base import UserView
 
 log = logging.getLogger(__name__)
 

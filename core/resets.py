@@ -20,7 +20,8 @@ nothing, when it could only destroy a month (``reset_refusal``):
 
 Each store calls ``reset_refusal`` inside the reset's own write transaction, on the open
 periods it reads there, so two resets or a reset and a provisioning cannot slip between the
-check and the write.
+check and the write. What a reset did (``ResetOutcome``) and what it closed (``PeriodSummary``)
+are here too.
 """
 
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from enum import StrEnum
 
 from core.alerts import AdminNotice
 from core.errors import ResetRefused
+from core.money import Money
 from core.periods import next_label
 
 
@@ -68,6 +70,29 @@ class OpenPeriods:
 
     earliest_label: str | None
     latest_label: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ResetOutcome:
+    users_reset: int
+    already_done: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Spender:
+    user_id: str
+    email: str
+    used: Money
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodSummary:
+    """What the reset labelled ``label`` closed: from period history, corrections applied."""
+
+    label: str
+    users: int
+    spend_total: Money
+    top_spenders: list[Spender]
 
 
 class RefusalReason(StrEnum):

@@ -27,7 +27,7 @@ from core.errors import LedgerError, ResetRefused, Unavailable
 from core.ledger import Ledger, ResetResult
 from core.money import money_to_text
 from core.periods import PeriodLabel, label_at, to_ms
-from core.store.base import PeriodSummary
+from core.resets import PeriodSummary
 from flows.common import ADMIN_NOTICE_HOOKS, flow_settings, mail_admin, opened_ledger
 
 RESET_RETRIES = 4

@@ -4,12 +4,12 @@ import falcon
 
 from api.http import read_model, refuse_nul_in_path, respond
 from api.render import money_json, user_json
+from core.accounts import Product, Tenant
 from core.budget import UserStatus
 from core.errors import Invalid
 from core.ledger import Ledger
 from core.money import Money
 from core.provisioning import Provisioner, ProvisionRequest
-from core.store.base import Product, Tenant
 from wire.schemas import (
     CreditRequest,
     ProductRequest,

@@ -1,9 +1,11 @@
-"""The storage interface every backend implements, and the values that cross it.
+"""The storage interface every backend implements, and what the backends share.
 
 A backend runs each write as one transaction that holds the rows it decides on (SQLite:
 ``BEGIN IMMEDIATE``; PostgreSQL: row locks), asks the rules in ``core.budget``,
 ``core.reservations`` and ``core.usage``, and applies their answer. Money is ``core.money.Money``
-and times are integer ms since the epoch throughout.
+and times are integer ms since the epoch throughout. What a store returns is what the ledger
+hands out, defined beside its rules: ``core.accounts``, ``core.budget``, ``core.usage``,
+``core.resets``.
 """
 
 import logging
@@ -14,14 +16,15 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Literal, Protocol
 
+from core.accounts import CreditGrant, NewUser, Product, Tenant, UserView
 from core.alerts import AdminNotice, Alert, AlertChannel
 from core.budget import BudgetSnapshot, BudgetStatus, UserStatus
 from core.errors import Unavailable
 from core.money import Money
 from core.reconcile import Drift
-from core.resets import ResetRequest
 from core.reservations import Reservation
-from core.usage import UsageRecord
+from core.resets import PeriodSummary, ResetOutcome, ResetRequest
+from core.usage import LogOutcome, UsageGroup, UsageRecord
 
 # How long a failed write keeps the health check failing when no later write succeeds.
 WRITE_FAILURE_REPORT_MS = 60_000
@@ -189,35 +192,6 @@ def newer_migrations(
     return [name for version, name in sorted(recorded) if version not in known]
 
 
-@dataclass(frozen=True, slots=True)
-class Product:
-    id: str
-    name: str
-    monthly_budget: Money
-
-
-@dataclass(frozen=True, slots=True)
-class Tenant:
-    id: str
-    name: str
-    monthly_budget: Money | None
-
-
-@dataclass(frozen=True, slots=True)
-class UserView:
-    """A user with the figures of their open period."""
-
-    id: str
-    email: str
-    product_id: str
-    tenant_id: str
-    status: UserStatus
-    period_label: str
-    period_start_ms: int
-    created_at_ms: int
-    budget: BudgetSnapshot
-
-
 # The columns every backend's user query returns, in order (``user_view_from_row`` reads them).
 USER_VIEW_COLUMNS = (
     "id",
@@ -280,68 +254,10 @@ def user_view_from_row(row: tuple[Any, ...]) -> UserView:
 
 
 @dataclass(frozen=True, slots=True)
-class NewUser:
-    id: str
-    email: str
-    password_hash: str
-    product_id: str
-    tenant_id: str
-    period_label: str
-
-
-@dataclass(frozen=True, slots=True)
 class CheckOutcome:
     status: BudgetStatus
     budget: BudgetSnapshot
     reservation: Reservation | None
-
-
-@dataclass(frozen=True, slots=True)
-class LogOutcome:
-    created: bool
-    budget: BudgetSnapshot
-
-
-@dataclass(frozen=True, slots=True)
-class ResetOutcome:
-    users_reset: int
-    already_done: bool
-
-
-@dataclass(frozen=True, slots=True)
-class CreditGrant:
-    grant_id: str
-    user_id: str
-    amount: Money
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class UsageGroup:
-    """Usage added up over one key: a model name, or a 15-minute bucket start for days."""
-
-    key: str | int
-    requests: int
-    tokens_input: int
-    tokens_output: int
-    cost: Money
-
-
-@dataclass(frozen=True, slots=True)
-class Spender:
-    user_id: str
-    email: str
-    used: Money
-
-
-@dataclass(frozen=True, slots=True)
-class PeriodSummary:
-    """What the reset labelled ``label`` closed: from period history, corrections applied."""
-
-    label: str
-    users: int
-    spend_total: Money
-    top_spenders: list[Spender]
 
 
 GroupBy = Literal["model", "bucket"]

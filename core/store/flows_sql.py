@@ -12,7 +12,7 @@ from typing import Any
 from core.alerts import Alert, AlertChannel, AlertSubject
 from core.money import NANOS_PER_UNIT, Money
 from core.reconcile import Check, Drift
-from core.store.base import PeriodSummary, Spender
+from core.resets import PeriodSummary, Spender
 
 _USAGE_OF_OPEN_PERIOD = (
     "COALESCE((SELECT SUM(g.cost) FROM usage g"

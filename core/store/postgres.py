@@ -25,6 +25,7 @@ import psycopg
 import psycopg.conninfo
 import psycopg_pool
 
+from core.accounts import CreditGrant, NewUser, Product, Tenant, UserView
 from core.alerts import ALERT_THRESHOLDS_PERCENT, AdminNotice, Alert, AlertChannel, AlertSubject, crossings
 from core.budget import BudgetStatus, UserStatus, check_credit, check_usage, decide
 from core.errors import (
@@ -40,7 +41,6 @@ from core.errors import (
 )
 from core.money import Money
 from core.reconcile import EXPIRED_HOLD_GRACE_MS, Check, Drift
-from core.resets import OpenPeriods, ResetRequest, forced_reset_notice, reset_refusal
 from core.reservations import (
     Reservation,
     ReservationState,
@@ -49,28 +49,27 @@ from core.reservations import (
     check_settle,
     counting_amount,
 )
+from core.resets import (
+    OpenPeriods,
+    PeriodSummary,
+    ResetOutcome,
+    ResetRequest,
+    forced_reset_notice,
+    reset_refusal,
+)
 from core.store import postgres_flows
 from core.store.base import (
     USER_VIEW_COLUMNS,
     CheckOutcome,
-    CreditGrant,
     FailureLog,
     GroupBy,
-    LogOutcome,
-    NewUser,
-    PeriodSummary,
-    Product,
-    ResetOutcome,
-    Tenant,
-    UsageGroup,
-    UserView,
     WriteFailures,
     migration_scripts,
     newer_migrations,
     user_view_from_row,
 )
 from core.store.flows_sql import backfill_note
-from core.usage import UsageRecord, check_replay
+from core.usage import LogOutcome, UsageGroup, UsageRecord, check_replay
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import psycopg
 
 from core.alerts import Alert, AlertChannel
 from core.reconcile import Check, Drift
+from core.resets import PeriodSummary
 from core.store import flows_sql
-from core.store.base import PeriodSummary
 
 # The nightly scan reads every row; it gets longer than a request's statement_timeout.
 DRIFT_SCAN_TIMEOUT_MS = 600_000

@@ -25,6 +25,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import TypeVar
 
+from core.accounts import CreditGrant, NewUser, Product, Tenant, UserView
 from core.alerts import AdminNotice, Alert, AlertChannel, crossings
 from core.budget import BudgetStatus, UserStatus, check_credit, check_usage, decide
 from core.errors import (
@@ -39,7 +40,6 @@ from core.errors import (
 )
 from core.money import NANOS_PER_UNIT, Money
 from core.reconcile import EXPIRED_HOLD_GRACE_MS, Check, Drift
-from core.resets import OpenPeriods, ResetRequest, forced_reset_notice, reset_refusal
 from core.reservations import (
     Reservation,
     ReservationState,
@@ -48,21 +48,20 @@ from core.reservations import (
     check_settle,
     counting_amount,
 )
+from core.resets import (
+    OpenPeriods,
+    PeriodSummary,
+    ResetOutcome,
+    ResetRequest,
+    forced_reset_notice,
+    reset_refusal,
+)
 from core.store import sqlite_checks, sqlite_outbox
 from core.store.base import (
     USER_VIEW_COLUMNS,
     CheckOutcome,
-    CreditGrant,
     FailureLog,
     GroupBy,
-    LogOutcome,
-    NewUser,
-    PeriodSummary,
-    Product,
-    ResetOutcome,
-    Tenant,
-    UsageGroup,
-    UserView,
     WriteFailures,
     migration_scripts,
     newer_migrations,
@@ -71,7 +70,7 @@ from core.store.base import (
 from core.store.flows_sql import backfill_note
 from core.store.sqlite_checks import record_repair
 from core.store.sqlite_outbox import insert_alerts
-from core.usage import UsageRecord, check_replay
+from core.usage import LogOutcome, UsageGroup, UsageRecord, check_replay
 
 log = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ is ``flows_sql``'s, shared with PostgreSQL)."""
 import sqlite3
 
 from core.alerts import Alert, AlertChannel, AlertCrossing
+from core.resets import PeriodSummary
 from core.store import flows_sql
-from core.store.base import PeriodSummary
 
 
 def insert_alerts(

@@ -11,7 +11,7 @@ from core.budget import BudgetSnapshot, BudgetStatus, UserStatus
 from core.ledger import CheckResult
 from core.periods import iso_from_ms
 from core.reservations import Reservation, ReservationState
-from core.store.base import LogOutcome
+from core.usage import LogOutcome
 
 BUDGETS = [
     BudgetSnapshot(UserStatus.ACTIVE, 10**19, 0, 123_000_000, 1, None, 0, 0),

@@ -10,9 +10,10 @@ import pytest
 from core_helpers import APRIL, START, TTL_SECONDS, FakeClock, ms, open_test_store, provision, usd
 from pg_testing import PgRaw
 
+from core.accounts import Product, UserView
 from core.ledger import Ledger
 from core.prices import load_price_table
-from core.store.base import LedgerStore, Product, UserView
+from core.store.base import LedgerStore
 
 
 @pytest.fixture

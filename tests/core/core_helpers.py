@@ -6,9 +6,10 @@ from pathlib import Path
 
 from pg_testing import POOL_SIZE, POOL_TIMEOUT_SECONDS
 
+from core.accounts import UserView
 from core.ledger import Ledger
 from core.money import Money, money_from_input
-from core.store.base import LedgerStore, UserView
+from core.store.base import LedgerStore
 from core.store.postgres import PostgresStore
 from core.store.sqlite import SqliteStore
 

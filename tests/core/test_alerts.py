@@ -7,8 +7,8 @@ import pytest
 from core_helpers import APRIL, provision, usd
 from pg_testing import PgRaw
 
+from core.accounts import Tenant
 from core.alerts import AlertChannel, AlertSubject, alert_message, thresholds_crossed
-from core.store.base import Tenant
 
 
 @pytest.mark.parametrize(

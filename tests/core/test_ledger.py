@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 import pytest
 from core_helpers import APRIL, TTL_SECONDS, ms, provision, usd
 
+from core.accounts import Product, Tenant
 from core.budget import BudgetStatus, UserStatus
 from core.errors import (
     Duplicate,
@@ -16,7 +17,6 @@ from core.errors import (
     ReservationClosed,
 )
 from core.reservations import ReservationState
-from core.store.base import Product, Tenant
 
 TTL_MS = TTL_SECONDS * 1000
 

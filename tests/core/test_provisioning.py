@@ -11,10 +11,10 @@ from dataclasses import replace
 import pytest
 from core_helpers import PASSWORD
 
+from core.accounts import Product
 from core.errors import Duplicate, IdentityUnavailable, Invalid, Unavailable
 from core.ledger import Ledger
 from core.provisioning import Identity, Provisioner, ProvisionRequest
-from core.store.base import Product
 
 
 class MemoryIdentities:

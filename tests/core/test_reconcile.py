@@ -9,9 +9,9 @@ import pytest
 from core_helpers import APRIL, MAY, TTL_SECONDS, provision, usd
 from pg_testing import PgRaw
 
+from core.accounts import Tenant
 from core.reconcile import EXPIRED_HOLD_GRACE_MS, Check, Drift, usage_from_spend_log
 from core.store import postgres_flows, sqlite_checks
-from core.store.base import Tenant
 
 
 def log(ledger, user_id, request_id, cost):

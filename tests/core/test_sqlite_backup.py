@@ -9,10 +9,10 @@ from zoneinfo import ZoneInfo
 import pytest
 from core_helpers import TTL_SECONDS, provision, usd
 
+from core.accounts import Product
 from core.errors import ConfigurationError
 from core.ledger import Ledger
 from core.prices import load_price_table
-from core.store.base import Product
 from core.store.sqlite import SqliteStore
 from core.store.sqlite_backup import BackupFailed, backup_name, backup_sqlite, prune_backups
 

@@ -16,12 +16,12 @@ import psycopg
 import pytest
 from core_helpers import TTL_SECONDS, provision, usd
 
+from core.accounts import Product
 from core.budget import BudgetStatus
 from core.errors import AmountOutOfRange
 from core.ledger import Ledger
 from core.money import BUDGET_MAX, COST_PER_CALL_MAX, COUNTER_MAX, Money
 from core.prices import ModelPrice, PriceTable
-from core.store.base import Product
 
 # What either database raises when a CHECK or a trigger refuses a statement.
 REFUSED = (sqlite3.IntegrityError, psycopg.IntegrityError)

@@ -10,9 +10,9 @@ import psycopg
 import pytest
 from core_helpers import open_test_store, provision, usd
 
+from core.accounts import Product, Tenant
 from core.budget import BudgetStatus, UserStatus
 from core.errors import LedgerError, Unavailable
-from core.store.base import Product, Tenant
 
 # What either database raises when a CHECK or a trigger refuses a statement.
 REFUSED = (sqlite3.IntegrityError, psycopg.IntegrityError)

@@ -13,13 +13,13 @@ import pytest
 from core_helpers import TTL_SECONDS, provision, usd
 from pg_testing import PgRaw, ScratchDatabase, unavailable
 
+from core.accounts import Product
 from core.alerts import ALERT_THRESHOLDS_PERCENT, thresholds_crossed
 from core.errors import ConfigurationError, Unavailable
 from core.ledger import Ledger
 from core.money import Money
 from core.prices import load_price_table
 from core.store import open_store
-from core.store.base import Product
 from core.store.postgres import AUTOVACUUM_OFF_WARNING, PostgresStore
 
 POOL_TIMEOUT_SECONDS = 0.5

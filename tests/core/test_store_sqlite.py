@@ -13,11 +13,11 @@ from zoneinfo import ZoneInfo
 import pytest
 from core_helpers import TTL_SECONDS, usd
 
+from core.accounts import Product
 from core.errors import ConfigurationError, Unavailable
 from core.ledger import Ledger
 from core.prices import load_price_table
 from core.store import open_store
-from core.store.base import Product
 from core.store.sqlite import PROCESS_LOCK_SUFFIX, SqliteStore, sqlite_path_from_url
 
 MIGRATIONS = [

@@ -7,11 +7,11 @@ from email.message import Message
 
 from aiosmtpd.handlers import Message as MessageHandler
 
+from core.accounts import Product
 from core.ledger import Ledger, wall_clock_ms
 from core.money import Money, money_from_input
 from core.periods import label_at, label_bounds_ms
 from core.settings import Settings
-from core.store.base import Product
 
 PASSWORD = "correct horse battery"
 

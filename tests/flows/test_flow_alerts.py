@@ -13,7 +13,7 @@ import pytest
 from flow_helpers import PASSWORD, Inbox, usd
 from ports import free_port
 
-from core.store.base import Product, Tenant
+from core.accounts import Product, Tenant
 from flows.alerts import DEDUP_HEADER, deliver_alerts
 from flows.common import opened_ledger
 

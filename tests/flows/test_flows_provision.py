@@ -24,11 +24,11 @@ from prefect.client.schemas.filters import (
 )
 from prefect.logging.handlers import APILogHandler
 
+from core.accounts import Product
 from core.errors import Duplicate, IdentityUnavailable, Unavailable
 from core.money import money_from_input
 from core.service import open_ledger
 from core.settings import Settings
-from core.store.base import Product
 from flows.provision import INVITE_SUBJECT, provision_user
 
 EMAIL = "Ada@Example.com"
