@@ -12,8 +12,7 @@ import json
 from simplejson import RawJSON
 
 from core.accounts import UserView
-from core.budget import BudgetSnapshot
-from core.ledger import CheckResult
+from core.budget import BudgetSnapshot, CheckResult
 from core.money import Money, money_to_text
 from core.periods import iso_from_ms
 from core.usage import LogOutcome

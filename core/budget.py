@@ -2,16 +2,19 @@
 counters can take.
 
 Every store reads a ``BudgetSnapshot`` inside the transaction that will act on the answer, and
-asks ``decide`` (a hold), ``check_usage`` (a usage) or ``check_credit`` (a grant) here; no other
-module compares money against a budget or a bound (``core.money``).
+asks ``check`` (a hold), ``check_usage`` (a usage) or ``check_credit`` (a grant) here; no other
+module compares money against a budget or a bound (``core.money``). A check without a hold asks
+``check`` the same way, on the figures it read.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
 
 from core.errors import AmountOutOfRange
 from core.money import COST_PER_CALL_MAX, COUNTER_MAX, Money, money_to_text
+from core.reservations import Reservation
 
 
 class UserStatus(StrEnum):
@@ -107,6 +110,43 @@ def decide(snapshot: BudgetSnapshot, cost_estimate: Money) -> BudgetStatus:
     ):
         return BudgetStatus.TENANT_EXCEEDED
     return BudgetStatus.ACTIVE
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """A budget check's answer: its status, the figures (counting the hold when one was placed),
+    and the hold, placed now or found again on a retry."""
+
+    status: BudgetStatus
+    budget: BudgetSnapshot
+    reservation: Reservation | None
+
+    @property
+    def allowed(self) -> bool:
+        return self.status is BudgetStatus.ACTIVE
+
+    @property
+    def message(self) -> str:
+        return MESSAGES[self.status]
+
+
+def check(
+    snapshot: BudgetSnapshot,
+    cost_estimate: Money,
+    place: Callable[[], Reservation] | None = None,
+) -> CheckResult:
+    """The answer to a check of ``cost_estimate`` on the figures ``snapshot`` as read: every
+    budget check, read-only or placing a hold, is decided here, by ``decide``.
+
+    A hold's check runs in the store's write transaction, on the figures read there, and passes
+    ``place``: called only when ``decide`` allows, it writes the hold and returns it, and the
+    answer counts it. A read-only check passes none.
+    """
+    status = decide(snapshot, cost_estimate)
+    if place is None or status is not BudgetStatus.ACTIVE:
+        return CheckResult(status, snapshot, None)
+    hold = place()
+    return CheckResult(status, snapshot.moved(held=hold.amount), hold)
 
 
 def check_cost(cost: Money, field: str) -> None:

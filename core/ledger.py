@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 from core.accounts import CreditGrant, NewUser, Product, Tenant, UserView
 from core.alerts import AdminNotice, Alert, AlertChannel
-from core.budget import MESSAGES, BudgetSnapshot, BudgetStatus, UserStatus, check_cost, decide
+from core.budget import CheckResult, UserStatus, check, check_cost
 from core.errors import Invalid, NotFound
 from core.money import Money
 from core.passwords import hash_password
@@ -44,21 +44,6 @@ def wall_clock_ms() -> int:
 def new_user_id() -> str:
     """A user id for a provisioning that did not name one."""
     return f"usr_{secrets.token_hex(8)}"
-
-
-@dataclass(frozen=True, slots=True)
-class CheckResult:
-    status: BudgetStatus
-    budget: BudgetSnapshot
-    reservation: Reservation | None
-
-    @property
-    def allowed(self) -> bool:
-        return self.status is BudgetStatus.ACTIVE
-
-    @property
-    def message(self) -> str:
-        return MESSAGES[self.status]
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,15 +89,17 @@ class Ledger:
         cost_estimate: Money | None,
         request_id: str | None,
     ) -> CheckResult:
-        """Read-only without ``request_id``; with it, an allowed check places a hold."""
+        """Read-only without ``request_id``; with it, an allowed check places a hold.
+
+        Both are decided by ``core.budget.check`` on the figures read: here for a read-only
+        check; for a hold, in the store's write transaction, whose answer is returned as it is.
+        """
         amount = self._price_or(cost_estimate, model, tokens_input, tokens_output, "cost_estimate")
         now_ms = self.clock_ms()
         if request_id is None:
-            view = self._require_user(user_id, now_ms)
-            return CheckResult(decide(view.budget, amount), view.budget, None)
+            return check(self._require_user(user_id, now_ms).budget, amount)
         expires_at_ms = now_ms + self.reservation_ttl_ms
-        outcome = self.store.reserve(user_id, request_id, amount, expires_at_ms, now_ms)
-        return CheckResult(outcome.status, outcome.budget, outcome.reservation)
+        return self.store.reserve(user_id, request_id, amount, expires_at_ms, now_ms)
 
     def log_usage(
         self,

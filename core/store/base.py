@@ -18,7 +18,7 @@ from typing import Any, Literal, Protocol
 
 from core.accounts import CreditGrant, NewUser, Product, Tenant, UserView
 from core.alerts import AdminNotice, Alert, AlertChannel
-from core.budget import BudgetSnapshot, BudgetStatus, UserStatus
+from core.budget import BudgetSnapshot, CheckResult, UserStatus
 from core.errors import Unavailable
 from core.money import Money
 from core.reconcile import Drift
@@ -253,13 +253,6 @@ def user_view_from_row(row: tuple[Any, ...]) -> UserView:
     return UserView(id_, email, product_id, tenant_id, user_status, label, start, created, snapshot)
 
 
-@dataclass(frozen=True, slots=True)
-class CheckOutcome:
-    status: BudgetStatus
-    budget: BudgetSnapshot
-    reservation: Reservation | None
-
-
 GroupBy = Literal["model", "bucket"]
 
 
@@ -290,8 +283,9 @@ class LedgerStore(Protocol):
 
     def reserve(
         self, user_id: str, request_id: str, amount: Money, expires_at_ms: int, now_ms: int
-    ) -> CheckOutcome:
-        """Place a hold when ``core.budget.decide`` allows it; a retry returns the same hold."""
+    ) -> CheckResult:
+        """``core.budget.check`` on the figures this transaction reads, placing the hold when it
+        allows; a retry returns the same hold."""
 
     def log_usage(
         self, record: UsageRecord, response_time_ms: int | None, now_ms: int

@@ -27,7 +27,7 @@ import psycopg_pool
 
 from core.accounts import CreditGrant, NewUser, Product, Tenant, UserView
 from core.alerts import ALERT_THRESHOLDS_PERCENT, AdminNotice, Alert, AlertChannel, AlertSubject, crossings
-from core.budget import BudgetStatus, UserStatus, check_credit, check_usage, decide
+from core.budget import BudgetStatus, CheckResult, UserStatus, check, check_credit, check_usage
 from core.errors import (
     AmountOutOfRange,
     ConfigurationError,
@@ -60,7 +60,6 @@ from core.resets import (
 from core.store import postgres_flows
 from core.store.base import (
     USER_VIEW_COLUMNS,
-    CheckOutcome,
     FailureLog,
     GroupBy,
     WriteFailures,
@@ -400,7 +399,7 @@ class PostgresStore:
 
     def reserve(
         self, user_id: str, request_id: str, amount: Money, expires_at_ms: int, now_ms: int
-    ) -> CheckOutcome:
+    ) -> CheckResult:
         self._sweep_if_due(now_ms)
         row = self._one(
             _RESERVE_SQL, (user_id, request_id, amount, expires_at_ms, now_ms), write=True
@@ -414,15 +413,17 @@ class PostgresStore:
                 request_id, r_user, Money(r_amount), ReservationState(r_state), r_expires
             )
             held = check_retry(existing, user_id, amount, now_ms)
-            return CheckOutcome(BudgetStatus.ACTIVE, view.budget, held)
+            return CheckResult(BudgetStatus.ACTIVE, view.budget, held)
         if logged:
             raise ReservationClosed("request_id was already logged", request_id=request_id)
-        status = decide(view.budget, amount)
-        assert placed == (status is BudgetStatus.ACTIVE), (status, placed)
-        if not placed:
-            return CheckOutcome(status, view.budget, None)
-        hold = Reservation(request_id, user_id, amount, ReservationState.OPEN, expires_at_ms)
-        return CheckOutcome(status, view.budget.moved(held=amount), hold)
+
+        def place() -> Reservation:
+            # ledger_reserve wrote it already, deciding the same in SQL; asserted to agree below.
+            return Reservation(request_id, user_id, amount, ReservationState.OPEN, expires_at_ms)
+
+        result = check(view.budget, amount, place)
+        assert placed == result.allowed, (result.status, placed)
+        return result
 
     def log_usage(
         self, record: UsageRecord, response_time_ms: int | None, now_ms: int

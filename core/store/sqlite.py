@@ -27,7 +27,7 @@ from typing import TypeVar
 
 from core.accounts import CreditGrant, NewUser, Product, Tenant, UserView
 from core.alerts import AdminNotice, Alert, AlertChannel, crossings
-from core.budget import BudgetStatus, UserStatus, check_credit, check_usage, decide
+from core.budget import BudgetStatus, CheckResult, UserStatus, check, check_credit, check_usage
 from core.errors import (
     ConfigurationError,
     Duplicate,
@@ -59,7 +59,6 @@ from core.resets import (
 from core.store import sqlite_checks, sqlite_outbox
 from core.store.base import (
     USER_VIEW_COLUMNS,
-    CheckOutcome,
     FailureLog,
     GroupBy,
     WriteFailures,
@@ -586,26 +585,28 @@ class SqliteStore:
 
     def reserve(
         self, user_id: str, request_id: str, amount: Money, expires_at_ms: int, now_ms: int
-    ) -> CheckOutcome:
-        def operation(connection: sqlite3.Connection, _: int) -> CheckOutcome:
+    ) -> CheckResult:
+        def operation(connection: sqlite3.Connection, _: int) -> CheckResult:
             view, existing, logged = _require_user_and_request(
                 connection, user_id, request_id, now_ms
             )
             if existing is not None:
                 held = check_retry(existing, user_id, amount, now_ms)
-                return CheckOutcome(BudgetStatus.ACTIVE, view.budget, held)
+                return CheckResult(BudgetStatus.ACTIVE, view.budget, held)
             if logged is not None:
                 raise ReservationClosed("request_id was already logged", request_id=request_id)
-            status = decide(view.budget, amount)
-            if status is not BudgetStatus.ACTIVE:
-                return CheckOutcome(status, view.budget, None)
-            connection.execute(
-                "INSERT INTO reservations (request_id, user_id, tenant_id, amount, state,"
-                " expires_at, created_at) VALUES (?, ?, ?, ?, 'open', ?, ?)",
-                (request_id, user_id, view.tenant_id, amount, expires_at_ms, now_ms),
-            )
-            placed = Reservation(request_id, user_id, amount, ReservationState.OPEN, expires_at_ms)
-            return CheckOutcome(status, view.budget.moved(held=amount), placed)
+
+            def place() -> Reservation:
+                connection.execute(
+                    "INSERT INTO reservations (request_id, user_id, tenant_id, amount, state,"
+                    " expires_at, created_at) VALUES (?, ?, ?, ?, 'open', ?, ?)",
+                    (request_id, user_id, view.tenant_id, amount, expires_at_ms, now_ms),
+                )
+                return Reservation(
+                    request_id, user_id, amount, ReservationState.OPEN, expires_at_ms
+                )
+
+            return check(view.budget, amount, place)
 
         return self._write(operation, one_statement=True)
 

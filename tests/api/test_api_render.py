@@ -7,8 +7,7 @@ import pytest
 
 from api.http import dumps
 from api.render import budget_json, check_answer, log_answer, money_json
-from core.budget import BudgetSnapshot, BudgetStatus, UserStatus
-from core.ledger import CheckResult
+from core.budget import BudgetSnapshot, BudgetStatus, CheckResult, UserStatus
 from core.periods import iso_from_ms
 from core.reservations import Reservation, ReservationState
 from core.usage import LogOutcome

@@ -7,7 +7,9 @@ from core.budget import (
     MESSAGES,
     BudgetSnapshot,
     BudgetStatus,
+    CheckResult,
     UserStatus,
+    check,
     check_cost,
     check_credit,
     check_usage,
@@ -16,6 +18,7 @@ from core.budget import (
 )
 from core.errors import AmountOutOfRange
 from core.money import BUDGET_MAX, COST_PER_CALL_MAX, COUNTER_MAX
+from core.reservations import Reservation, ReservationState
 
 
 def snapshot(
@@ -131,6 +134,32 @@ def test_has_room(remaining, estimate, room):
 def test_every_status_has_a_message():
     assert set(MESSAGES) == set(BudgetStatus)
     assert MESSAGES[BudgetStatus.ACTIVE] == "OK"
+
+
+# -- check: decide's answer, the same for a read-only check and a hold ----------------------
+
+
+def test_a_check_without_a_hold_answers_decides_status_on_the_figures_read():
+    figures = snapshot(plan="10", used="9")
+    assert check(figures, usd("1")) == CheckResult(BudgetStatus.ACTIVE, figures, None)
+    assert check(figures, usd("2")) == CheckResult(BudgetStatus.EXCEEDED, figures, None)
+
+
+def test_a_hold_is_placed_only_when_decide_allows_and_the_answer_counts_it():
+    placed = []
+
+    def place() -> Reservation:
+        placed.append(Reservation("r1", "u1", usd("1"), ReservationState.OPEN, 60_000))
+        return placed[-1]
+
+    figures = snapshot(plan="10", used="9", tenant_cap="100")
+    denied = check(figures, usd("2"), place)
+    assert denied == CheckResult(BudgetStatus.EXCEEDED, figures, None)
+    assert placed == []
+    allowed = check(figures, usd("1"), place)
+    assert allowed == CheckResult(BudgetStatus.ACTIVE, figures.moved(held=usd("1")), placed[0])
+    assert allowed.allowed and allowed.message == "OK"
+    assert allowed.budget.remaining == 0 and allowed.budget.tenant_held == usd("1")
 
 
 # -- the bounds of core.money ---------------------------------------------------------------
