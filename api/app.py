@@ -98,7 +98,7 @@ def create_app(
 
     limit = settings.body_bytes_max
     public, gateway, admin = Access.PUBLIC, Access.GATEWAY, Access.ADMIN
-    app.add_route("/", HealthResource(ledger.store, limiter), access=public)
+    app.add_route("/", HealthResource(ledger, limiter), access=public)
     app.add_route("/openapi.json", OpenApiResource(), access=public)
     app.add_route("/metrics", MetricsResource(metrics, ledger), access=Access.METRICS)
     app.add_route(

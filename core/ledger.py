@@ -120,6 +120,10 @@ class Ledger:
 
     # -- reads ------------------------------------------------------------------------------
 
+    def check_health(self) -> None:
+        """Raise if the database cannot answer a query, or cannot take writes now."""
+        self.store.check_health()
+
     def user(self, user_id: str) -> UserView:
         return self._require_user(user_id, self.clock_ms())
 

@@ -39,6 +39,7 @@ from core.errors import (
     ReservationClosed,
     Unavailable,
 )
+from core.failure_log import FailureLog
 from core.money import Money
 from core.reconcile import EXPIRED_HOLD_GRACE_MS, Check, Drift
 from core.reservations import (
@@ -60,7 +61,6 @@ from core.resets import (
 from core.store import postgres_flows
 from core.store.base import (
     USER_VIEW_COLUMNS,
-    FailureLog,
     GroupBy,
     WriteFailures,
     migration_scripts,

@@ -38,6 +38,7 @@ from core.errors import (
     ReservationClosed,
     Unavailable,
 )
+from core.failure_log import FailureLog
 from core.money import NANOS_PER_UNIT, Money
 from core.reconcile import EXPIRED_HOLD_GRACE_MS, Check, Drift
 from core.reservations import (
@@ -59,7 +60,6 @@ from core.resets import (
 from core.store import sqlite_checks, sqlite_outbox
 from core.store.base import (
     USER_VIEW_COLUMNS,
-    FailureLog,
     GroupBy,
     WriteFailures,
     migration_scripts,

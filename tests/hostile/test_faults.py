@@ -1,5 +1,5 @@
 """Faults stay quiet and fast: repeated failures are logged as one line per kind with a count
-(``core.store.base.FailureLog``), and a PostgreSQL restart under load costs no request once the
+(``core.failure_log.FailureLog``), and a PostgreSQL restart under load costs no request once the
 server is back, while ``GET /`` and ``/metrics`` answer quickly through the outage.
 
 The restart runs against a PostgreSQL cluster the test starts itself (``throwaway_postgres``);
@@ -25,7 +25,7 @@ from integration_support import (
 )
 from throwaway_postgres import ThrowawayPostgres
 
-from core.store.base import FAILURE_KINDS_MAX, FAILURE_LOG_INTERVAL_MS, OTHER_FAILURES, FailureLog
+from core.failure_log import FAILURE_KINDS_MAX, FAILURE_LOG_INTERVAL_MS, OTHER_FAILURES, FailureLog
 
 LOAD_CLIENTS = 4
 LOAD_PAUSE_SECONDS = 0.02
