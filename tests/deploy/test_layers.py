@@ -1,8 +1,9 @@
 """The layers of the brief: ``core`` knows no HTTP and no Prefect; ``flows`` call into ``core``
 and never into ``api``; ``api`` is the HTTP layer alone, which the process runtime (``service``)
-wires to ``flows`` and ``adapters``, never the other way; the wire contract and the client need
-nothing of the server. Checked on the source's imports, so a new module cannot slip past, and
-for the client on what importing it really loads."""
+wires to ``flows`` and ``adapters``, never the other way, and which reaches storage only through
+the ledger, never ``core.store``; the wire contract and the client need nothing of the server.
+Checked on the source's imports, so a new module cannot slip past, and for the client on what
+importing it really loads."""
 
 import ast
 import subprocess
@@ -21,7 +22,7 @@ FORBIDDEN = {
     | {"falcon", "waitress", "httpx", "prefect"},
     "adapters": {"api", "flows", "service"},
     "flows": {"api", "service"},
-    "api": {"service", "flows", "adapters"},
+    "api": {"service", "flows", "adapters", "core.store"},
     "wire": SERVER | {"client"},
     "client": SERVER,
 }
