@@ -1,29 +1,21 @@
 """The embedded store: one SQLite file in WAL mode.
 
-Reads run on a connection per thread. Writes are queued and committed in batches (group
-commit): the first waiting request thread leads, running a batch in one ``BEGIN IMMEDIATE``
-transaction, each write in its own savepoint, and committing once. Serialising writers in the
-process keeps them out of SQLite's busy handler (which pushed p99 latency to a second in a
-trial); between processes sharing the file, leaders take turns on an ``flock`` beside it
-(``<file>-writelock``) for the same reason, and ``BEGIN IMMEDIATE`` still guards. A write is
-acknowledged only after its commit, with ``synchronous=FULL`` by default, so an acknowledged
-write survives a crash or power loss. A housekeeper thread runs a passive WAL checkpoint
+Reads run on a connection per thread. Writes are operations handed to a ``GroupCommitWriter``
+(``group_commit``), which commits them in batches; between processes sharing the file its
+leaders take turns on an ``flock`` of ``<file>-writelock`` beside it. A write is acknowledged
+only after its commit, with ``synchronous=FULL`` by default, so an acknowledged write survives a
+crash or power loss. A housekeeper thread runs a passive WAL checkpoint
 ``CHECKPOINT_INTERVAL_MS`` after this process commits, so SQLite's automatic checkpoint (kept as
 the backstop) rarely lands inside a commit a client waits on, and sweeps expired holds when no
 write comes along to do it.
 """
 
-import fcntl
 import logging
-import os
 import sqlite3
 import threading
-import time
-from collections import deque
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import TypeVar
 
 from core.accounts import CreditGrant, NewUser, Product, Tenant, UserView
 from core.alerts import AdminNotice, Alert, AlertChannel, crossings
@@ -36,7 +28,6 @@ from core.errors import (
     LedgerError,
     NotFound,
     ReservationClosed,
-    Unavailable,
 )
 from core.failure_log import FailureLog
 from core.money import NANOS_PER_UNIT, Money
@@ -61,24 +52,24 @@ from core.store import sqlite_checks, sqlite_outbox
 from core.store.base import (
     USER_VIEW_COLUMNS,
     GroupBy,
-    WriteFailures,
     migration_scripts,
     newer_migrations,
     user_view_from_row,
 )
 from core.store.flows_sql import backfill_note
+from core.store.group_commit import (
+    WRITE_QUEUE_MAX,
+    WRITE_WAIT_SECONDS_MAX,
+    GroupCommitWriter,
+    ProcessWriteLock,
+)
 from core.store.sqlite_checks import record_repair
 from core.store.sqlite_outbox import insert_alerts
 from core.usage import LogOutcome, UsageGroup, UsageRecord, check_replay
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
 BUSY_TIMEOUT_MS = 5_000
-WRITE_QUEUE_MAX = 4_096
-WRITE_BATCH_MAX = 256
-WRITE_WAIT_SECONDS_MAX = 60.0
 SWEEP_INTERVAL_MS = 250
 # A checkpoint ends with an fsync of the database, and a commit waiting on its own fsync
 # meanwhile waits for that one too: the fewer pages a checkpoint carries, the shorter the stall.
@@ -91,9 +82,8 @@ WAL_BYTES_KEPT_MAX = 64 * 1024 * 1024
 CACHE_KIB_PER_CONNECTION = 16 * 1024
 MMAP_BYTES_MAX = 4 * 1024 * 1024 * 1024
 SWEEP_BATCH_MAX = 1_000
-# How often a writer retries the lock another process's writer holds (see _ProcessWriteLock),
-# and that lock's file: the database file's name with this suffix, beside it.
-PROCESS_LOCK_POLL_SECONDS = 0.0002
+# The writers' lock file (``group_commit.ProcessWriteLock``): the database file's name with this
+# suffix, beside it.
 PROCESS_LOCK_SUFFIX = "-writelock"
 USAGE_BUCKET_MS = 15 * 60 * 1000
 
@@ -145,88 +135,6 @@ def sqlite_path_from_url(database_url: str) -> Path:
     return Path(database_url[len(prefix) :])
 
 
-class _PendingWrite:
-    """A write waiting for its commit; its thread is woken once: when it is done or is to lead.
-
-    The wake-up is a lock held from birth and released once: cheaper than an ``Event``, whose
-    condition variable builds a lock for every wait.
-    """
-
-    __slots__ = (
-        "operation", "one_statement", "queued", "lead", "done", "result", "error", "_gate",
-        "_woken",
-    )  # fmt: skip
-
-    def __init__(
-        self, operation: Callable[[sqlite3.Connection, int], object], one_statement: bool
-    ) -> None:
-        self.operation = operation
-        self.one_statement = one_statement
-        self.queued = True
-        self.lead = False
-        self.done = False
-        self.result: object = None
-        self.error: BaseException | None = None
-        self._gate = threading.Lock()
-        self._gate.acquire()
-        self._woken = False
-
-    def wake(self) -> None:
-        """Let the waiting thread go; later calls do nothing.
-
-        Only one thread wakes a write at a time: the one that makes it leader (under the
-        store's write lock, while it is queued) or the leader that ran its batch (after it
-        left the queue), and a leader settling its own write was woken before, in its thread.
-        """
-        if not self._woken:
-            self._woken = True
-            self._gate.release()
-
-    def wait(self, timeout_seconds: float = -1) -> bool:
-        """True once woken; False after ``timeout_seconds`` (no timeout: -1)."""
-        return self._gate.acquire(timeout=timeout_seconds)
-
-
-class _ProcessWriteLock:
-    """An ``flock`` on a file beside the database, held by a process around each write batch.
-
-    It only schedules writers; SQLite's own lock (``BEGIN IMMEDIATE``) still decides. Without it
-    two processes writing to one file meet in SQLite's busy handler, which retries after sleeps
-    of 1, 2, 5, 10 … 100 ms: the one that lost a few times waited hundreds of milliseconds
-    (write p99 210–650 ms at 32 connections with two workers). Here the loser retries every
-    ``PROCESS_LOCK_POLL_SECONDS``, for at most the busy timeout.
-    """
-
-    def __init__(self, path: Path) -> None:
-        # Read-only and world-readable: flock needs no write access, so a process of another
-        # user that may write the database (a migration run as another account) can open it too.
-        self._fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-
-    def acquire(self, timeout_ms: int) -> bool:
-        """True once held; False after ``timeout_ms``, or at once when the store is closed."""
-        if self._fd < 0:
-            return False
-        deadline = time.monotonic() + timeout_ms / 1000
-        for _ in range(int(timeout_ms / 1000 / PROCESS_LOCK_POLL_SECONDS) + 1):
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return True
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    break
-                time.sleep(PROCESS_LOCK_POLL_SECONDS)
-        return False
-
-    def release(self) -> None:
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
-
-    def close(self) -> None:
-        """Idempotent, like closing the store."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-
 class SqliteStore:
     """``LedgerStore`` on one SQLite file; opening it applies pending migrations first."""
 
@@ -241,43 +149,46 @@ class SqliteStore:
         write_queue_max: int = WRITE_QUEUE_MAX,
     ) -> None:
         assert synchronous in ("FULL", "NORMAL"), synchronous
-        assert busy_timeout_ms > 0 and write_wait_seconds_max > 0 and write_queue_max > 0
         self._busy_timeout_ms = busy_timeout_ms
         self._write_wait_seconds_max = write_wait_seconds_max
-        self._write_queue_max = write_queue_max
         self._path = path
         self._clock_ms = clock_ms
         self._synchronous = synchronous
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
-        self._pending: deque[_PendingWrite] = deque()
-        self._write_lock = threading.Lock()
-        self._leader_active = False
-        self._write_failures = WriteFailures(clock_ms)
-        self._failed_batches = FailureLog(log, "sqlite write batch failed, nothing written")
         self._failed_housekeeping = FailureLog(log, "sqlite housekeeping skipped a round")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with ExitStack() as opened:  # closes what was opened if a later step fails
-                self._process_lock = _ProcessWriteLock(
-                    path.with_name(path.name + PROCESS_LOCK_SUFFIX)
+                process_lock = ProcessWriteLock(path.with_name(path.name + PROCESS_LOCK_SUFFIX))
+                opened.callback(process_lock.close)
+                connection = self._connect()
+                opened.callback(connection.close)
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute("PRAGMA foreign_keys=ON")
+                self.applied_migrations, self.newer_migrations = _migrate_now(
+                    connection, clock_ms()
                 )
-                opened.callback(self._process_lock.close)
-                self._writer_connection = self._connect()
-                opened.callback(self._writer_connection.close)
-                self._writer_connection.execute("PRAGMA journal_mode=WAL")
-                self._writer_connection.execute("PRAGMA foreign_keys=ON")
-                self.applied_migrations, self.newer_migrations = self._migrate_now()
                 self.configuration_warnings: list[str] = []
                 opened.pop_all()
         except (sqlite3.Error, OSError) as error:
             # Not a traceback at start-up: a file that is not a database, a folder that cannot
             # be written, a database another process keeps locked past the busy timeout.
             raise ConfigurationError(f"DATABASE_URL: cannot open {path}: {error}") from None
-        self._last_sweep_ms = 0
+        self._writer = GroupCommitWriter(
+            connection,
+            process_lock,
+            clock_ms,
+            log,
+            busy_timeout_ms=busy_timeout_ms,
+            wait_seconds_max=write_wait_seconds_max,
+            queue_max=write_queue_max,
+            periodic=_sweep_expired,
+            periodic_interval_ms=SWEEP_INTERVAL_MS,
+        )
+        self._write = self._writer.write
         self._closing = threading.Event()
-        self._committed = threading.Event()  # set after a commit, for the housekeeper
         self._housekeeper = threading.Thread(
             target=self._housekeeping_loop, name="sqlite-housekeeper", daemon=True
         )
@@ -312,124 +223,13 @@ class SqliteStore:
 
     def close(self) -> None:
         self._closing.set()
-        self._committed.set()  # wakes the housekeeper, which sees the store closing
+        self._writer.committed.set()  # wakes the housekeeper, which sees the store closing
         self._housekeeper.join(timeout=self._write_wait_seconds_max)
-        for _ in range(int(self._write_wait_seconds_max * 100)):
-            with self._write_lock:
-                if not self._leader_active:
-                    self._writer_connection.close()
-                    self._process_lock.close()
-                    break
-            time.sleep(0.01)
+        self._writer.close()
         with self._readers_lock:
             for connection in self._readers:
                 connection.close()
             self._readers.clear()
-
-    # -- the write path ----------------------------------------------------------------------
-
-    def _write(
-        self, operation: Callable[[sqlite3.Connection, int], T], one_statement: bool = False
-    ) -> T:
-        """Queue a write and return once it is committed (group commit, leader/followers).
-
-        The thread that finds no leader leads: it commits queued writes in batches until its
-        own is done, then passes the lead to the oldest queued write's thread. Each waiting
-        thread is woken alone, when its write is done or it is to lead. A write still queued
-        after ``write_wait_seconds_max`` is withdrawn, unwritten, and refused as unavailable.
-        """
-        pending = _PendingWrite(operation, one_statement)
-        with self._write_lock:
-            if len(self._pending) >= self._write_queue_max:
-                raise Unavailable("write queue is full; retry shortly")
-            self._pending.append(pending)
-            if not self._leader_active:
-                self._leader_active = True
-                pending.lead = True
-                pending.wake()
-        if not pending.wait(self._write_wait_seconds_max):
-            with self._write_lock:
-                if pending.queued and not pending.lead:
-                    self._pending.remove(pending)
-                    raise Unavailable("database is busy; nothing was written, retry shortly")
-            pending.wait()  # its batch is running, or it was just made leader
-        if not pending.done:
-            assert pending.lead
-            self._lead(pending)
-        assert pending.done
-        if pending.error is not None:
-            try:
-                raise pending.error
-            finally:
-                del pending  # else error → its traceback → this frame → pending → error
-        return pending.result  # type: ignore[return-value]
-
-    def _lead(self, own: _PendingWrite) -> None:
-        try:
-            for _ in range(self._write_queue_max):
-                if own.done:
-                    break
-                with self._write_lock:
-                    taken = min(len(self._pending), WRITE_BATCH_MAX)
-                    batch = [self._pending.popleft() for _ in range(taken)]
-                    for pending in batch:
-                        pending.queued = False
-                assert batch, "the leader's own write is queued until it is done"
-                self._run_batch(batch)
-        finally:
-            with self._write_lock:
-                if self._pending:
-                    successor = self._pending[0]
-                    successor.lead = True
-                    successor.wake()
-                else:
-                    self._leader_active = False
-
-    def _run_batch(self, batch: list[_PendingWrite]) -> None:
-        """One transaction for the whole batch; each write acknowledged only after COMMIT."""
-        if not self._process_lock.acquire(self._busy_timeout_ms):
-            self._failed_batches.failed(
-                "write lock held elsewhere past the busy timeout, or the store closed"
-            )
-            _finish(batch, Unavailable("database is busy; nothing was written"))
-            return
-        try:
-            self._run_batch_locked(batch)
-        finally:
-            self._process_lock.release()
-
-    def _run_batch_locked(self, batch: list[_PendingWrite]) -> None:
-        connection = self._writer_connection
-        now_ms = self._clock_ms()
-        try:
-            connection.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as error:
-            self._failed_batches.failed(f"could not begin a transaction: {error}")
-            _finish(batch, Unavailable("database is busy; nothing was written"))
-            return
-        try:
-            if now_ms - self._last_sweep_ms >= SWEEP_INTERVAL_MS:
-                _sweep_expired(connection, now_ms)
-                self._last_sweep_ms = now_ms
-            for pending in batch:
-                _run_one(connection, pending, now_ms)
-            connection.execute("COMMIT")
-            self._write_failures.succeeded()
-            if not self._committed.is_set():  # a read, mostly: set takes a lock
-                self._committed.set()
-        except BaseException as error:
-            # A database's refusal (a full disk) is a line with a count; anything else is a bug,
-            # and its line carries the traceback.
-            bug = None if isinstance(error, sqlite3.Error) else error
-            self._failed_batches.failed(f"{type(error).__name__}: {error}", error=bug)
-            self._write_failures.failed(str(error))
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
-            _finish(batch, Unavailable("database write failed; nothing was written"))
-            if not isinstance(error, Exception):
-                raise
-            return
-        _finish(batch, None)
 
     def _housekeeping_loop(self) -> None:
         """Checkpoint the WAL after commits, and sweep expired holds when no write does it.
@@ -441,16 +241,17 @@ class SqliteStore:
         idle server wakes only for the sweep.
         """
         connection = self._connect()
+        committed = self._writer.committed
         last_sweep_ms = 0
         try:
             while not self._closing.is_set():
-                self._failed_batches.report_due()
+                self._writer.report_due()
                 self._failed_housekeeping.report_due()
                 try:
-                    if self._committed.wait(SWEEP_INTERVAL_MS / 1000):
+                    if committed.wait(SWEEP_INTERVAL_MS / 1000):
                         if self._closing.wait(CHECKPOINT_INTERVAL_MS / 1000):
                             break
-                        self._committed.clear()  # before: a commit from now on asks again
+                        committed.clear()  # before: a commit from now on asks again
                         connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                     now_ms = self._clock_ms()
                     if now_ms - last_sweep_ms >= SWEEP_INTERVAL_MS:
@@ -464,24 +265,9 @@ class SqliteStore:
 
     # -- schema ------------------------------------------------------------------------------
 
-    def _migrate_now(self) -> tuple[list[str], list[str]]:
-        """Apply pending migrations before the writer starts; a second process waits its turn.
-
-        Returns the names applied, and those the database has that this release does not ship.
-        """
-        connection = self._writer_connection
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            applied = _migrate(connection, self._clock_ms())
-            connection.execute("COMMIT")
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
-        return applied
-
     def check_health(self) -> None:
         self._reader().execute("SELECT 1").fetchone()
-        self._write_failures.check()
+        self._writer.write_failures.check()
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -912,43 +698,6 @@ def _request_from_row(request_id: str, row: tuple) -> tuple[Reservation | None, 
     return reservation, usage
 
 
-def _run_one(connection: sqlite3.Connection, pending: _PendingWrite, now_ms: int) -> None:
-    """Run one write in the batch; a refused write leaves no trace.
-
-    A write of at most one modifying statement needs no savepoint: SQLite undoes a failed
-    statement, triggers included. Any other write runs in a savepoint of its own.
-    """
-    savepoint = not pending.one_statement
-    if savepoint:
-        connection.execute("SAVEPOINT write")
-    changes_before = connection.total_changes
-    try:
-        pending.result = pending.operation(connection, now_ms)
-    except (LedgerError, sqlite3.IntegrityError) as error:
-        if savepoint:
-            connection.execute("ROLLBACK TO write")
-        elif connection.total_changes != changes_before:
-            raise  # a one-statement write that wrote and then failed: roll the batch back
-        if isinstance(error, sqlite3.IntegrityError):
-            log.error("integrity check refused a write: %s", error)
-            error = Unavailable("write refused by a database constraint")
-        # Raised again in the write's own thread, which gives it a traceback of its own. Kept,
-        # this one would hold this frame, and through ``pending`` itself: a cycle of ~50
-        # objects per refused write, left for the cyclic collector.
-        pending.error = error.with_traceback(None)
-    if savepoint:
-        connection.execute("RELEASE write")
-
-
-def _finish(batch: list[_PendingWrite], error: LedgerError | None) -> None:
-    """Settle each write of a batch and wake its thread; ``error`` fails them all."""
-    for pending in batch:
-        if error is not None:
-            pending.result, pending.error = None, error
-        pending.done = True
-        pending.wake()
-
-
 def _sweep_expired(connection: sqlite3.Connection, now_ms: int) -> None:
     """Mark holds past their expiry ``expired``; the schema's triggers update the counters."""
     connection.execute(
@@ -965,6 +714,21 @@ def _any_hold_expired(connection: sqlite3.Connection, now_ms: int) -> bool:
         "SELECT MIN(expires_at) FROM reservations WHERE state = 'open'"
     ).fetchone()[0]
     return earliest is not None and earliest <= now_ms
+
+
+def _migrate_now(connection: sqlite3.Connection, now_ms: int) -> tuple[list[str], list[str]]:
+    """Apply pending migrations before the writer starts; a second process waits its turn.
+
+    Returns the names applied, and those the database has that this release does not ship.
+    """
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        applied = _migrate(connection, now_ms)
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    return applied
 
 
 def _migrate(connection: sqlite3.Connection, now_ms: int) -> tuple[list[str], list[str]]:
