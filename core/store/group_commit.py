@@ -253,8 +253,9 @@ class GroupCommitWriter:
             if now_ms - self._last_periodic_ms >= self._periodic_interval_ms:
                 self._periodic(connection, now_ms)
                 self._last_periodic_ms = now_ms
+            log = self._log
             for pending in batch:
-                _run_one(connection, pending, now_ms, self._log)
+                _run_one(connection, pending, now_ms, log)
             connection.execute("COMMIT")
             self.write_failures.succeeded()
             if not self.committed.is_set():  # a read, mostly: set takes a lock

@@ -171,22 +171,22 @@ class SqliteStore:
                     connection, clock_ms()
                 )
                 self.configuration_warnings: list[str] = []
+                self._writer = GroupCommitWriter(
+                    connection,
+                    process_lock,
+                    clock_ms,
+                    log,
+                    busy_timeout_ms=busy_timeout_ms,
+                    wait_seconds_max=write_wait_seconds_max,
+                    queue_max=write_queue_max,
+                    periodic=_sweep_expired,
+                    periodic_interval_ms=SWEEP_INTERVAL_MS,
+                )
                 opened.pop_all()
         except (sqlite3.Error, OSError) as error:
             # Not a traceback at start-up: a file that is not a database, a folder that cannot
             # be written, a database another process keeps locked past the busy timeout.
             raise ConfigurationError(f"DATABASE_URL: cannot open {path}: {error}") from None
-        self._writer = GroupCommitWriter(
-            connection,
-            process_lock,
-            clock_ms,
-            log,
-            busy_timeout_ms=busy_timeout_ms,
-            wait_seconds_max=write_wait_seconds_max,
-            queue_max=write_queue_max,
-            periodic=_sweep_expired,
-            periodic_interval_ms=SWEEP_INTERVAL_MS,
-        )
         self._write = self._writer.write
         self._closing = threading.Event()
         self._housekeeper = threading.Thread(
