@@ -52,8 +52,6 @@ from core.store import sqlite_checks, sqlite_outbox
 from core.store.base import (
     USER_VIEW_COLUMNS,
     GroupBy,
-    migration_scripts,
-    newer_migrations,
     user_view_from_row,
 )
 from core.store.flows_sql import backfill_note
@@ -65,6 +63,7 @@ from core.store.group_commit import (
 )
 from core.store.sqlite_checks import record_repair
 from core.store.sqlite_outbox import insert_alerts
+from core.store.sqlite_schema import migrate_now
 from core.usage import LogOutcome, UsageGroup, UsageRecord, check_replay
 
 log = logging.getLogger(__name__)
@@ -167,9 +166,7 @@ class SqliteStore:
                 opened.callback(connection.close)
                 connection.execute("PRAGMA journal_mode=WAL")
                 connection.execute("PRAGMA foreign_keys=ON")
-                self.applied_migrations, self.newer_migrations = _migrate_now(
-                    connection, clock_ms()
-                )
+                self.applied_migrations, self.newer_migrations = migrate_now(connection, clock_ms())
                 self.configuration_warnings: list[str] = []
                 self._writer = GroupCommitWriter(
                     connection,
@@ -714,59 +711,3 @@ def _any_hold_expired(connection: sqlite3.Connection, now_ms: int) -> bool:
         "SELECT MIN(expires_at) FROM reservations WHERE state = 'open'"
     ).fetchone()[0]
     return earliest is not None and earliest <= now_ms
-
-
-def _migrate_now(connection: sqlite3.Connection, now_ms: int) -> tuple[list[str], list[str]]:
-    """Apply pending migrations before the writer starts; a second process waits its turn.
-
-    Returns the names applied, and those the database has that this release does not ship.
-    """
-    connection.execute("BEGIN IMMEDIATE")
-    try:
-        applied = _migrate(connection, now_ms)
-        connection.execute("COMMIT")
-    except BaseException:
-        connection.execute("ROLLBACK")
-        raise
-    return applied
-
-
-def _migrate(connection: sqlite3.Connection, now_ms: int) -> tuple[list[str], list[str]]:
-    """Apply the numbered ``sqlite_migrations/*.sql`` not yet recorded, in order."""
-    connection.execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations"
-        " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL) STRICT"
-    )
-    recorded = connection.execute("SELECT version, name FROM schema_migrations").fetchall()
-    applied = {version for version, _ in recorded}
-    scripts = migration_scripts("sqlite_migrations")
-    done = []
-    for script in scripts:
-        if script.version in applied:
-            continue
-        for statement in _split_statements(script.sql):
-            connection.execute(statement)
-        connection.execute(
-            "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
-            (script.version, script.name, now_ms),
-        )
-        done.append(script.name)
-    return done, newer_migrations(recorded, scripts)
-
-
-def _split_statements(script: str) -> list[str]:
-    """Split a migration into statements (``executescript`` would commit our transaction)."""
-    statements, current = [], []
-    for line in script.splitlines():
-        current.append(line)
-        candidate = "\n".join(current)
-        if sqlite3.complete_statement(candidate):
-            if candidate.strip() and not _only_comments(candidate):
-                statements.append(candidate)
-            current = []
-    assert _only_comments("\n".join(current)), "migration ends with an unfinished statement"
-    return statements
-
-
-def _only_comments(text: str) -> bool:
-    return all(not line.strip() or line.strip().startswith("--") for line in text.splitlines())
