@@ -2,9 +2,10 @@
 counters can take.
 
 Every store reads a ``BudgetSnapshot`` inside the transaction that will act on the answer, and
-asks ``check`` (a hold), ``check_usage`` (a usage) or ``check_credit`` (a grant) here; no other
-module compares money against a budget or a bound (``core.money``). A check without a hold asks
-``check`` the same way, on the figures it read.
+asks ``check_hold`` (a hold), ``check_usage`` (a usage, through ``core.usage.check_log``) or
+``check_credit`` (a grant, through ``core.accounts.check_grant``) here; no other module compares
+money against a budget or a bound (``core.money``). A check without a hold asks ``check``, as
+``check_hold`` does, on the figures it read.
 """
 
 from collections.abc import Callable
@@ -12,9 +13,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
 
-from core.errors import AmountOutOfRange
+from core.errors import AmountOutOfRange, ReservationClosed
 from core.money import COST_PER_CALL_MAX, COUNTER_MAX, Money, money_to_text
-from core.reservations import Reservation
+from core.reservations import Reservation, check_retry
 
 
 class UserStatus(StrEnum):
@@ -147,6 +148,36 @@ def check(
         return CheckResult(status, snapshot, None)
     hold = place()
     return CheckResult(status, snapshot.moved(held=hold.amount), hold)
+
+
+def check_hold(
+    snapshot: BudgetSnapshot,
+    cost_estimate: Money,
+    existing: Reservation | None,
+    usage_logged: bool,
+    user_id: str,
+    request_id: str,
+    now_ms: int,
+    place: Callable[[], Reservation],
+) -> CheckResult:
+    """The answer to a check asking to hold ``cost_estimate`` under ``request_id``, on the
+    figures ``snapshot`` and what the request already has: ``existing``, its hold, and
+    ``usage_logged``, whether usage was logged under it.
+
+    In this order: a hold already there makes this a retry (``check_retry``: that hold, the
+    figures as they are, or a refusal); a request already logged takes no hold; otherwise
+    ``check`` decides, and calls ``place`` only where ``decide`` finds room.
+
+    Both stores decide with this inside the transaction that holds the figures. PostgreSQL's
+    ``ledger_reserve`` (``postgres_migrations/0004_money_bounds.sql``) re-checks it in the
+    database, which writes the hold there: its store asserts that the two agree.
+    """
+    if existing is not None:
+        held = check_retry(existing, user_id, cost_estimate, now_ms)
+        return CheckResult(BudgetStatus.ACTIVE, snapshot, held)
+    if usage_logged:
+        raise ReservationClosed("request_id was already logged", request_id=request_id)
+    return check(snapshot, cost_estimate, place)
 
 
 def check_cost(cost: Money, field: str) -> None:

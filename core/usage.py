@@ -1,14 +1,15 @@
 """Usage: one append-only row per ``request_id``; a replay must carry the same content.
 
-What a log-usage answers (``LogOutcome``) and usage added up for a report (``UsageGroup``) are
-here too.
+What a log-usage answers (``LogOutcome``, decided by ``check_log``) and usage added up for a
+report (``UsageGroup``) are here too.
 """
 
 from dataclasses import dataclass
 
-from core.budget import BudgetSnapshot
+from core.budget import BudgetSnapshot, check_usage
 from core.errors import IdempotencyConflict
 from core.money import Money
+from core.reservations import Reservation, check_settle, counting_amount
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,3 +50,32 @@ def check_replay(existing: UsageRecord, incoming: UsageRecord) -> None:
         raise IdempotencyConflict(
             "request_id was already logged with different content", request_id=incoming.request_id
         )
+
+
+def check_log(
+    snapshot: BudgetSnapshot,
+    logged: UsageRecord | None,
+    reservation: Reservation | None,
+    record: UsageRecord,
+    now_ms: int,
+) -> LogOutcome:
+    """The answer to logging ``record``, on the figures ``snapshot`` and what its
+    ``request_id`` already has: ``logged``, its usage, and ``reservation``, its hold. Created
+    means the store is to write it; the figures are those after it.
+
+    In this order: a usage already logged makes this a replay (``check_replay``: done, nothing
+    written, or a conflict); a new usage must be its hold's user's (``check_settle``) and within
+    the bounds of ``core.budget.check_usage``; it adds its cost to used, and the hold it settles
+    stops counting (``counting_amount``).
+
+    Both stores decide with this inside the transaction that holds the figures. PostgreSQL's
+    ``ledger_log_usage`` (``postgres_migrations/0004_money_bounds.sql``) re-checks it in the
+    database, which writes the usage there: its store asserts that the two agree.
+    """
+    if logged is not None:
+        check_replay(logged, record)
+        return LogOutcome(False, snapshot)
+    check_settle(reservation, record.user_id)
+    check_usage(snapshot, record.cost)
+    released = counting_amount(reservation, now_ms)
+    return LogOutcome(True, snapshot.moved(used=record.cost, held=-released))

@@ -26,30 +26,28 @@ import psycopg.conninfo
 import psycopg_pool
 
 from core.accounts import CreditGrant, NewUser, Product, Tenant, UserView
-from core.alerts import ALERT_THRESHOLDS_PERCENT, AdminNotice, Alert, AlertChannel, AlertSubject, crossings
-from core.budget import BudgetStatus, CheckResult, UserStatus, check, check_credit, check_usage
+from core.alerts import (
+    ALERT_THRESHOLDS_PERCENT,
+    AdminNotice,
+    Alert,
+    AlertChannel,
+    AlertSubject,
+    crossings,
+)
+from core.budget import CheckResult, UserStatus, check_credit, check_hold
 from core.errors import (
-    AmountOutOfRange,
     ConfigurationError,
     Duplicate,
     IdempotencyConflict,
     Invalid,
     LedgerError,
     NotFound,
-    ReservationClosed,
     Unavailable,
 )
 from core.failure_log import FailureLog
 from core.money import Money
 from core.reconcile import EXPIRED_HOLD_GRACE_MS, Check, Drift
-from core.reservations import (
-    Reservation,
-    ReservationState,
-    check_release,
-    check_retry,
-    check_settle,
-    counting_amount,
-)
+from core.reservations import Reservation, ReservationState, check_release
 from core.resets import (
     OpenPeriods,
     PeriodSummary,
@@ -68,7 +66,7 @@ from core.store.base import (
     user_view_from_row,
 )
 from core.store.flows_sql import backfill_note
-from core.usage import LogOutcome, UsageGroup, UsageRecord, check_replay
+from core.usage import LogOutcome, UsageGroup, UsageRecord, check_log
 
 log = logging.getLogger(__name__)
 
@@ -408,21 +406,22 @@ class PostgresStore:
             raise NotFound("unknown user", user_id=user_id)
         view = user_view_from_row(row[:_FIGURES_COUNT])
         r_user, r_amount, r_state, r_expires, logged, placed = row[_FIGURES_COUNT:]
-        if r_user is not None:
-            existing = Reservation(
+        existing = (
+            None
+            if r_user is None
+            else Reservation(
                 request_id, r_user, Money(r_amount), ReservationState(r_state), r_expires
             )
-            held = check_retry(existing, user_id, amount, now_ms)
-            return CheckResult(BudgetStatus.ACTIVE, view.budget, held)
-        if logged:
-            raise ReservationClosed("request_id was already logged", request_id=request_id)
+        )
 
         def place() -> Reservation:
             # ledger_reserve wrote it already, deciding the same in SQL; asserted to agree below.
             return Reservation(request_id, user_id, amount, ReservationState.OPEN, expires_at_ms)
 
-        result = check(view.budget, amount, place)
-        assert placed == result.allowed, (result.status, placed)
+        result = check_hold(
+            view.budget, amount, existing, logged, user_id, request_id, now_ms, place
+        )
+        assert placed == (existing is None and result.allowed), (result.status, placed)
         return result
 
     def log_usage(
@@ -719,10 +718,11 @@ def _log_usage(
         user_alerts,
         tenant_alerts,
     ) = row[_FIGURES_COUNT:]
-    if u_user is not None:
-        logged = UsageRecord(record.request_id, u_user, model, tokens_in, tokens_out, Money(cost))
-        check_replay(logged, record)
-        return LogOutcome(False, view.budget)
+    logged = (
+        None
+        if u_user is None
+        else UsageRecord(record.request_id, u_user, model, tokens_in, tokens_out, Money(cost))
+    )
     reservation = (
         None
         if r_user is None
@@ -730,19 +730,18 @@ def _log_usage(
             record.request_id, r_user, Money(r_amount), ReservationState(r_state), r_expires
         )
     )
-    check_settle(reservation, record.user_id)
     try:
-        check_usage(view.budget, record.cost)
-    except AmountOutOfRange:
+        outcome = check_log(view.budget, logged, reservation, record, now_ms)
+    except LedgerError:
         assert not inserted, record.request_id
         raise
-    assert inserted, record.request_id
-    found = crossings(view.budget, record.cost, record.user_id, view.tenant_id)
-    written = [(AlertSubject.USER, t) for t in user_alerts]
-    written += [(AlertSubject.TENANT, t) for t in tenant_alerts]
-    assert [(c.subject, c.threshold_percent) for c in found] == written, (found, written)
-    released = counting_amount(reservation, now_ms)
-    return LogOutcome(True, view.budget.moved(used=record.cost, held=-released))
+    assert inserted == outcome.created, record.request_id
+    if outcome.created:
+        found = crossings(view.budget, record.cost, record.user_id, view.tenant_id)
+        written = [(AlertSubject.USER, t) for t in user_alerts]
+        written += [(AlertSubject.TENANT, t) for t in tenant_alerts]
+        assert [(c.subject, c.threshold_percent) for c in found] == written, (found, written)
+    return outcome
 
 
 def _configure(connection: psycopg.Connection[Any]) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from core.accounts import CreditGrant, NewUser, Product, Tenant, UserView
 from core.alerts import AdminNotice, Alert, AlertChannel, crossings
-from core.budget import BudgetStatus, CheckResult, UserStatus, check, check_credit, check_usage
+from core.budget import CheckResult, UserStatus, check_credit, check_hold
 from core.errors import (
     ConfigurationError,
     Duplicate,
@@ -27,19 +27,11 @@ from core.errors import (
     Invalid,
     LedgerError,
     NotFound,
-    ReservationClosed,
 )
 from core.failure_log import FailureLog
 from core.money import NANOS_PER_UNIT, Money
 from core.reconcile import EXPIRED_HOLD_GRACE_MS, Check, Drift
-from core.reservations import (
-    Reservation,
-    ReservationState,
-    check_release,
-    check_retry,
-    check_settle,
-    counting_amount,
-)
+from core.reservations import Reservation, ReservationState, check_release
 from core.resets import (
     OpenPeriods,
     PeriodSummary,
@@ -64,7 +56,7 @@ from core.store.group_commit import (
 from core.store.sqlite_checks import record_repair
 from core.store.sqlite_outbox import insert_alerts
 from core.store.sqlite_schema import migrate_now
-from core.usage import LogOutcome, UsageGroup, UsageRecord, check_replay
+from core.usage import LogOutcome, UsageGroup, UsageRecord, check_log
 
 log = logging.getLogger(__name__)
 
@@ -373,11 +365,6 @@ class SqliteStore:
             view, existing, logged = _require_user_and_request(
                 connection, user_id, request_id, now_ms
             )
-            if existing is not None:
-                held = check_retry(existing, user_id, amount, now_ms)
-                return CheckResult(BudgetStatus.ACTIVE, view.budget, held)
-            if logged is not None:
-                raise ReservationClosed("request_id was already logged", request_id=request_id)
 
             def place() -> Reservation:
                 connection.execute(
@@ -389,7 +376,16 @@ class SqliteStore:
                     request_id, user_id, amount, ReservationState.OPEN, expires_at_ms
                 )
 
-            return check(view.budget, amount, place)
+            return check_hold(
+                view.budget,
+                amount,
+                existing,
+                logged is not None,
+                user_id,
+                request_id,
+                now_ms,
+                place,
+            )
 
         return self._write(operation, one_statement=True)
 
@@ -606,11 +602,9 @@ def _log_usage_operation(
         view, reservation, logged = _require_user_and_request(
             connection, record.user_id, record.request_id, now_ms
         )
-        if logged is not None:
-            check_replay(logged, record)
-            return LogOutcome(False, view.budget)
-        check_settle(reservation, record.user_id)
-        check_usage(view.budget, record.cost)
+        outcome = check_log(view.budget, logged, reservation, record, now_ms)
+        if not outcome.created:
+            return outcome
         # The schema's usage_counts trigger counts the cost and settles the hold.
         connection.execute(
             "INSERT INTO usage (request_id, user_id, tenant_id, model, tokens_input,"
@@ -638,8 +632,7 @@ def _log_usage_operation(
         if audit_source is not None:
             backfilled = Drift(Check.BACKFILL, record.request_id, 0, record.cost)
             record_repair(connection, backfilled, backfill_note(audit_source), now_ms)
-        released = counting_amount(reservation, now_ms)
-        return LogOutcome(True, view.budget.moved(used=record.cost, held=-released))
+        return outcome
 
     return operation
 

@@ -1,4 +1,5 @@
-"""The budget rule: status precedence, unclamped remaining, and the room rule for an estimate."""
+"""The budget rule: status precedence, unclamped remaining, the room rule for an estimate, and
+what a check asking for a hold gets, in which order."""
 
 import pytest
 from core_helpers import usd
@@ -12,11 +13,12 @@ from core.budget import (
     check,
     check_cost,
     check_credit,
+    check_hold,
     check_usage,
     decide,
     has_room,
 )
-from core.errors import AmountOutOfRange
+from core.errors import AmountOutOfRange, IdempotencyConflict, ReservationClosed
 from core.money import BUDGET_MAX, COST_PER_CALL_MAX, COUNTER_MAX
 from core.reservations import Reservation, ReservationState
 
@@ -160,6 +162,45 @@ def test_a_hold_is_placed_only_when_decide_allows_and_the_answer_counts_it():
     assert allowed == CheckResult(BudgetStatus.ACTIVE, figures.moved(held=usd("1")), placed[0])
     assert allowed.allowed and allowed.message == "OK"
     assert allowed.budget.remaining == 0 and allowed.budget.tenant_held == usd("1")
+
+
+# -- check_hold: a retry, then a request already logged, then check ------------------------
+
+NOW = 1_000_000
+EXPIRES = NOW + 600_000
+
+
+def open_hold(amount: str = "1") -> Reservation:
+    return Reservation("r1", "u1", usd(amount), ReservationState.OPEN, EXPIRES)
+
+
+def never_placed() -> Reservation:
+    raise AssertionError("no hold is to be written")
+
+
+def test_a_hold_with_room_is_placed_through_check():
+    figures = snapshot(plan="10", used="9")
+    result = check_hold(figures, usd("1"), None, False, "u1", "r1", NOW, open_hold)
+    assert result == CheckResult(BudgetStatus.ACTIVE, figures.moved(held=usd("1")), open_hold())
+
+
+def test_a_retry_gets_its_hold_back_without_room_and_writes_nothing():
+    existing = open_hold()
+    figures = snapshot(status=UserStatus.SUSPENDED, used="10")
+    result = check_hold(figures, usd("1"), existing, False, "u1", "r1", NOW, never_placed)
+    assert result == CheckResult(BudgetStatus.ACTIVE, figures, existing)
+    assert result.reservation is existing
+
+
+def test_a_retry_for_another_amount_conflicts_before_the_usage_already_logged_is_asked():
+    with pytest.raises(IdempotencyConflict):
+        check_hold(snapshot(), usd("2"), open_hold(), True, "u1", "r1", NOW, never_placed)
+
+
+def test_a_request_already_logged_takes_no_hold():
+    with pytest.raises(ReservationClosed, match="already logged") as caught:
+        check_hold(snapshot(), usd("1"), None, True, "u1", "r1", NOW, never_placed)
+    assert caught.value.details == {"request_id": "r1"}
 
 
 # -- the bounds of core.money ---------------------------------------------------------------
