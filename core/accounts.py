@@ -1,10 +1,11 @@
 """Who holds a budget: users with their open period's figures, the products and tenants they
 belong to, and the credit granted to them. The ledger hands these out and every store returns
-them; the rules they obey are in ``core.budget``."""
+them; the rules they obey are in ``core.budget``, but for a grant's replay (``check_grant``)."""
 
 from dataclasses import dataclass
 
-from core.budget import BudgetSnapshot, UserStatus
+from core.budget import BudgetSnapshot, UserStatus, check_credit
+from core.errors import IdempotencyConflict
 from core.money import Money
 
 
@@ -53,3 +54,20 @@ class CreditGrant:
     user_id: str
     amount: Money
     reason: str
+
+
+def check_grant(snapshot: BudgetSnapshot, existing: CreditGrant | None, grant: CreditGrant) -> bool:
+    """Whether ``grant`` is to be written: not when its ``grant_id`` was granted before with the
+    same content (a replay, done) and a conflict when with other content; a new grant must keep
+    the user's credits within ``core.budget.check_credit``'s bound.
+
+    Both stores decide with this inside the transaction that holds the user's figures.
+    """
+    if existing is not None:
+        if existing != grant:
+            raise IdempotencyConflict(
+                "grant_id was already used with different content", grant_id=grant.grant_id
+            )
+        return False
+    check_credit(snapshot, grant.amount)
+    return True

@@ -25,7 +25,7 @@ import psycopg
 import psycopg.conninfo
 import psycopg_pool
 
-from core.accounts import CreditGrant, NewUser, Product, Tenant, UserView
+from core.accounts import CreditGrant, NewUser, Product, Tenant, UserView, check_grant
 from core.alerts import (
     ALERT_THRESHOLDS_PERCENT,
     AdminNotice,
@@ -34,11 +34,10 @@ from core.alerts import (
     AlertSubject,
     crossings,
 )
-from core.budget import CheckResult, UserStatus, check_credit, check_hold
+from core.budget import CheckResult, UserStatus, check_hold
 from core.errors import (
     ConfigurationError,
     Duplicate,
-    IdempotencyConflict,
     Invalid,
     LedgerError,
     NotFound,
@@ -56,7 +55,7 @@ from core.resets import (
     forced_reset_notice,
     reset_refusal,
 )
-from core.store import postgres_flows
+from core.store import ledger_sql, postgres_flows
 from core.store.base import (
     USER_VIEW_COLUMNS,
     GroupBy,
@@ -65,7 +64,8 @@ from core.store.base import (
     newer_migrations,
     user_view_from_row,
 )
-from core.store.flows_sql import backfill_note
+from core.store.flows_sql import backfill_note, pg_params
+from core.store.ledger_sql import request_from_row
 from core.usage import LogOutcome, UsageGroup, UsageRecord, check_log
 
 log = logging.getLogger(__name__)
@@ -116,6 +116,28 @@ _LOG_USAGE_SQL = (
     " f.tenant_alerts FROM ledger_log_usage(%s, %s, %s, %s, %s, %s, %s, %s, %s::INTEGER[]) f"
 )
 _RELEASE_SQL = "SELECT user_id, amount, state, expires_at, released FROM ledger_release(%s, %s)"
+_REQUEST_END = _FIGURES_COUNT + ledger_sql.REQUEST_COLUMNS_COUNT
+
+# PostgreSQL tells an insert from an update by the row's xmax (0: inserted) in one statement;
+# SQLite asks first, inside its write transaction.
+_PUT_PRODUCT_SQL = pg_params(f"{ledger_sql.PUT_PRODUCT_SQL} RETURNING xmax = 0")
+_PUT_TENANT_SQL = pg_params(f"{ledger_sql.PUT_TENANT_SQL} RETURNING xmax = 0")
+_PRODUCT_EXISTS_SQL = pg_params(ledger_sql.PRODUCT_EXISTS_SQL)
+_LIST_PRODUCTS_SQL = pg_params(ledger_sql.LIST_PRODUCTS_SQL)
+_NEW_USER_CONFLICTS_SQL = pg_params(ledger_sql.NEW_USER_CONFLICTS_SQL)
+_INSERT_TENANT_IF_NEW_SQL = pg_params(ledger_sql.INSERT_TENANT_IF_NEW_SQL)
+_INSERT_USER_SQL = pg_params(ledger_sql.INSERT_USER_SQL)
+_SET_USER_PRODUCT_SQL = pg_params(ledger_sql.SET_USER_PRODUCT_SQL)
+_SET_USER_STATUS_SQL = pg_params(ledger_sql.SET_USER_STATUS_SQL)
+_USER_ID_BY_EMAIL_SQL = pg_params(ledger_sql.USER_ID_BY_EMAIL_SQL)
+_CREDIT_GRANT_SQL = pg_params(ledger_sql.CREDIT_GRANT_SQL)
+_INSERT_CREDIT_GRANT_SQL = pg_params(ledger_sql.INSERT_CREDIT_GRANT_SQL)
+_ADD_CREDITS_SQL = pg_params(ledger_sql.ADD_CREDITS_SQL)
+_COUNT_OPEN_RESERVATIONS_SQL = pg_params(ledger_sql.COUNT_OPEN_RESERVATIONS_SQL)
+_APPLIED_RESET_SQL = pg_params(ledger_sql.APPLIED_RESET_SQL)
+_PENDING_ADMIN_NOTICES_SQL = pg_params(ledger_sql.PENDING_ADMIN_NOTICES_SQL)
+_INSERT_ADMIN_NOTICE_SQL = pg_params(ledger_sql.INSERT_ADMIN_NOTICE_SQL)
+_ADMIN_NOTICE_DELIVERED_SQL = pg_params(ledger_sql.ADMIN_NOTICE_DELIVERED_SQL)
 
 
 class PostgresStore:
@@ -234,7 +256,7 @@ class PostgresStore:
     def _one(
         self,
         sql: str,
-        params: tuple[object, ...],
+        params: tuple[object, ...] | dict[str, Any],
         write: bool = False,
         wait_seconds: float | None = None,
     ) -> tuple[Any, ...] | None:
@@ -351,25 +373,20 @@ class PostgresStore:
         return None if row is None else user_view_from_row(row)
 
     def user_id_by_email(self, email: str) -> str | None:
-        row = self._one("SELECT id FROM users WHERE email_key = %s", (email.casefold(),))
+        row = self._one(_USER_ID_BY_EMAIL_SQL, {"email_key": email.casefold()})
         return None if row is None else row[0]
 
     def count_open_reservations(self, now_ms: int) -> int:
         """For /metrics: waits ``METRICS_POOL_WAIT_SECONDS`` at most for a connection."""
         with self._connection(wait_seconds=METRICS_POOL_WAIT_SECONDS) as connection:
-            row = connection.execute(
-                "SELECT count(*) FROM reservations WHERE state = 'open' AND expires_at > %s",
-                (now_ms,),
-            ).fetchone()
+            row = connection.execute(_COUNT_OPEN_RESERVATIONS_SQL, {"now": now_ms}).fetchone()
         assert row is not None
         return int(row[0])
 
     def list_products(self) -> list[Product]:
         with self._connection() as connection:
-            rows = connection.execute(
-                "SELECT id, name, monthly_budget FROM products ORDER BY id"
-            ).fetchall()
-        return [Product(id_, name, Money(budget)) for id_, name, budget in rows]
+            rows = connection.execute(_LIST_PRODUCTS_SQL).fetchall()
+        return ledger_sql.products_from_rows(rows)
 
     def usage_groups(
         self, user_id: str, from_ms: int, to_ms: int, group_by: GroupBy
@@ -405,14 +422,8 @@ class PostgresStore:
         if row is None:
             raise NotFound("unknown user", user_id=user_id)
         view = user_view_from_row(row[:_FIGURES_COUNT])
-        r_user, r_amount, r_state, r_expires, logged, placed = row[_FIGURES_COUNT:]
-        existing = (
-            None
-            if r_user is None
-            else Reservation(
-                request_id, r_user, Money(r_amount), ReservationState(r_state), r_expires
-            )
-        )
+        existing = ledger_sql.hold_from_row(request_id, row[_FIGURES_COUNT:-2])
+        logged, placed = row[-2:]
 
         def place() -> Reservation:
             # ledger_reserve wrote it already, deciding the same in SQL; asserted to agree below.
@@ -445,10 +456,9 @@ class PostgresStore:
         row = self._one(_RELEASE_SQL, (request_id, now_ms), write=True)
         if row is None:
             raise NotFound("no reservation with this request_id", request_id=request_id)
-        r_user, r_amount, r_state, r_expires, released = row
-        reservation = Reservation(
-            request_id, r_user, Money(r_amount), ReservationState(r_state), r_expires
-        )
+        reservation = ledger_sql.hold_from_row(request_id, row[:-1])
+        released = row[-1]
+        assert reservation is not None, request_id
         assert check_release(reservation) == released, (reservation, released)
         return reservation
 
@@ -461,10 +471,10 @@ class PostgresStore:
             connection.execute(
                 "SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_NAMESPACE, LOCK_RESETS)
             )
-            if request.apply_once and connection.execute(
-                "SELECT 1 FROM applied_resets WHERE label = %s", (label,)
-            ).fetchone():
-                return ResetOutcome(0, True)
+            if request.apply_once:
+                done = connection.execute(_APPLIED_RESET_SQL, {"label": label}).fetchone()
+                if done is not None:
+                    return ResetOutcome(0, True)
             bounds = connection.execute(
                 'SELECT MIN(period_label COLLATE "C"), MAX(period_label COLLATE "C") FROM users'
             ).fetchone()
@@ -480,10 +490,8 @@ class PostgresStore:
             outcome = ResetOutcome(int(row[0]), bool(row[1]))
             if request.force and not outcome.already_done:
                 notice = forced_reset_notice(label, outcome.users_reset)
-                connection.execute(
-                    "INSERT INTO admin_notices (subject, body, created_at) VALUES (%s, %s, %s)",
-                    (notice.subject, notice.body, now_ms),
-                )
+                parameters = {"subject": notice.subject, "body": notice.body, "now": now_ms}
+                connection.execute(_INSERT_ADMIN_NOTICE_SQL, parameters)
         return outcome
 
     def closed_period_summary(self, label: str, top_n: int) -> PeriodSummary:
@@ -495,19 +503,12 @@ class PostgresStore:
     def pending_admin_notices(self, limit: int) -> list[AdminNotice]:
         assert limit > 0
         with self._connection() as connection:
-            rows = connection.execute(
-                "SELECT id, subject, body FROM admin_notices WHERE delivered_at IS NULL"
-                " ORDER BY id LIMIT %s",
-                (limit,),
-            ).fetchall()
-        return [AdminNotice(subject, body, notice_id) for notice_id, subject, body in rows]
+            rows = connection.execute(_PENDING_ADMIN_NOTICES_SQL, {"limit": limit}).fetchall()
+        return ledger_sql.notices_from_rows(rows)
 
     def admin_notice_delivered(self, notice_id: int, now_ms: int) -> None:
         with self._connection(write=True) as connection:
-            connection.execute(
-                "UPDATE admin_notices SET delivered_at = %s WHERE id = %s AND delivered_at IS NULL",
-                (now_ms, notice_id),
-            )
+            connection.execute(_ADMIN_NOTICE_DELIVERED_SQL, {"id": notice_id, "now": now_ms})
 
     def pending_alerts(self, after_id: int, limit: int) -> list[Alert]:
         with self._connection() as connection:
@@ -546,48 +547,19 @@ class PostgresStore:
     # -- administration: short transactions --------------------------------------------------
 
     def provision_user(self, user: NewUser, now_ms: int) -> UserView:
-        email_key = user.email.casefold()
+        parameters = ledger_sql.new_user_params(user, now_ms)
         with self._connection(write=True) as connection, connection.transaction():
             # Shared with other provisionings, exclusive with a reset (ledger_reset).
             connection.execute(
                 "SELECT pg_advisory_xact_lock_shared(%s, %s)", (LOCK_NAMESPACE, LOCK_RESETS)
             )
-            id_taken, email_taken, product_known = connection.execute(
-                "SELECT EXISTS (SELECT 1 FROM users WHERE id = %s),"
-                " EXISTS (SELECT 1 FROM users WHERE email_key = %s),"
-                " EXISTS (SELECT 1 FROM products WHERE id = %s)",
-                (user.id, email_key, user.product_id),
-            ).fetchone()
-            if id_taken:
-                raise Duplicate("a user with this id exists", field="user_id")
-            if email_taken:
-                raise Duplicate("a user with this email exists", field="email")
-            if not product_known:
-                raise Invalid("unknown product", field="product_id")
-            connection.execute(
-                "INSERT INTO tenants (id, name, monthly_budget, created_at, updated_at)"
-                " VALUES (%s, %s, NULL, %s, %s) ON CONFLICT (id) DO NOTHING",
-                (user.tenant_id, user.tenant_id, now_ms, now_ms),
-            )
+            conflicts = connection.execute(_NEW_USER_CONFLICTS_SQL, parameters).fetchone()
+            assert conflicts is not None
+            ledger_sql.check_new_user(*conflicts)
+            connection.execute(_INSERT_TENANT_IF_NEW_SQL, parameters)
             try:
                 with connection.transaction():
-                    connection.execute(
-                        "INSERT INTO users (id, email, email_key, password_hash, product_id,"
-                        " tenant_id, status, period_label, period_start, created_at, updated_at)"
-                        " VALUES (%s, %s, %s, %s, %s, %s, 'active', %s, %s, %s, %s)",
-                        (
-                            user.id,
-                            user.email,
-                            email_key,
-                            user.password_hash,
-                            user.product_id,
-                            user.tenant_id,
-                            user.period_label,
-                            now_ms,
-                            now_ms,
-                            now_ms,
-                        ),
-                    )
+                    connection.execute(_INSERT_USER_SQL, parameters)
             except psycopg.errors.UniqueViolation as error:
                 # A concurrent provisioning took the id or the email first.
                 field = "user_id" if error.diag.constraint_name == "users_pkey" else "email"
@@ -597,26 +569,14 @@ class PostgresStore:
             return _require_user(connection, user.id, now_ms)
 
     def put_product(self, product: Product, now_ms: int) -> bool:
-        row = self._one(
-            "INSERT INTO products (id, name, monthly_budget, created_at, updated_at)"
-            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET name = excluded.name,"
-            " monthly_budget = excluded.monthly_budget, updated_at = excluded.updated_at"
-            " RETURNING xmax = 0",
-            (product.id, product.name, product.monthly_budget, now_ms, now_ms),
-            write=True,
-        )
-        assert row is not None
-        return bool(row[0])
+        return self._put(_PUT_PRODUCT_SQL, product, now_ms)
 
     def put_tenant(self, tenant: Tenant, now_ms: int) -> bool:
-        row = self._one(
-            "INSERT INTO tenants (id, name, monthly_budget, created_at, updated_at)"
-            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET name = excluded.name,"
-            " monthly_budget = excluded.monthly_budget, updated_at = excluded.updated_at"
-            " RETURNING xmax = 0",
-            (tenant.id, tenant.name, tenant.monthly_budget, now_ms, now_ms),
-            write=True,
-        )
+        return self._put(_PUT_TENANT_SQL, tenant, now_ms)
+
+    def _put(self, put_sql: str, plan: Product | Tenant, now_ms: int) -> bool:
+        """Create or replace a product or a tenant; True when created."""
+        row = self._one(put_sql, ledger_sql.put_params(plan, now_ms), write=True)
         assert row is not None
         return bool(row[0])
 
@@ -626,20 +586,14 @@ class PostgresStore:
         with self._connection(write=True) as connection, connection.transaction():
             _lock_user(connection, user_id)
             if product_id is not None:
-                known = connection.execute(
-                    "SELECT 1 FROM products WHERE id = %s", (product_id,)
-                ).fetchone()
+                known = connection.execute(_PRODUCT_EXISTS_SQL, {"id": product_id}).fetchone()
                 if known is None:
                     raise Invalid("unknown product", field="product_id")
-                connection.execute(
-                    "UPDATE users SET product_id = %s, updated_at = %s WHERE id = %s",
-                    (product_id, now_ms, user_id),
-                )
+                parameters = {"id": user_id, "product_id": product_id, "now": now_ms}
+                connection.execute(_SET_USER_PRODUCT_SQL, parameters)
             if status is not None:
-                connection.execute(
-                    "UPDATE users SET status = %s, updated_at = %s WHERE id = %s",
-                    (status.value, now_ms, user_id),
-                )
+                parameters = {"id": user_id, "status": status.value, "now": now_ms}
+                connection.execute(_SET_USER_STATUS_SQL, parameters)
             return _require_user(connection, user_id, now_ms)
 
     def grant_credit(self, grant: CreditGrant, now_ms: int) -> tuple[bool, UserView]:
@@ -650,33 +604,13 @@ class PostgresStore:
             )
             _lock_user(connection, grant.user_id)
             view = _require_user(connection, grant.user_id, now_ms)
-            existing = connection.execute(
-                "SELECT grant_id, user_id, amount, reason FROM credit_grants WHERE grant_id = %s",
-                (grant.grant_id,),
-            ).fetchone()
-            if existing is not None:
-                if CreditGrant(*existing) != grant:
-                    raise IdempotencyConflict(
-                        "grant_id was already used with different content", grant_id=grant.grant_id
-                    )
+            parameters = ledger_sql.grant_params(grant, view.period_start_ms, now_ms)
+            existing = connection.execute(_CREDIT_GRANT_SQL, parameters).fetchone()
+            granted = None if existing is None else CreditGrant(*existing)
+            if not check_grant(view.budget, granted, grant):
                 return False, view
-            check_credit(view.budget, grant.amount)
-            connection.execute(
-                "INSERT INTO credit_grants (grant_id, user_id, amount, reason, period_start,"
-                " created_at) VALUES (%s, %s, %s, %s, %s, %s)",
-                (
-                    grant.grant_id,
-                    grant.user_id,
-                    grant.amount,
-                    grant.reason,
-                    view.period_start_ms,
-                    now_ms,
-                ),
-            )
-            connection.execute(
-                "UPDATE users SET credits = credits + %s, updated_at = %s WHERE id = %s",
-                (grant.amount, now_ms, grant.user_id),
-            )
+            connection.execute(_INSERT_CREDIT_GRANT_SQL, parameters)
+            connection.execute(_ADD_CREDITS_SQL, parameters)
             return True, _require_user(connection, grant.user_id, now_ms)
 
 
@@ -704,32 +638,8 @@ def _log_usage(
     if row is None:
         raise NotFound("unknown user", user_id=record.user_id)
     view = user_view_from_row(row[:_FIGURES_COUNT])
-    (
-        r_user,
-        r_amount,
-        r_state,
-        r_expires,
-        u_user,
-        model,
-        tokens_in,
-        tokens_out,
-        cost,
-        inserted,
-        user_alerts,
-        tenant_alerts,
-    ) = row[_FIGURES_COUNT:]
-    logged = (
-        None
-        if u_user is None
-        else UsageRecord(record.request_id, u_user, model, tokens_in, tokens_out, Money(cost))
-    )
-    reservation = (
-        None
-        if r_user is None
-        else Reservation(
-            record.request_id, r_user, Money(r_amount), ReservationState(r_state), r_expires
-        )
-    )
+    reservation, logged = request_from_row(record.request_id, row[_FIGURES_COUNT:_REQUEST_END])
+    inserted, user_alerts, tenant_alerts = row[_REQUEST_END:]
     try:
         outcome = check_log(view.budget, logged, reservation, record, now_ms)
     except LedgerError:

@@ -17,17 +17,10 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
-from core.accounts import CreditGrant, NewUser, Product, Tenant, UserView
+from core.accounts import CreditGrant, NewUser, Product, Tenant, UserView, check_grant
 from core.alerts import AdminNotice, Alert, AlertChannel, crossings
-from core.budget import CheckResult, UserStatus, check_credit, check_hold
-from core.errors import (
-    ConfigurationError,
-    Duplicate,
-    IdempotencyConflict,
-    Invalid,
-    LedgerError,
-    NotFound,
-)
+from core.budget import CheckResult, UserStatus, check_hold
+from core.errors import ConfigurationError, Invalid, LedgerError, NotFound
 from core.failure_log import FailureLog
 from core.money import NANOS_PER_UNIT, Money
 from core.reconcile import EXPIRED_HOLD_GRACE_MS, Check, Drift
@@ -40,7 +33,7 @@ from core.resets import (
     forced_reset_notice,
     reset_refusal,
 )
-from core.store import sqlite_checks, sqlite_outbox
+from core.store import ledger_sql, sqlite_checks, sqlite_outbox
 from core.store.base import (
     USER_VIEW_COLUMNS,
     GroupBy,
@@ -53,6 +46,7 @@ from core.store.group_commit import (
     GroupCommitWriter,
     ProcessWriteLock,
 )
+from core.store.ledger_sql import request_from_row
 from core.store.sqlite_checks import record_repair
 from core.store.sqlite_outbox import insert_alerts
 from core.store.sqlite_schema import migrate_now
@@ -264,18 +258,17 @@ class SqliteStore:
         return _read_user(self._reader(), user_id, now_ms)
 
     def user_id_by_email(self, email: str) -> str | None:
-        query = "SELECT id FROM users WHERE email_key = ?"
-        row = self._reader().execute(query, (email.casefold(),)).fetchone()
+        parameters = {"email_key": email.casefold()}
+        row = self._reader().execute(ledger_sql.USER_ID_BY_EMAIL_SQL, parameters).fetchone()
         return None if row is None else row[0]
 
     def count_open_reservations(self, now_ms: int) -> int:
-        query = "SELECT count(*) FROM reservations WHERE state = 'open' AND expires_at > ?"
-        (count,) = self._reader().execute(query, (now_ms,)).fetchone()
+        query = ledger_sql.COUNT_OPEN_RESERVATIONS_SQL
+        (count,) = self._reader().execute(query, {"now": now_ms}).fetchone()
         return int(count)
 
     def list_products(self) -> list[Product]:
-        rows = self._reader().execute("SELECT id, name, monthly_budget FROM products ORDER BY id")
-        return [Product(id_, name, Money(budget)) for id_, name, budget in rows]
+        return ledger_sql.products_from_rows(self._reader().execute(ledger_sql.LIST_PRODUCTS_SQL))
 
     def usage_groups(
         self, user_id: str, from_ms: int, to_ms: int, group_by: GroupBy
@@ -307,19 +300,13 @@ class SqliteStore:
 
     def pending_admin_notices(self, limit: int) -> list[AdminNotice]:
         assert limit > 0
-        rows = self._reader().execute(
-            "SELECT id, subject, body FROM admin_notices WHERE delivered_at IS NULL"
-            " ORDER BY id LIMIT ?",
-            (limit,),
-        ).fetchall()
-        return [AdminNotice(subject, body, notice_id) for notice_id, subject, body in rows]
+        query = ledger_sql.PENDING_ADMIN_NOTICES_SQL
+        return ledger_sql.notices_from_rows(self._reader().execute(query, {"limit": limit}))
 
     def admin_notice_delivered(self, notice_id: int, now_ms: int) -> None:
         def operation(connection: sqlite3.Connection, _: int) -> None:
-            connection.execute(
-                "UPDATE admin_notices SET delivered_at = ? WHERE id = ? AND delivered_at IS NULL",
-                (now_ms, notice_id),
-            )
+            parameters = {"id": notice_id, "now": now_ms}
+            connection.execute(ledger_sql.ADMIN_NOTICE_DELIVERED_SQL, parameters)
 
         self._write(operation, one_statement=True)
 
@@ -418,10 +405,8 @@ class SqliteStore:
 
         def operation(connection: sqlite3.Connection, _: int) -> ResetOutcome:
             if request.apply_once:
-                done = connection.execute(
-                    "SELECT 1 FROM applied_resets WHERE label = ?", (label,)
-                ).fetchone()
-                if done is not None:
+                done = connection.execute(ledger_sql.APPLIED_RESET_SQL, {"label": label})
+                if done.fetchone() is not None:
                     return ResetOutcome(0, True)
             earliest, latest = connection.execute(
                 "SELECT MIN(period_label), MAX(period_label) FROM users"
@@ -458,79 +443,37 @@ class SqliteStore:
                 )
             if request.force:
                 notice = forced_reset_notice(label, users_reset)
-                connection.execute(
-                    "INSERT INTO admin_notices (subject, body, created_at) VALUES (?, ?, ?)",
-                    (notice.subject, notice.body, now_ms),
-                )
+                parameters = {"subject": notice.subject, "body": notice.body, "now": now_ms}
+                connection.execute(ledger_sql.INSERT_ADMIN_NOTICE_SQL, parameters)
             return ResetOutcome(users_reset, False)
 
         return self._write(operation)
 
     def provision_user(self, user: NewUser, now_ms: int) -> UserView:
+        parameters = ledger_sql.new_user_params(user, now_ms)
+
         def operation(connection: sqlite3.Connection, _: int) -> UserView:
-            if connection.execute("SELECT 1 FROM users WHERE id = ?", (user.id,)).fetchone():
-                raise Duplicate("a user with this id exists", field="user_id")
-            email_key = user.email.casefold()
-            if connection.execute(
-                "SELECT 1 FROM users WHERE email_key = ?", (email_key,)
-            ).fetchone():
-                raise Duplicate("a user with this email exists", field="email")
-            if not connection.execute(
-                "SELECT 1 FROM products WHERE id = ?", (user.product_id,)
-            ).fetchone():
-                raise Invalid("unknown product", field="product_id")
-            connection.execute(
-                "INSERT INTO tenants (id, name, monthly_budget, created_at, updated_at)"
-                " VALUES (?, ?, NULL, ?, ?) ON CONFLICT (id) DO NOTHING",
-                (user.tenant_id, user.tenant_id, now_ms, now_ms),
-            )
-            connection.execute(
-                "INSERT INTO users (id, email, email_key, password_hash, product_id, tenant_id,"
-                " status, period_label, period_start, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, 'active', ?, ?, ?, ?)",
-                (
-                    user.id,
-                    user.email,
-                    email_key,
-                    user.password_hash,
-                    user.product_id,
-                    user.tenant_id,
-                    user.period_label,
-                    now_ms,
-                    now_ms,
-                    now_ms,
-                ),
-            )
+            conflicts = connection.execute(ledger_sql.NEW_USER_CONFLICTS_SQL, parameters)
+            ledger_sql.check_new_user(*conflicts.fetchone())
+            connection.execute(ledger_sql.INSERT_TENANT_IF_NEW_SQL, parameters)
+            connection.execute(ledger_sql.INSERT_USER_SQL, parameters)
             return _require_user(connection, user.id, now_ms)
 
         return self._write(operation)
 
     def put_product(self, product: Product, now_ms: int) -> bool:
-        def operation(connection: sqlite3.Connection, _: int) -> bool:
-            created = not connection.execute(
-                "SELECT 1 FROM products WHERE id = ?", (product.id,)
-            ).fetchone()
-            connection.execute(
-                "INSERT INTO products (id, name, monthly_budget, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET name = excluded.name,"
-                " monthly_budget = excluded.monthly_budget, updated_at = excluded.updated_at",
-                (product.id, product.name, product.monthly_budget, now_ms, now_ms),
-            )
-            return created
-
-        return self._write(operation)
+        return self._put(ledger_sql.PRODUCT_EXISTS_SQL, ledger_sql.PUT_PRODUCT_SQL, product, now_ms)
 
     def put_tenant(self, tenant: Tenant, now_ms: int) -> bool:
+        return self._put(ledger_sql.TENANT_EXISTS_SQL, ledger_sql.PUT_TENANT_SQL, tenant, now_ms)
+
+    def _put(self, exists_sql: str, put_sql: str, plan: Product | Tenant, now_ms: int) -> bool:
+        """Create or replace a product or a tenant; True when created."""
+        parameters = ledger_sql.put_params(plan, now_ms)
+
         def operation(connection: sqlite3.Connection, _: int) -> bool:
-            created = not connection.execute(
-                "SELECT 1 FROM tenants WHERE id = ?", (tenant.id,)
-            ).fetchone()
-            connection.execute(
-                "INSERT INTO tenants (id, name, monthly_budget, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET name = excluded.name,"
-                " monthly_budget = excluded.monthly_budget, updated_at = excluded.updated_at",
-                (tenant.id, tenant.name, tenant.monthly_budget, now_ms, now_ms),
-            )
+            created = not connection.execute(exists_sql, parameters).fetchone()
+            connection.execute(put_sql, parameters)
             return created
 
         return self._write(operation)
@@ -541,19 +484,14 @@ class SqliteStore:
         def operation(connection: sqlite3.Connection, _: int) -> UserView:
             _require_user(connection, user_id, now_ms)
             if product_id is not None:
-                if not connection.execute(
-                    "SELECT 1 FROM products WHERE id = ?", (product_id,)
-                ).fetchone():
+                known = connection.execute(ledger_sql.PRODUCT_EXISTS_SQL, {"id": product_id})
+                if not known.fetchone():
                     raise Invalid("unknown product", field="product_id")
-                connection.execute(
-                    "UPDATE users SET product_id = ?, updated_at = ? WHERE id = ?",
-                    (product_id, now_ms, user_id),
-                )
+                parameters = {"id": user_id, "product_id": product_id, "now": now_ms}
+                connection.execute(ledger_sql.SET_USER_PRODUCT_SQL, parameters)
             if status is not None:
-                connection.execute(
-                    "UPDATE users SET status = ?, updated_at = ? WHERE id = ?",
-                    (status.value, now_ms, user_id),
-                )
+                parameters = {"id": user_id, "status": status.value, "now": now_ms}
+                connection.execute(ledger_sql.SET_USER_STATUS_SQL, parameters)
             return _require_user(connection, user_id, now_ms)
 
         return self._write(operation)
@@ -561,33 +499,13 @@ class SqliteStore:
     def grant_credit(self, grant: CreditGrant, now_ms: int) -> tuple[bool, UserView]:
         def operation(connection: sqlite3.Connection, _: int) -> tuple[bool, UserView]:
             view = _require_user(connection, grant.user_id, now_ms)
-            existing = connection.execute(
-                "SELECT grant_id, user_id, amount, reason FROM credit_grants WHERE grant_id = ?",
-                (grant.grant_id,),
-            ).fetchone()
-            if existing is not None:
-                if CreditGrant(*existing) != grant:
-                    raise IdempotencyConflict(
-                        "grant_id was already used with different content", grant_id=grant.grant_id
-                    )
+            parameters = ledger_sql.grant_params(grant, view.period_start_ms, now_ms)
+            existing = connection.execute(ledger_sql.CREDIT_GRANT_SQL, parameters).fetchone()
+            granted = None if existing is None else CreditGrant(*existing)
+            if not check_grant(view.budget, granted, grant):
                 return False, view
-            check_credit(view.budget, grant.amount)
-            connection.execute(
-                "INSERT INTO credit_grants (grant_id, user_id, amount, reason, period_start,"
-                " created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    grant.grant_id,
-                    grant.user_id,
-                    grant.amount,
-                    grant.reason,
-                    view.period_start_ms,
-                    now_ms,
-                ),
-            )
-            connection.execute(
-                "UPDATE users SET credits = credits + ?, updated_at = ? WHERE id = ?",
-                (grant.amount, now_ms, grant.user_id),
-            )
+            connection.execute(ledger_sql.INSERT_CREDIT_GRANT_SQL, parameters)
+            connection.execute(ledger_sql.ADD_CREDITS_SQL, parameters)
             return True, _require_user(connection, grant.user_id, now_ms)
 
         return self._write(operation)
@@ -658,7 +576,7 @@ def _read_request(
 ) -> tuple[Reservation | None, UsageRecord | None]:
     """The hold and the usage already recorded under ``request_id``, in one query."""
     row = connection.execute(_REQUEST_SQL, {"request_id": request_id}).fetchone()
-    return _request_from_row(request_id, row)
+    return request_from_row(request_id, row)
 
 
 def _require_user_and_request(
@@ -670,22 +588,7 @@ def _require_user_and_request(
     if row is None:
         raise _unknown_user(user_id)
     split = len(USER_VIEW_COLUMNS)
-    return (user_view_from_row(row[:split]), *_request_from_row(request_id, row[split:]))
-
-
-def _request_from_row(request_id: str, row: tuple) -> tuple[Reservation | None, UsageRecord | None]:
-    r_user, r_amount, r_state, r_expires, u_user, model, tokens_in, tokens_out, cost = row
-    reservation = (
-        None
-        if r_user is None
-        else Reservation(request_id, r_user, Money(r_amount), ReservationState(r_state), r_expires)
-    )
-    usage = (
-        None
-        if u_user is None
-        else UsageRecord(request_id, u_user, model, tokens_in, tokens_out, Money(cost))
-    )
-    return reservation, usage
+    return (user_view_from_row(row[:split]), *request_from_row(request_id, row[split:]))
 
 
 def _sweep_expired(connection: sqlite3.Connection, now_ms: int) -> None:
