@@ -73,7 +73,11 @@ class Alert:
 
 
 def thresholds_crossed(used_before: Money, used_after: Money, limit: Money) -> tuple[int, ...]:
-    """The thresholds ``t`` with ``used_before < t % of limit <= used_after``, exactly."""
+    """The thresholds ``t`` with ``used_before < t % of limit <= used_after``, exactly.
+
+    PostgreSQL's ``ledger_log_usage`` writes the alerts in the database, through
+    ``ledger_thresholds_crossed`` (``postgres_migrations/0002_flows.sql``), which restates this
+    in SQL; its store asserts that the alerts written are those ``crossings`` finds."""
     assert used_before >= 0 and limit >= 0
     if used_after <= used_before:
         return ()

@@ -95,6 +95,10 @@ def decide(snapshot: BudgetSnapshot, cost_estimate: Money) -> BudgetStatus:
     Room is also what the counters can still take: a call whose usage could not be recorded
     (``used`` plus active holds plus the estimate past ``COUNTER_MAX``, for the user or for
     their tenant, capped or not) is denied, rather than made and then refused at log-usage.
+
+    The database re-checks the room on PostgreSQL: ``ledger_reserve``
+    (``postgres_migrations/0004_money_bounds.sql``) restates this arithmetic in plpgsql and
+    places a hold only where it finds room; a change here is a change there.
     """
     assert cost_estimate >= 0, cost_estimate
     if snapshot.user_status is not UserStatus.ACTIVE:
@@ -188,7 +192,11 @@ def check_cost(cost: Money, field: str) -> None:
 
 def check_usage(snapshot: BudgetSnapshot, cost: Money) -> None:
     """A usage of ``cost`` may be recorded: within the per-call bound, and the user's and the
-    tenant's ``used`` stay within ``COUNTER_MAX`` (``snapshot`` holds the figures before)."""
+    tenant's ``used`` stay within ``COUNTER_MAX`` (``snapshot`` holds the figures before).
+
+    The database re-checks the bounds: on PostgreSQL ``ledger_log_usage``
+    (``postgres_migrations/0004_money_bounds.sql``) restates them in plpgsql; on both, the
+    schema's triggers refuse a counter growing past ``COUNTER_MAX``."""
     check_cost(cost, "cost_total")
     if snapshot.used + cost > COUNTER_MAX:
         raise _out_of_range("cost_total", "it would take the user's used past", "COUNTER_MAX")

@@ -62,6 +62,7 @@ def check_settle(reservation: Reservation | None, user_id: str) -> None:
 
     Usage is a fact and is recorded whatever the hold's state; the store settles an ``open``
     hold, or one that expired before the usage arrived (a trigger in the schema does it).
+    PostgreSQL's ``ledger_log_usage`` re-checks the hold's user in plpgsql.
     """
     if reservation is not None and reservation.user_id != user_id:
         raise IdempotencyConflict(
@@ -80,7 +81,9 @@ def check_release(reservation: Reservation) -> bool:
     """Whether a release has a hold to close; releasing twice is a no-op.
 
     A released or expired hold no longer counts, which is what the caller wants: 200 again. A
-    settled hold became usage; releasing it would be a lie, so it is refused.
+    settled hold became usage; releasing it would be a lie, so it is refused. PostgreSQL's
+    ``ledger_release`` (``postgres_migrations/0001_ledger.sql``) closes only an open hold too;
+    its store asserts that the two agree.
     """
     if reservation.state is ReservationState.SETTLED:
         raise ReservationClosed("reservation is settled", request_id=reservation.request_id)
