@@ -8,6 +8,11 @@ crash or power loss. A housekeeper thread runs a passive WAL checkpoint
 ``CHECKPOINT_INTERVAL_MS`` after this process commits, so SQLite's automatic checkpoint (kept as
 the backstop) rarely lands inside a commit a client waits on, and sweeps expired holds when no
 write comes along to do it.
+
+Over 500 lines for one job: the ledger on SQLite, one short method for each of the ~30
+operations of ``LedgerStore``. What is not that job lives apart: the writer (``group_commit``),
+the schema (``sqlite_schema``), the statements both stores run (``ledger_sql``, ``flows_sql``),
+the invariants (``sqlite_checks``) and the alert outbox (``sqlite_outbox``).
 """
 
 import logging
