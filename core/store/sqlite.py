@@ -251,8 +251,6 @@ class SqliteStore:
         finally:
             connection.close()
 
-    # -- schema ------------------------------------------------------------------------------
-
     def check_health(self) -> None:
         self._reader().execute("SELECT 1").fetchone()
         self._writer.write_failures.check()
@@ -547,8 +545,8 @@ def _log_usage_operation(
             ),
         )
         # Alerts join the usage's transaction. They are rare, so the usual write stays one
-        # statement; should an alert insert fail after the usage insert, _run_one rolls the
-        # whole batch back, so nothing half-written is ever committed.
+        # statement; should an alert insert fail after the usage insert, the writer rolls the
+        # whole batch back (``group_commit._run_one``), so nothing half-written is committed.
         found = crossings(view.budget, record.cost, record.user_id, view.tenant_id)
         if found:
             insert_alerts(connection, found, view.period_label, now_ms)
