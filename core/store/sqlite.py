@@ -66,7 +66,7 @@ SWEEP_INTERVAL_MS = 250
 # On 1,000,000 users, where every write dirties pages of its own, one-connection p99 fell from
 # 8.0-9.5 ms at 100 ms to 4.1-4.3 ms at 20 ms (log-usage; holds 6.2-54 -> 3.4-3.7 ms), with
 # throughput at 32 connections inside the run-to-run swing; 10 and 5 ms cut the p99 further but
-# cost throughput (bench/README.md, session 9).
+# cost throughput (measured with bench.run --large on 2 cores).
 CHECKPOINT_INTERVAL_MS = 20
 WAL_BYTES_KEPT_MAX = 64 * 1024 * 1024
 CACHE_KIB_PER_CONNECTION = 16 * 1024
