@@ -33,13 +33,6 @@ from core.money import Money
 from core.periods import next_label
 
 
-class ResetScope(StrEnum):
-    """Which open periods a reset closes."""
-
-    EARLIER = "earlier"  # those of months before the label
-    ALL = "all"
-
-
 @dataclass(frozen=True, slots=True)
 class ResetRequest:
     """One reset as the store carries it out; ``current_label`` is the month it runs in."""
@@ -50,18 +43,15 @@ class ResetRequest:
     current_label: str
 
     @property
-    def scope(self) -> ResetScope:
-        return ResetScope.EARLIER if self.apply_once and not self.force else ResetScope.ALL
+    def guarded(self) -> bool:
+        """An unforced labelled reset: the rule may refuse it, and it closes earlier months only."""
+        return self.apply_once and not self.force
 
     @property
     def close_before_label(self) -> str:
-        """The stores close the open periods labelled before this text: the label itself, or
-        for ``ALL`` a text that sorts after every label."""
-        return self.label if self.scope is ResetScope.EARLIER else "9999-99"
-
-    @property
-    def guarded(self) -> bool:
-        return self.apply_once and not self.force
+        """The stores close the open periods labelled before this text: the label itself when
+        guarded, else a text that sorts after every label (every open period closes)."""
+        return self.label if self.guarded else "9999-99"
 
 
 @dataclass(frozen=True, slots=True)
