@@ -24,7 +24,6 @@ from prefect.logging import get_run_logger
 from core.alerts import (
     ALERT_BATCH_MAX,
     ALERT_ERROR_CHARS_MAX,
-    AdminNotice,
     Alert,
     AlertChannel,
     AlertSubject,
@@ -34,7 +33,7 @@ from core.alerts import (
 from core.ledger import Ledger
 from core.money import money_to_text
 from core.settings import Settings
-from flows.common import ADMIN_NOTICE_HOOKS, flow_settings, opened_ledger
+from flows.common import ADMIN_NOTICE_HOOKS, flow_settings, mail_admin, opened_ledger
 from flows.mail import send_mail
 
 ALERT_BATCHES_MAX = 50
@@ -52,20 +51,15 @@ def mail_alert(alert: Alert, to: str) -> None:
     send_mail(flow_settings(), to, subject, body)
 
 
-@task(name="mail-admin-notice", cache_policy=NO_CACHE)
-def mail_admin_notice(notice: AdminNotice, to: str) -> None:
-    send_mail(flow_settings(), to, notice.subject, notice.body)
-
-
 def deliver_admin_notices(ledger: Ledger, settings: Settings, retried: dict) -> tuple[int, int]:
     """Mail pending admin notices; (mailed, failed). Without SMTP or an admin they wait."""
     if settings.smtp_host is None or settings.admin_email is None:
         return 0, 0
-    mail = mail_admin_notice.with_options(**retried)
+    mail = mail_admin.with_options(**retried)
     mailed, failed = 0, 0
     for notice in ledger.pending_admin_notices(ADMIN_NOTICES_MAX):
         try:
-            mail(notice, settings.admin_email)
+            mail(notice.subject, notice.body)
         except Exception as error:  # noqa: BLE001 - the notice stays pending for the next run
             get_run_logger().warning("admin notice %d not mailed: %s", notice.id, error)
             failed += 1
@@ -148,7 +142,12 @@ def deliver_alerts(batch_size: int = ALERT_BATCH_MAX, retry_delay_seconds: float
         notices_mailed, notices_failed = deliver_admin_notices(ledger, settings, retried)
         if not channels:
             logger.warning("neither SMTP_HOST nor ALERT_WEBHOOK_URL is set: alerts stay pending")
-            return {"delivered": 0, "failed": 0, "notices_mailed": 0, "notices_failed": 0}
+            return {
+                "delivered": 0,
+                "failed": 0,
+                "notices_mailed": notices_mailed,
+                "notices_failed": notices_failed,
+            }
         for _ in range(ALERT_BATCHES_MAX):
             batch = ledger.pending_alerts(after_id, batch_size)
             if not batch:
