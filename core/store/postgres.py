@@ -1,4 +1,4 @@
-"""The production store: PostgreSQL through psycopg 3 and a bounded connection pool.
+"""The production store: PostgreSQL through psycopg 3, on the pool of ``postgres_connections``.
 
 Every connection is in autocommit. A hot write (a hold, a log, a release) is one call of a
 plpgsql function from ``postgres_migrations`` — one round trip and one transaction that locks
@@ -11,19 +11,20 @@ the database's decision agreed (``ledger_log_usage`` also writes the alerts of
 transactions here; the flows' reads and repairs in ``postgres_flows``. A check without a hold
 is one read. Counters, CHECKs and append-only history are kept by the schema's triggers, as in
 SQLite.
+
+Over 500 lines for one job: the ledger on PostgreSQL, one short method for each of the ~30
+operations of ``LedgerStore``. What is not that job lives apart: the connections, their failures
+and the health probe (``postgres_connections``), the statements both stores run (``ledger_sql``,
+``flows_sql``), the flows' reads and repairs (``postgres_flows``) and the plpgsql functions
+(``postgres_migrations``).
 """
 
 import logging
-import re
-import select
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
-import psycopg.conninfo
-import psycopg_pool
 
 from core.accounts import CreditGrant, NewUser, Product, Tenant, UserView, check_grant
 from core.alerts import (
@@ -41,9 +42,7 @@ from core.errors import (
     Invalid,
     LedgerError,
     NotFound,
-    Unavailable,
 )
-from core.failure_log import FailureLog
 from core.money import Money
 from core.reconcile import EXPIRED_HOLD_GRACE_MS, Check, Drift
 from core.reservations import Reservation, ReservationState, check_release
@@ -59,13 +58,19 @@ from core.store import ledger_sql, postgres_flows
 from core.store.base import (
     USER_VIEW_COLUMNS,
     GroupBy,
-    WriteFailures,
     migration_scripts,
     newer_migrations,
     user_view_from_row,
 )
 from core.store.flows_sql import backfill_note, pg_params
 from core.store.ledger_sql import request_from_row
+from core.store.postgres_connections import (
+    CONNECT_TIMEOUT_SECONDS,
+    METRICS_POOL_WAIT_SECONDS,
+    PostgresConnections,
+    configure,
+    first_line,
+)
 from core.usage import LogOutcome, UsageGroup, UsageRecord, check_log
 
 log = logging.getLogger(__name__)
@@ -78,22 +83,6 @@ AUTOVACUUM_OFF_WARNING = (
     " holds accumulate, and updated counter rows bloat their tables; turn autovacuum on, or"
     " run VACUUM ANALYZE on this database every few minutes"
 )
-POOL_WAITING_MAX = 4_096
-CONNECT_TIMEOUT_SECONDS = 10
-# How long the pool retries replacing a lost connection before it gives up. With
-# psycopg_pool's default (5 minutes) its attempts back off from 1 s, doubling, so after an
-# outage of N seconds the next came up to N seconds after the server was back: requests failed
-# for ~3 s more after a restart. Given up, the pool connects again only for a request that
-# starts waiting; the housekeeper asks it to whenever requests wait with no connection idle
-# (``_reconnect_while_waiting``): an attempt at least every ~0.75 s while requests wait.
-POOL_RECONNECT_TIMEOUT_SECONDS = 0.5
-# GET / waits this long for its probe of the server, and /metrics this long for a pooled
-# connection, instead of the pool's timeout (5 s by default: past the health check's 3 s).
-HEALTH_PROBE_WAIT_SECONDS = 0.5
-METRICS_POOL_WAIT_SECONDS = 0.5
-# libpq's shortest connect timeout; the probe is waited for less (HEALTH_PROBE_WAIT_SECONDS).
-PROBE_CONNECT_TIMEOUT_SECONDS = 2
-STATEMENT_TIMEOUT_MS = 30_000
 SWEEP_INTERVAL_MS = 250
 SWEEP_BATCH_MAX = 1_000
 USAGE_BUCKET_MS = 15 * 60 * 1000
@@ -151,49 +140,27 @@ class PostgresStore:
         pool_size: int,
         pool_timeout_seconds: float,
     ) -> None:
-        assert database_url.startswith(("postgresql://", "postgres://"))
-        assert pool_size > 0 and pool_timeout_seconds > 0
         self._clock_ms = clock_ms
-        self._pool_size = pool_size
-        self._write_failures = WriteFailures(clock_ms)
-        self._failures = FailureLog(log, "postgres operation failed")
-        self._probe = _HealthProbe(database_url)
-        self._pool = psycopg_pool.ConnectionPool(
+        self._db = PostgresConnections(
             database_url,
-            min_size=pool_size,
-            max_size=pool_size,
-            timeout=pool_timeout_seconds,
-            max_waiting=POOL_WAITING_MAX,
-            reconnect_timeout=POOL_RECONNECT_TIMEOUT_SECONDS,
-            kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_SECONDS},
-            configure=_configure,
-            name="billing",
-            open=False,
+            clock_ms,
+            pool_size=pool_size,
+            pool_timeout_seconds=pool_timeout_seconds,
         )
         try:
-            # One direct attempt first, so a wrong URL fails at once with libpq's reason (the
-            # pool would retry until its timeout). libpq's messages never carry the password.
-            psycopg.connect(database_url, connect_timeout=CONNECT_TIMEOUT_SECONDS).close()
-            self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_SECONDS)
-        except (psycopg_pool.PoolTimeout, psycopg.Error) as error:
-            self._pool.close()
-            raise ConfigurationError(
-                f"DATABASE_URL: cannot connect to PostgreSQL {_describe(database_url)}"
-                f" within {CONNECT_TIMEOUT_SECONDS} s: {_first_line(error)}"
-            ) from None
-        try:
-            self.applied_migrations, self.newer_migrations = self._migrate()
-            self.configuration_warnings = self._configuration_warnings()
+            with self._db.setup_connection() as connection:
+                self.applied_migrations, self.newer_migrations = self._migrate(connection)
+                warnings = [AUTOVACUUM_OFF_WARNING] if autovacuum_off(connection) else []
+                self.configuration_warnings = warnings
         except psycopg.Error as error:
             # Not a traceback at start-up: a read-only server (a standby), a role that may not
             # create tables.
-            self._pool.close()
+            self._db.close()
             raise ConfigurationError(
-                f"DATABASE_URL: cannot migrate PostgreSQL {_describe(database_url)}:"
-                f" {_first_line(error)}"
+                f"DATABASE_URL: cannot migrate PostgreSQL {self._db.described}: {first_line(error)}"
             ) from None
         except BaseException:
-            self._pool.close()
+            self._db.close()
             raise
         self._last_sweep_ms = 0
         self._sweep_lock = threading.Lock()
@@ -203,83 +170,17 @@ class PostgresStore:
         )
         self._housekeeper.start()
 
-    # -- connections -------------------------------------------------------------------------
-
-    @contextmanager
-    def _connection(
-        self, write: bool = False, wait_seconds: float | None = None
-    ) -> Iterator[psycopg.Connection[Any]]:
-        """A pooled connection, waited for at most ``wait_seconds`` (None: the pool's timeout);
-        failures of the database become ``Unavailable`` (a 503), logged as ``FailureLog``
-        lines.
-
-        With ``write``, the database's own failure (not a busy pool, not a constraint) is
-        remembered for the health check until a write succeeds (``WriteFailures``).
-        """
-        try:
-            connection = self._live_connection(wait_seconds)
-            try:
-                with connection:  # what the pool's own connection() does: end the transaction
-                    yield connection
-            finally:
-                self._pool.putconn(connection)
-        except psycopg_pool.TooManyRequests:
-            self._failures.failed("too many requests wait for a connection")
-            raise Unavailable("too many requests wait for the database; retry shortly") from None
-        except psycopg_pool.PoolTimeout:
-            self._failures.failed("no connection free in time")
-            raise Unavailable("no database connection free in time; retry shortly") from None
-        except psycopg.IntegrityError as error:
-            log.error("integrity check refused a write: %s", error)
-            raise Unavailable("write refused by a database constraint") from None
-        except psycopg.Error as error:
-            self._failures.failed(_first_line(error))
-            if write:
-                self._write_failures.failed(_first_line(error))
-            raise Unavailable("database operation failed; retry shortly") from None
-        if write:
-            self._write_failures.succeeded()
-
-    def _live_connection(self, wait_seconds: float | None) -> psycopg.Connection[Any]:
-        """A pooled connection the server has not closed. After a restart or failover every
-        idle one is closed: each found so is dropped (the pool opens its replacement) and the
-        next taken, so no call fails on a connection that was dead before it began."""
-        for _ in range(self._pool_size + 1):
-            connection = self._pool.getconn(wait_seconds)
-            if not _closed_by_server(connection):
-                return connection
-            connection.close()
-            self._pool.putconn(connection)
-        self._failures.failed("the server keeps closing connections")
-        raise Unavailable("the database keeps closing connections; retry shortly")
-
-    def _one(
-        self,
-        sql: str,
-        params: tuple[object, ...] | dict[str, Any],
-        write: bool = False,
-        wait_seconds: float | None = None,
-    ) -> tuple[Any, ...] | None:
-        with self._connection(write, wait_seconds) as connection:
-            return connection.execute(sql, params).fetchone()
-
     def close(self) -> None:
         self._closing.set()
         self._housekeeper.join(timeout=CONNECT_TIMEOUT_SECONDS)
-        self._pool.close()
-        self._probe.close()
+        self._db.close()
 
     def check_health(self) -> None:
-        """Raise when the server does not answer within ``HEALTH_PROBE_WAIT_SECONDS``, answers
-        but takes no writes (a standby, or a primary demoted by a failover while this process
-        kept its address), or refused the last write (a full disk) with none succeeding since."""
-        if self._probe.read_only_setting() != "off":
-            raise Unavailable("PostgreSQL takes no writes: transaction_read_only is on")
-        self._write_failures.check()
+        self._db.check_health()
 
     # -- schema ------------------------------------------------------------------------------
 
-    def _migrate(self) -> tuple[list[str], list[str]]:
+    def _migrate(self, connection: psycopg.Connection[Any]) -> tuple[list[str], list[str]]:
         """Apply pending migrations, each in its own transaction, under an advisory lock, so
         of two processes starting at once one migrates and the other then finds it done.
 
@@ -287,41 +188,34 @@ class PostgresStore:
         """
         scripts = migration_scripts("postgres_migrations")
         done: list[str] = []
-        with self._pool.connection() as connection:
-            # A migration (or the wait for another process's) may take longer than a request's
-            # statement_timeout; it is lifted for this session while migrating.
-            connection.execute("SET statement_timeout = 0")
-            connection.execute("SELECT pg_advisory_lock(%s, %s)", (LOCK_NAMESPACE, LOCK_MIGRATIONS))
-            try:
-                connection.execute(
-                    "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
-                    " name TEXT NOT NULL, applied_at BIGINT NOT NULL)"
-                )
-                recorded = connection.execute(
-                    "SELECT version, name FROM schema_migrations"
-                ).fetchall()
-                applied = {version for version, _ in recorded}
-                for script in scripts:
-                    if script.version in applied:
-                        continue
-                    with connection.transaction():
-                        connection.execute(script.sql.encode())
-                        connection.execute(
-                            "INSERT INTO schema_migrations (version, name, applied_at)"
-                            " VALUES (%s, %s, %s)",
-                            (script.version, script.name, self._clock_ms()),
-                        )
-                    done.append(script.name)
-            finally:
-                connection.execute(
-                    "SELECT pg_advisory_unlock(%s, %s)", (LOCK_NAMESPACE, LOCK_MIGRATIONS)
-                )
-                _configure(connection)
+        # A migration (or the wait for another process's) may take longer than a request's
+        # statement_timeout; it is lifted for this session while migrating.
+        connection.execute("SET statement_timeout = 0")
+        connection.execute("SELECT pg_advisory_lock(%s, %s)", (LOCK_NAMESPACE, LOCK_MIGRATIONS))
+        try:
+            connection.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
+                " name TEXT NOT NULL, applied_at BIGINT NOT NULL)"
+            )
+            recorded = connection.execute("SELECT version, name FROM schema_migrations").fetchall()
+            applied = {version for version, _ in recorded}
+            for script in scripts:
+                if script.version in applied:
+                    continue
+                with connection.transaction():
+                    connection.execute(script.sql.encode())
+                    connection.execute(
+                        "INSERT INTO schema_migrations (version, name, applied_at)"
+                        " VALUES (%s, %s, %s)",
+                        (script.version, script.name, self._clock_ms()),
+                    )
+                done.append(script.name)
+        finally:
+            connection.execute(
+                "SELECT pg_advisory_unlock(%s, %s)", (LOCK_NAMESPACE, LOCK_MIGRATIONS)
+            )
+            configure(connection)
         return done, newer_migrations(recorded, scripts)
-
-    def _configuration_warnings(self) -> list[str]:
-        with self._pool.connection() as connection:
-            return [AUTOVACUUM_OFF_WARNING] if autovacuum_off(connection) else []
 
     # -- expired holds -----------------------------------------------------------------------
 
@@ -335,56 +229,45 @@ class PostgresStore:
             return
         try:
             self._last_sweep_ms = now_ms
-            self._one(
+            self._db.one(
                 "SELECT ledger_sweep_expired(%s, %s)",
                 (now_ms, SWEEP_BATCH_MAX),
                 write=True,
                 wait_seconds=wait_seconds,
             )
         except LedgerError as error:
-            self._failures.failed(f"sweep of expired holds skipped a round: {error}")
+            self._db.failed(f"sweep of expired holds skipped a round: {error}")
         finally:
             self._sweep_lock.release()
 
     def _housekeeping_loop(self) -> None:
-        """Sweep expired holds when no write comes along to do it, log the failures counted
-        since their last line (``FailureLog.report_due``), and reconnect while requests wait."""
+        """Sweep expired holds when no write comes along to do it, and let the connections
+        report their failures and reconnect (``PostgresConnections.housekeeping``)."""
         while not self._closing.wait(SWEEP_INTERVAL_MS / 1000):
-            self._failures.report_due()
-            _POOL_WARNINGS.failures.report_due()
-            self._reconnect_while_waiting()
+            self._db.housekeeping()
             # No longer than a round: waiting the pool's timeout through an outage held up the
             # reconnecting above for 5 s at a time.
             self._sweep_if_due(self._clock_ms(), SWEEP_INTERVAL_MS / 1000)
 
-    def _reconnect_while_waiting(self) -> None:
-        """Requests wait and no connection is idle: the pool tries to connect now (``check``
-        grows an empty pool that is short of connections), not only when the next request
-        starts waiting. Requests already waiting when the server came back were otherwise
-        left to their timeout: the first answer came 1.8 s after it was back."""
-        stats = self._pool.get_stats()
-        if stats.get("requests_waiting", 0) and not stats.get("pool_available", 0):
-            self._pool.check()
-
     # -- reads -------------------------------------------------------------------------------
 
     def read_user(self, user_id: str, now_ms: int) -> UserView | None:
-        row = self._one(_READ_USER_SQL, (user_id, now_ms))
+        row = self._db.one(_READ_USER_SQL, (user_id, now_ms))
         return None if row is None else user_view_from_row(row)
 
     def user_id_by_email(self, email: str) -> str | None:
-        row = self._one(_USER_ID_BY_EMAIL_SQL, {"email_key": email.casefold()})
+        row = self._db.one(_USER_ID_BY_EMAIL_SQL, {"email_key": email.casefold()})
         return None if row is None else row[0]
 
     def count_open_reservations(self, now_ms: int) -> int:
         """For /metrics: waits ``METRICS_POOL_WAIT_SECONDS`` at most for a connection."""
-        with self._connection(wait_seconds=METRICS_POOL_WAIT_SECONDS) as connection:
+        with self._db.connection(wait_seconds=METRICS_POOL_WAIT_SECONDS) as connection:
             row = connection.execute(_COUNT_OPEN_RESERVATIONS_SQL, {"now": now_ms}).fetchone()
         assert row is not None
         return int(row[0])
 
     def list_products(self) -> list[Product]:
-        with self._connection() as connection:
+        with self._db.connection() as connection:
             rows = connection.execute(_LIST_PRODUCTS_SQL).fetchall()
         return ledger_sql.products_from_rows(rows)
 
@@ -392,7 +275,7 @@ class PostgresStore:
         self, user_id: str, from_ms: int, to_ms: int, group_by: GroupBy
     ) -> list[UsageGroup]:
         key = "model" if group_by == "model" else f"created_at / {USAGE_BUCKET_MS}"
-        with self._connection() as connection:
+        with self._db.connection() as connection:
             rows = connection.execute(
                 f"SELECT {key}, COUNT(*), SUM(tokens_input), SUM(tokens_output), SUM(cost)"
                 " FROM usage WHERE user_id = %s AND created_at >= %s AND created_at < %s"
@@ -416,7 +299,7 @@ class PostgresStore:
         self, user_id: str, request_id: str, amount: Money, expires_at_ms: int, now_ms: int
     ) -> CheckResult:
         self._sweep_if_due(now_ms)
-        row = self._one(
+        row = self._db.one(
             _RESERVE_SQL, (user_id, request_id, amount, expires_at_ms, now_ms), write=True
         )
         if row is None:
@@ -439,12 +322,12 @@ class PostgresStore:
         self, record: UsageRecord, response_time_ms: int | None, now_ms: int
     ) -> LogOutcome:
         self._sweep_if_due(now_ms)
-        with self._connection(write=True) as connection:
+        with self._db.connection(write=True) as connection:
             return _log_usage(connection, record, response_time_ms, now_ms)
 
     def backfill_usage(self, record: UsageRecord, source: str, now_ms: int) -> bool:
         """``log_usage`` and, when it created the usage, its audit row: one transaction."""
-        with self._connection(write=True) as connection, connection.transaction():
+        with self._db.connection(write=True) as connection, connection.transaction():
             outcome = _log_usage(connection, record, None, now_ms)
             if outcome.created:
                 backfilled = Drift(Check.BACKFILL, record.request_id, 0, record.cost)
@@ -453,7 +336,7 @@ class PostgresStore:
 
     def release(self, request_id: str, now_ms: int) -> Reservation:
         self._sweep_if_due(now_ms)
-        row = self._one(_RELEASE_SQL, (request_id, now_ms), write=True)
+        row = self._db.one(_RELEASE_SQL, (request_id, now_ms), write=True)
         if row is None:
             raise NotFound("no reservation with this request_id", request_id=request_id)
         reservation = ledger_sql.hold_from_row(request_id, row[:-1])
@@ -467,7 +350,7 @@ class PostgresStore:
     def reset_periods(self, request: ResetRequest, now_ms: int) -> ResetOutcome:
         """The reset rule is checked under the resets' lock, in the reset's transaction."""
         label = request.label
-        with self._connection(write=True) as connection, connection.transaction():
+        with self._db.connection(write=True) as connection, connection.transaction():
             connection.execute(
                 "SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_NAMESPACE, LOCK_RESETS)
             )
@@ -495,38 +378,38 @@ class PostgresStore:
         return outcome
 
     def closed_period_summary(self, label: str, top_n: int) -> PeriodSummary:
-        with self._connection() as connection:
+        with self._db.connection() as connection:
             return postgres_flows.closed_period_summary(connection, label, top_n)
 
     # -- the flows: alert outbox, reconciliation, retention ----------------------------------
 
     def pending_admin_notices(self, limit: int) -> list[AdminNotice]:
         assert limit > 0
-        with self._connection() as connection:
+        with self._db.connection() as connection:
             rows = connection.execute(_PENDING_ADMIN_NOTICES_SQL, {"limit": limit}).fetchall()
         return ledger_sql.notices_from_rows(rows)
 
     def admin_notice_delivered(self, notice_id: int, now_ms: int) -> None:
-        with self._connection(write=True) as connection:
+        with self._db.connection(write=True) as connection:
             connection.execute(_ADMIN_NOTICE_DELIVERED_SQL, {"id": notice_id, "now": now_ms})
 
     def pending_alerts(self, after_id: int, limit: int) -> list[Alert]:
-        with self._connection() as connection:
+        with self._db.connection() as connection:
             return postgres_flows.pending_alerts(connection, after_id, limit)
 
     def record_alert_attempt(
         self, alert_id: int, channels_done: frozenset[AlertChannel], error: str | None, now_ms: int
     ) -> None:
-        with self._connection(write=True) as connection:
+        with self._db.connection(write=True) as connection:
             postgres_flows.record_alert_attempt(connection, alert_id, channels_done, error, now_ms)
 
     def find_drift(self, now_ms: int, expired_grace_ms: int, limit: int) -> list[Drift]:
-        with self._connection() as connection:
+        with self._db.connection() as connection:
             return postgres_flows.find_drift(connection, now_ms, expired_grace_ms, limit)
 
     def repair_drift(self, drift: Drift, now_ms: int) -> Drift | None:
         """One write transaction; repairs run one at a time across processes."""
-        with self._connection(write=True) as connection, connection.transaction():
+        with self._db.connection(write=True) as connection, connection.transaction():
             connection.execute(
                 "SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_NAMESPACE, LOCK_REPAIRS)
             )
@@ -537,7 +420,7 @@ class PostgresStore:
         while a batch comes back full. A closed hold never reopens, and the schema refuses to
         delete an open one."""
         assert limit > 0
-        with self._connection(write=True) as connection:
+        with self._db.connection(write=True) as connection:
             return connection.execute(
                 "DELETE FROM reservations WHERE request_id IN (SELECT request_id FROM reservations"
                 " WHERE state <> 'open' AND closed_at < %s LIMIT %s)",
@@ -548,7 +431,7 @@ class PostgresStore:
 
     def provision_user(self, user: NewUser, now_ms: int) -> UserView:
         parameters = ledger_sql.new_user_params(user, now_ms)
-        with self._connection(write=True) as connection, connection.transaction():
+        with self._db.connection(write=True) as connection, connection.transaction():
             # Shared with other provisionings, exclusive with a reset (ledger_reset).
             connection.execute(
                 "SELECT pg_advisory_xact_lock_shared(%s, %s)", (LOCK_NAMESPACE, LOCK_RESETS)
@@ -576,14 +459,14 @@ class PostgresStore:
 
     def _put(self, put_sql: str, plan: Product | Tenant, now_ms: int) -> bool:
         """Create or replace a product or a tenant; True when created."""
-        row = self._one(put_sql, ledger_sql.put_params(plan, now_ms), write=True)
+        row = self._db.one(put_sql, ledger_sql.put_params(plan, now_ms), write=True)
         assert row is not None
         return bool(row[0])
 
     def update_user(
         self, user_id: str, status: UserStatus | None, product_id: str | None, now_ms: int
     ) -> UserView:
-        with self._connection(write=True) as connection, connection.transaction():
+        with self._db.connection(write=True) as connection, connection.transaction():
             _lock_user(connection, user_id)
             if product_id is not None:
                 known = connection.execute(_PRODUCT_EXISTS_SQL, {"id": product_id}).fetchone()
@@ -597,7 +480,7 @@ class PostgresStore:
             return _require_user(connection, user_id, now_ms)
 
     def grant_credit(self, grant: CreditGrant, now_ms: int) -> tuple[bool, UserView]:
-        with self._connection(write=True) as connection, connection.transaction():
+        with self._db.connection(write=True) as connection, connection.transaction():
             # The grant_id's lock makes a concurrent replay for another user wait and conflict.
             connection.execute(
                 "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (grant.grant_id,)
@@ -654,146 +537,10 @@ def _log_usage(
     return outcome
 
 
-def _configure(connection: psycopg.Connection[Any]) -> None:
-    """Every pooled connection: a bound on each statement (lock waits included), and generic
-    plans for prepared statements.
-
-    The hot statements (psycopg prepares each after 5 runs) look a row up by key. Left to
-    choose, PostgreSQL kept re-planning the user view on every call once holds existed, as the
-    generic plan's estimate for the tenant's expired holds looked dear: with 20,000 open holds
-    a user-view call cost 440 µs (1,400 µs before autovacuum's ANALYZE) against 150 µs with the
-    generic plan. Reserve and log calls were no slower with it (measured on a probe database).
-    """
-    connection.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
-    connection.execute("SET plan_cache_mode = force_generic_plan")
-
-
-class _PoolWarnings(logging.Filter):
-    """psycopg_pool's warnings, a line for each failed connection attempt and each dropped
-    connection (48 lines through a 6 s outage), counted into one ``FailureLog`` instead."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.failures = FailureLog(log, "postgres pool")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno != logging.WARNING:
-            return True
-        message = record.getMessage().strip().split("\n", 1)[0]
-        self.failures.failed(_OBJECT_ADDRESS.sub("", message))
-        return False
-
-
-# " at 0x7f…" in an object's repr: one kind of failure per connection object otherwise.
-_OBJECT_ADDRESS = re.compile(r" at 0x[0-9a-f]+")
-_POOL_WARNINGS = _PoolWarnings()
-logging.getLogger("psycopg.pool").addFilter(_POOL_WARNINGS)
-
-
-class _HealthProbe:
-    """Asks the server whether it takes writes, on a connection of its own, and waits at most
-    ``HEALTH_PROBE_WAIT_SECONDS`` for the answer.
-
-    Not through the pool: a pool busy serving requests is not a database that is down, and a
-    pool whose server is down made the health check wait the pool's timeout (5 s). The probe
-    runs in a thread of its own, one at a time: a check that finds one running waits for it,
-    so a server that hangs holds one thread, not one per check.
-    """
-
-    def __init__(self, database_url: str) -> None:
-        self._database_url = database_url
-        self._lock = threading.Lock()
-        self._running: threading.Thread | None = None
-        # The last probe's answer: transaction_read_only, or why there is none.
-        self._answer: tuple[str | None, str] = (None, "no probe of PostgreSQL has finished")
-        self._connection: psycopg.Connection[Any] | None = None  # used by one probe at a time
-        self._closed = False
-
-    def read_only_setting(self) -> str:
-        """``transaction_read_only`` as the server says it; ``Unavailable`` when it fails, does
-        not answer in time, or the store is closed."""
-        with self._lock:
-            if self._closed:
-                raise Unavailable("the store is closed")
-            probe = self._running
-            if probe is None or not probe.is_alive():
-                probe = threading.Thread(target=self._probe, name="postgres-probe", daemon=True)
-                self._running = probe
-                probe.start()
-        probe.join(HEALTH_PROBE_WAIT_SECONDS)
-        if probe.is_alive():
-            raise Unavailable(f"PostgreSQL did not answer within {HEALTH_PROBE_WAIT_SECONDS} s")
-        setting, failure = self._answer
-        if setting is None:
-            raise Unavailable(failure)
-        return setting
-
-    def _probe(self) -> None:
-        try:
-            connection = self._connection
-            if connection is None or _closed_by_server(connection):
-                if connection is not None:
-                    connection.close()
-                self._connection = None
-                connection = psycopg.connect(
-                    self._database_url,
-                    autocommit=True,
-                    connect_timeout=PROBE_CONNECT_TIMEOUT_SECONDS,
-                )
-                self._connection = connection
-            row = connection.execute("SELECT current_setting('transaction_read_only')").fetchone()
-            self._answer = ("on" if row is None else row[0], "")
-        except Exception as error:  # whatever it is, the last answer must not stand
-            if self._connection is not None:
-                self._connection.close()
-                self._connection = None
-            self._answer = (None, f"PostgreSQL probe failed: {_first_line(error)}")
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            probe = self._running
-        if probe is not None:
-            probe.join(HEALTH_PROBE_WAIT_SECONDS)
-        if self._connection is not None and (probe is None or not probe.is_alive()):
-            self._connection.close()
-
-
-def _closed_by_server(connection: psycopg.Connection[Any]) -> bool:
-    """Whether an idle connection has been closed by the server, asked without a round trip.
-
-    An idle connection has nothing to read unless the server said goodbye (the FATAL message
-    of a shutdown or pg_terminate_backend) or closed the socket: one poll of the socket tells.
-    A healthy connection found readable for another reason is only replaced.
-    """
-    if connection.closed:
-        return True
-    poller = select.poll()
-    poller.register(connection.fileno(), select.POLLIN)
-    return bool(poller.poll(0))
-
-
 def autovacuum_off(connection: psycopg.Connection[Any]) -> bool:
     """Whether the server runs without autovacuum (see ``AUTOVACUUM_OFF_WARNING``)."""
     row = connection.execute("SELECT current_setting('autovacuum')").fetchone()
     return row is not None and row[0] == "off"
-
-
-def _first_line(error: Exception) -> str:
-    """libpq's and the server's reason, without the context lines (they never carry the
-    password)."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else "no answer"
-
-
-def _describe(database_url: str) -> str:
-    """Host, port and database of a URL, never its password."""
-    try:
-        parts = psycopg.conninfo.conninfo_to_dict(database_url)
-    except psycopg.ProgrammingError:
-        return "(unparseable DATABASE_URL)"
-    host = parts.get("host", "localhost")
-    return f"{host}:{parts.get('port', 5432)}/{parts.get('dbname', '')}"
 
 
 def _lock_user(connection: psycopg.Connection[Any], user_id: str) -> None:
