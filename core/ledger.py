@@ -47,13 +47,6 @@ def new_user_id() -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class ResetResult:
-    label: str
-    users_reset: int
-    already_done: bool
-
-
-@dataclass(frozen=True, slots=True)
 class UsageSummary:
     from_ms: int
     to_ms: int
@@ -127,6 +120,10 @@ class Ledger:
     def user(self, user_id: str) -> UserView:
         return self._require_user(user_id, self.clock_ms())
 
+    def find_user(self, user_id: str) -> UserView | None:
+        """The user with this id, or None."""
+        return self.store.read_user(user_id, self.clock_ms())
+
     def user_by_email(self, email: str) -> UserView | None:
         """The user with this email (case-insensitive), or None."""
         user_id = self.store.user_id_by_email(email)
@@ -188,7 +185,7 @@ class Ledger:
 
     # -- administration ---------------------------------------------------------------------
 
-    def reset_budgets(self, label: str | None, force: bool = False) -> ResetResult:
+    def reset_budgets(self, label: str | None, force: bool = False) -> ResetOutcome:
         """Without a label, close every open period now (the operator's explicit act). With
         one, at most once per label, by the reset rule of ``core.resets``: refused
         (``ResetRefused``) when it could only destroy a month, unless ``force``."""
@@ -207,8 +204,9 @@ class Ledger:
             force=force,
             current_label=current_label,
         )
-        outcome: ResetOutcome = self.store.reset_periods(request, now_ms)
-        return ResetResult(request.label, outcome.users_reset, outcome.already_done)
+        outcome = self.store.reset_periods(request, now_ms)
+        assert outcome.label == request.label, (outcome, request)
+        return outcome
 
     def provision_user(
         self, email: str, password: str, product_id: str, tenant_id: str, user_id: str | None

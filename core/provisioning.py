@@ -112,7 +112,7 @@ class Provisioner:
     def _existing_user(self, request: ProvisionRequest) -> UserView | None:
         """The ledger user holding this id or, failing that, this email."""
         if request.user_id is not None:
-            by_id = self._ledger.store.read_user(request.user_id, self._ledger.clock_ms())
+            by_id = self._ledger.find_user(request.user_id)
             if by_id is not None:
                 return by_id
         return self._ledger.user_by_email(request.email)

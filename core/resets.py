@@ -64,6 +64,9 @@ class OpenPeriods:
 
 @dataclass(frozen=True, slots=True)
 class ResetOutcome:
+    """What a reset did: how many users' periods it closed, or that its label was applied."""
+
+    label: str
     users_reset: int
     already_done: bool
 

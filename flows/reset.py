@@ -24,10 +24,10 @@ from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
 from core.errors import LedgerError, ResetRefused, Unavailable
-from core.ledger import Ledger, ResetResult
+from core.ledger import Ledger
 from core.money import money_to_text
 from core.periods import PeriodLabel, label_at, to_ms
-from core.resets import PeriodSummary
+from core.resets import PeriodSummary, ResetOutcome
 from flows.common import ADMIN_NOTICE_HOOKS, flow_settings, mail_admin, opened_ledger
 
 RESET_RETRIES = 4
@@ -49,7 +49,7 @@ def _transient(_task: object, _run: object, state: object) -> bool:
     retry_condition_fn=_transient,
     cache_policy=NO_CACHE,
 )
-def reset_budgets(ledger: Ledger, label: str, force: bool) -> ResetResult:
+def reset_budgets(ledger: Ledger, label: str, force: bool) -> ResetOutcome:
     return ledger.reset_budgets(label, force)
 
 
@@ -88,7 +88,7 @@ def summary_text(report: ResetReport) -> str:
 
 
 def _report(
-    result: ResetResult | None,
+    result: ResetOutcome | None,
     label: str,
     forced: bool,
     skipped: str | None,
@@ -154,7 +154,7 @@ def monthly_budget_reset(
         logger.warning("forced reset to %s: every open period will be closed", label)
     failures: list[str] = []
     skipped: str | None = None
-    result: ResetResult | None = None
+    result: ResetOutcome | None = None
     summary: PeriodSummary | None = None
     with opened_ledger(settings) as ledger:
         try:

@@ -357,7 +357,7 @@ class PostgresStore:
             if request.apply_once:
                 done = connection.execute(_APPLIED_RESET_SQL, {"label": label}).fetchone()
                 if done is not None:
-                    return ResetOutcome(0, True)
+                    return ResetOutcome(label, 0, True)
             bounds = connection.execute(
                 'SELECT MIN(period_label COLLATE "C"), MAX(period_label COLLATE "C") FROM users'
             ).fetchone()
@@ -370,7 +370,7 @@ class PostgresStore:
                 (label, request.apply_once, request.close_before_label, now_ms),
             ).fetchone()
             assert row is not None
-            outcome = ResetOutcome(int(row[0]), bool(row[1]))
+            outcome = ResetOutcome(label, int(row[0]), bool(row[1]))
             if request.force and not outcome.already_done:
                 notice = forced_reset_notice(label, outcome.users_reset)
                 parameters = {"subject": notice.subject, "body": notice.body, "now": now_ms}

@@ -410,7 +410,7 @@ class SqliteStore:
             if request.apply_once:
                 done = connection.execute(ledger_sql.APPLIED_RESET_SQL, {"label": label})
                 if done.fetchone() is not None:
-                    return ResetOutcome(0, True)
+                    return ResetOutcome(label, 0, True)
             earliest, latest = connection.execute(
                 "SELECT MIN(period_label), MAX(period_label) FROM users"
             ).fetchone()
@@ -448,7 +448,7 @@ class SqliteStore:
                 notice = forced_reset_notice(label, users_reset)
                 parameters = {"subject": notice.subject, "body": notice.body, "now": now_ms}
                 connection.execute(ledger_sql.INSERT_ADMIN_NOTICE_SQL, parameters)
-            return ResetOutcome(users_reset, False)
+            return ResetOutcome(label, users_reset, False)
 
         return self._write(operation)
 
