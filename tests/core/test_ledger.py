@@ -1,4 +1,9 @@
-"""The ledger over a real SQLite file: provisioning, holds, usage, releases, expiry, credits, resets."""
+"""The ledger over a real SQLite file: provisioning, holds, usage, releases, expiry, credits, resets.
+
+Over 500 lines for one job: the ``Ledger``'s public operations end to end, ~50 short tests in
+one section per operation; the pure rules each have their own module (test_budget, test_usage,
+test_resets, ...), and both stores are held to the same behaviour in test_store_*.
+"""
 
 import gc
 from datetime import UTC, datetime
