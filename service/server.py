@@ -7,6 +7,7 @@ import socket
 
 import waitress
 from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser, ParsingError
 from waitress.server import BaseWSGIServer
 from waitress.task import ErrorTask
 
@@ -78,6 +79,20 @@ class JsonErrorTask(ErrorTask):
         self.write(body)
 
 
+class StrictTargetParser(HTTPRequestParser):
+    """Waitress's parser, with a request target that ``urllib.parse.urlsplit`` rejects (an
+    absolute form with an unclosed IPv6 host, ``http://[::1/``) refused as a 400 like any other
+    malformed request line. Waitress turns only ``UnicodeError`` from it into a 400: the
+    ``ValueError`` escaped its loop, which closed the connection without an answer and logged an
+    error with a traceback for every such request."""
+
+    def parse_header(self, header_plus: bytes) -> None:
+        try:
+            super().parse_header(header_plus)
+        except ValueError:
+            raise ParsingError("Bad URI") from None
+
+
 class BoundedOutputChannel(HTTPChannel):
     """A connection with at most ``WAITRESS_PIPELINED_REQUESTS_MAX`` requests waiting and at
     most ``outbuf_high_watermark`` bytes unsent (plus one answer), and no thread waiting on its
@@ -92,6 +107,7 @@ class BoundedOutputChannel(HTTPChannel):
     """
 
     error_task_class = JsonErrorTask
+    parser_class = StrictTargetParser
     parked = False  # the next request waits for the client to read
 
     def received(self, data: bytes) -> bool:

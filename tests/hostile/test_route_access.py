@@ -162,6 +162,7 @@ FORMS: list[tuple[str, Callable[[str, int], str], bool]] = [
     ("every slash encoded", lambda path, port: "/" + path[1:].replace("/", "%2f") + "%2f", False),
     ("absolute-form, dot segment", lambda path, port: f"http://127.0.0.1:{port}/.{path}", False),
     ("absolute-form, another scheme", lambda path, port: f"ftp://127.0.0.1:{port}{path}", False),
+    ("absolute-form, unclosed IPv6 host", lambda path, port: f"http://[::1{path}", False),
 ]
 
 
