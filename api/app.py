@@ -7,7 +7,7 @@ import falcon
 from api.auth import Access, KeyAuth, RouteAccess, TargetGuard
 from api.http import dumps, handle_ledger_error, respond_text, serialize_error
 from api.metrics import Metrics, MetricsResource
-from api.observe import RequestObserver, handle_unexpected_error
+from api.observe import RequestObserver, UnexpectedErrorHandler
 from api.openapi import openapi_document
 from api.resources.admin import (
     CreditsResource,
@@ -92,7 +92,7 @@ def create_app(
     app = BillingApp(route_access, middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     app.set_error_serializer(serialize_error)
-    app.add_error_handler(Exception, handle_unexpected_error)
+    app.add_error_handler(Exception, UnexpectedErrorHandler())
     app.add_error_handler(LedgerError, handle_ledger_error)
     app.add_error_handler(RateLimited, handle_rate_limited)
 

@@ -6,11 +6,13 @@ import os
 import re
 import secrets
 import time
+import traceback
 
 import falcon
 
 from api.http import ApiError
 from api.metrics import UNROUTED, Metrics
+from core.failure_log import FailureLog
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # An incoming id is kept only if it is short and plain, so it cannot forge or bloat a log line.
@@ -138,16 +140,24 @@ def _only_request_line_handler(logger: logging.Logger) -> RequestLineHandler | N
     return None
 
 
-def handle_unexpected_error(
-    req: falcon.Request, resp: falcon.Response, error: Exception, _: dict
-) -> None:
+class UnexpectedErrorHandler:
     """A bug: log it as one JSON record with its request id, answer ``500`` JSON.
 
-    Replaces Falcon's default, which writes a plain-text traceback to the WSGI error stream.
+    Replaces Falcon's default, which writes a plain-text traceback to the WSGI error stream. A
+    bug a client can reach again and again would write a traceback per request: the records go
+    through a ``FailureLog``, one per kind and place at most every few seconds, with the count.
     """
-    log.error(
-        "unhandled error",
-        exc_info=error,
-        extra={"fields": {"request_id": getattr(req.context, "request_id", None)}},
-    )
-    raise ApiError(falcon.HTTP_500, "internal_error", "internal error") from None
+
+    def __init__(self) -> None:
+        self._bugs = FailureLog(log, "unhandled error")
+
+    def __call__(
+        self, req: falcon.Request, resp: falcon.Response, error: Exception, _: dict
+    ) -> None:
+        where = traceback.extract_tb(error.__traceback__)[-1:]
+        place = f" at {where[0].filename}:{where[0].lineno}" if where else ""
+        request_id = getattr(req.context, "request_id", None)
+        self._bugs.failed(
+            f"{type(error).__name__}{place}", error=error, fields={"request_id": request_id}
+        )
+        raise ApiError(falcon.HTTP_500, "internal_error", "internal error") from None

@@ -25,6 +25,7 @@ class _FailureKind:
     count: int = 0  # failures since
     detail: str = ""  # the last one's text
     error: BaseException | None = None  # the last one's, when it was a bug
+    fields: dict[str, object] | None = None  # the last one's own, such as its request id
 
 
 class FailureLog:
@@ -50,11 +51,15 @@ class FailureLog:
         self._kinds: dict[str, _FailureKind] = {}
 
     def failed(
-        self, kind: str, detail: str | None = None, error: BaseException | None = None
+        self,
+        kind: str,
+        detail: str | None = None,
+        error: BaseException | None = None,
+        fields: dict[str, object] | None = None,
     ) -> None:
         """Count one failure of ``kind``. The line says ``detail`` (the last one's, when the
         failures of a kind differ in their text; else the kind); ``error``, for a failure that
-        is a bug, puts its traceback in the line."""
+        is a bug, puts its traceback in the line, and ``fields`` (the last one's) go with it."""
         now_ms = self._clock_ms()
         with self._lock:
             if kind not in self._kinds and len(self._kinds) >= FAILURE_KINDS_MAX:
@@ -63,6 +68,7 @@ class FailureLog:
             state.count += 1
             state.detail = kind if detail is None else detail
             state.error = error
+            state.fields = fields
             line = _take_due(state, now_ms)
         if line is not None:
             self._write(*line)
@@ -84,9 +90,14 @@ class FailureLog:
             self._write(*line)
 
     def _write(
-        self, detail: str, count: int, since_ms: int | None, error: BaseException | None
+        self,
+        detail: str,
+        count: int,
+        since_ms: int | None,
+        error: BaseException | None,
+        own_fields: dict[str, object] | None,
     ) -> None:
-        fields: dict[str, object] = {"failures": count}
+        fields: dict[str, object] = {**(own_fields or {}), "failures": count}
         if since_ms is not None:
             fields["seconds"] = round(since_ms / 1000, 1)
         self._logger.error(
@@ -100,11 +111,11 @@ def _interval_passed(state: _FailureKind, now_ms: int) -> bool:
 
 def _take_due(
     state: _FailureKind, now_ms: int
-) -> tuple[str, int, int | None, BaseException | None] | None:
+) -> tuple[str, int, int | None, BaseException | None, dict[str, object] | None] | None:
     """The line to log for a kind now, if one is due; its count starts again."""
     if state.count == 0 or not _interval_passed(state, now_ms):
         return None
     since_ms = None if state.logged_at_ms is None else now_ms - state.logged_at_ms
-    line = (state.detail, state.count, since_ms, state.error)
-    state.logged_at_ms, state.count, state.error = now_ms, 0, None
+    line = (state.detail, state.count, since_ms, state.error, state.fields)
+    state.logged_at_ms, state.count, state.error, state.fields = now_ms, 0, None, None
     return line

@@ -251,3 +251,14 @@ def test_an_unexpected_error_is_a_json_500_and_one_json_log_record(env, caplog):
     entry = json.loads(JsonFormatter().format(errors[0]))
     assert entry["request_id"] == "trace-bug"
     assert "RuntimeError: a bug" in entry["exception"]
+
+
+def test_a_bug_hit_again_and_again_logs_one_record_until_its_interval_passes(env, caplog):
+    """A client that can reach a bug must not be able to write a traceback per request."""
+    env.app.add_route("/broken", Broken(), access=Access.PUBLIC)
+    with caplog.at_level(logging.INFO):
+        for _ in range(50):
+            assert env.client.simulate_get("/broken").status_code == 500
+    errors = [record for record in caplog.records if record.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert "RuntimeError at " in errors[0].getMessage()
