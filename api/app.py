@@ -16,6 +16,7 @@ from api.resources.admin import (
     ResetBudgetsResource,
     TenantsResource,
     UserResource,
+    UsersResource,
 )
 from api.resources.gateway import CheckBudgetResource, LogUsageResource, ReleaseReservationResource
 from api.resources.health import HealthResource
@@ -120,6 +121,7 @@ def create_app(
     )
     app.add_route("/api/admin/products", ProductsResource(ledger, limit), access=admin)
     app.add_route("/api/admin/tenants", TenantsResource(ledger, limit), access=admin)
+    app.add_route("/api/admin/users", UsersResource(ledger, limit), access=admin)
     app.add_route("/api/admin/users/{user_id}", UserResource(ledger, limit), access=admin)
     app.add_route(
         "/api/admin/users/{user_id}/credits", CreditsResource(ledger, limit), access=admin

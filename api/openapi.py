@@ -154,6 +154,15 @@ OPERATIONS = (
     ),
     Operation(
         "get",
+        "/api/admin/users",
+        "The user holding an email (case-insensitive)",
+        "admin_key",
+        None,
+        {200: s.UserOut, 404: s.Error, 401: s.Error, 400: s.Error, 422: s.Error},
+        query=s.UserByEmailQuery,
+    ),
+    Operation(
+        "get",
         "/api/admin/users/{user_id}",
         "A user",
         "admin_key",

@@ -129,6 +129,9 @@ class Ledger:
         user_id = self.store.user_id_by_email(email)
         return None if user_id is None else self.store.read_user(user_id, self.clock_ms())
 
+    def tenant_exists(self, tenant_id: str) -> bool:
+        return self.store.tenant_exists(tenant_id)
+
     def open_reservations(self) -> int:
         """How many holds count now (open, not expired), for the metrics gauge."""
         return self.store.count_open_reservations(self.clock_ms())

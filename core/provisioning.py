@@ -6,6 +6,12 @@ deleted. A create the identity store may have applied before failing (a timeout)
 and removed too. A crash between the two steps can leave a record without its ledger user; a
 repeated provisioning adopts that record (same email, user, plan and tenant) and finishes.
 
+An unknown tenant is created with the user only when the request says ``create_tenant``: the
+flow asks for it explicitly, so a mistyped tenant id is refused (naming it) instead of becoming a
+new tenant; the API's requests default to ``create_tenant`` (its original contract: a tenant is
+created on first use) and a client may send ``false`` to have the same check. The tenant
+``default`` (every request's default) is always created on first use.
+
 Two modes: the API's (``repeat_is_done=False``: an existing email or id is a ``Duplicate``, as
 the contract says) and the flow's (``repeat_is_done=True``: the same user again is done, a
 different one with the same email or id is a ``Duplicate`` naming the field that differs).
@@ -57,6 +63,10 @@ class ProvisionRequest:
     product_id: str
     tenant_id: str
     user_id: str | None
+    create_tenant: bool = True
+
+
+DEFAULT_TENANT_ID = "default"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,10 +98,8 @@ class Provisioner:
             _require_same_user(existing, request, user_id)
         if found is not None:
             _require_same_identity(found, request, user_id)
-        if existing is None and request.product_id not in {
-            product.id for product in self._ledger.list_products()
-        }:
-            raise Invalid("unknown product", field="product_id")
+        if existing is None:
+            self._require_known_plan_and_tenant(request)
 
         created = None
         if self._identities is not None and found is None:
@@ -108,6 +116,20 @@ class Provisioner:
                 _compensate(self._identities, created, error)
             raise
         return ProvisionOutcome(user, True, created is not None)
+
+    def _require_known_plan_and_tenant(self, request: ProvisionRequest) -> None:
+        """Refuse an unknown product, and an unknown tenant unless ``create_tenant``."""
+        if request.product_id not in {product.id for product in self._ledger.list_products()}:
+            raise Invalid(f"unknown product {request.product_id!r}", field="product_id")
+        if (
+            not request.create_tenant
+            and request.tenant_id != DEFAULT_TENANT_ID
+            and not self._ledger.tenant_exists(request.tenant_id)
+        ):
+            raise Invalid(
+                f"unknown tenant {request.tenant_id!r}: create it first, or set create_tenant",
+                field="tenant_id",
+            )
 
     def _existing_user(self, request: ProvisionRequest) -> UserView | None:
         """The ledger user holding this id or, failing that, this email."""

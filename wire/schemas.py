@@ -97,6 +97,26 @@ class ProvisionUserRequest(Request):
     product_id: Identifier
     tenant_id: Identifier = "default"
     user_id: Identifier | None = None
+    create_tenant: StrictBool = Field(
+        True,
+        description="create tenant_id with the user when it does not exist (the original"
+        " behaviour); false refuses an unknown tenant with 422 naming it. The tenant"
+        " `default` is always created on first use",
+    )
+
+
+class UserByEmailQuery(Request):
+    """The query of ``GET /api/admin/users``: one email, compared case-insensitively."""
+
+    email: Annotated[
+        str,
+        Field(
+            min_length=3,
+            max_length=320,
+            pattern=EMAIL_PATTERN,
+            description="the user's email, compared case-insensitively",
+        ),
+    ]
 
 
 class ProductRequest(Request):

@@ -2,11 +2,11 @@
 
 import falcon
 
-from api.http import read_model, refuse_nul_in_path, respond
+from api.http import read_model, refuse_nul_in_path, respond, validate
 from api.render import money_json, user_json
 from core.accounts import Product, Tenant
 from core.budget import UserStatus
-from core.errors import Invalid
+from core.errors import Invalid, NotFound
 from core.ledger import Ledger
 from core.money import Money
 from core.provisioning import Provisioner, ProvisionRequest
@@ -16,6 +16,7 @@ from wire.schemas import (
     ProvisionUserRequest,
     ResetBudgetsRequest,
     TenantRequest,
+    UserByEmailQuery,
     UserPatchRequest,
 )
 
@@ -55,7 +56,9 @@ class ProvisionUserResource:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = read_model(req, ProvisionUserRequest, self._body_bytes_max)
-        request = ProvisionRequest(body.email, body.product_id, body.tenant_id, body.user_id)
+        request = ProvisionRequest(
+            body.email, body.product_id, body.tenant_id, body.user_id, body.create_tenant
+        )
         outcome = self._provisioner.provision(request, body.password, repeat_is_done=False)
         respond(
             resp,
@@ -94,6 +97,18 @@ class TenantsResource(_AdminResource):
             "monthly_budget": None if cap is None else money_json(cap),
         }
         respond(resp, answer, falcon.HTTP_201 if created else falcon.HTTP_200)
+
+
+class UsersResource(_AdminResource):
+    """``GET /api/admin/users?email=``: the user holding an email, e.g. to find the id a
+    provisioning run generated."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        query = validate(UserByEmailQuery, req.params)
+        user = self._ledger.user_by_email(query.email)
+        if user is None:
+            raise NotFound("no user with this email", field="email")
+        respond(resp, user_json(user))
 
 
 @falcon.before(refuse_nul_in_path)

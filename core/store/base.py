@@ -174,6 +174,8 @@ class LedgerStore(Protocol):
     def user_id_by_email(self, email: str) -> str | None:
         """The id of the user with this email, compared case-insensitively (``casefold``)."""
 
+    def tenant_exists(self, tenant_id: str) -> bool: ...
+
     def count_open_reservations(self, now_ms: int) -> int:
         """Holds in state open that have not expired at ``now_ms`` (an index count, for metrics)."""
 

@@ -112,6 +112,7 @@ _REQUEST_END = _FIGURES_COUNT + ledger_sql.REQUEST_COLUMNS_COUNT
 _PUT_PRODUCT_SQL = pg_params(f"{ledger_sql.PUT_PRODUCT_SQL} RETURNING xmax = 0")
 _PUT_TENANT_SQL = pg_params(f"{ledger_sql.PUT_TENANT_SQL} RETURNING xmax = 0")
 _PRODUCT_EXISTS_SQL = pg_params(ledger_sql.PRODUCT_EXISTS_SQL)
+_TENANT_EXISTS_SQL = pg_params(ledger_sql.TENANT_EXISTS_SQL)
 _LIST_PRODUCTS_SQL = pg_params(ledger_sql.LIST_PRODUCTS_SQL)
 _NEW_USER_CONFLICTS_SQL = pg_params(ledger_sql.NEW_USER_CONFLICTS_SQL)
 _INSERT_TENANT_IF_NEW_SQL = pg_params(ledger_sql.INSERT_TENANT_IF_NEW_SQL)
@@ -258,6 +259,9 @@ class PostgresStore:
     def user_id_by_email(self, email: str) -> str | None:
         row = self._db.one(_USER_ID_BY_EMAIL_SQL, {"email_key": email.casefold()})
         return None if row is None else row[0]
+
+    def tenant_exists(self, tenant_id: str) -> bool:
+        return self._db.one(_TENANT_EXISTS_SQL, {"id": tenant_id}) is not None
 
     def count_open_reservations(self, now_ms: int) -> int:
         """For /metrics: waits ``METRICS_POOL_WAIT_SECONDS`` at most for a connection."""

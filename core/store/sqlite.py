@@ -265,6 +265,10 @@ class SqliteStore:
         row = self._reader().execute(ledger_sql.USER_ID_BY_EMAIL_SQL, parameters).fetchone()
         return None if row is None else row[0]
 
+    def tenant_exists(self, tenant_id: str) -> bool:
+        query = ledger_sql.TENANT_EXISTS_SQL
+        return self._reader().execute(query, {"id": tenant_id}).fetchone() is not None
+
     def count_open_reservations(self, now_ms: int) -> int:
         query = ledger_sql.COUNT_OPEN_RESERVATIONS_SQL
         (count,) = self._reader().execute(query, {"now": now_ms}).fetchone()

@@ -260,10 +260,50 @@ def test_a_duplicate_user_id_is_409(client, alice):
     assert snapshot(client, "alice") == before
 
 
-def test_an_unknown_product_is_422(client, plan):
+def test_an_unknown_product_is_422_naming_it(client, plan):
     reply = provision(client, "frank", product_id="no-such-plan")
     assert_rejected(reply, 422, "validation_error", field="product_id")
+    assert reply["message"] == "unknown product 'no-such-plan'"
     assert call(client, "GET", "/api/admin/users/frank", headers=ADMIN).status == 404
+
+
+def test_create_tenant_false_refuses_an_unknown_tenant_naming_it(client, plan):
+    body = {
+        "email": "hal@example.com",
+        "password": PASSWORD,
+        "product_id": "basic",
+        "user_id": "hal",
+        "tenant_id": "acme-crop",
+        "create_tenant": False,
+    }
+    reply = call(client, "POST", "/api/admin/provision-user", headers=ADMIN, json_body=body)
+    assert_rejected(reply, 422, "validation_error", field="tenant_id")
+    assert "unknown tenant 'acme-crop'" in reply["message"]
+    assert call(client, "GET", "/api/admin/users/hal", headers=ADMIN).status == 404
+    tenant = {"id": "acme-crop", "name": "Acme"}
+    assert call(client, "POST", "/api/admin/tenants", headers=ADMIN, json_body=tenant).status == 201
+    again = call(client, "POST", "/api/admin/provision-user", headers=ADMIN, json_body=body)
+    assert again.status == 201
+    defaulted = {**body, "email": "ida@example.com", "user_id": "ida", "tenant_id": "default"}
+    reply = call(client, "POST", "/api/admin/provision-user", headers=ADMIN, json_body=defaulted)
+    assert reply.status == 201  # the default tenant is created on first use
+
+
+def test_find_a_user_by_email(client, alice):
+    found = call(
+        client, "GET", "/api/admin/users", headers=ADMIN, params={"email": "ALICE@example.com"}
+    )
+    assert found.status == 200
+    assert found.body == call(client, "GET", "/api/admin/users/alice", headers=ADMIN).body
+    none = call(
+        client, "GET", "/api/admin/users", headers=ADMIN, params={"email": "zed@example.com"}
+    )
+    assert_rejected(none, 404, "not_found", field="email")
+    for bad in ({"email": "not-an-email"}, {}):
+        reply = call(client, "GET", "/api/admin/users", headers=ADMIN, params=bad)
+        assert_rejected(reply, 422, "validation_error", field="email")
+    keyless = call(client, "GET", "/api/admin/users", params={"email": "alice@example.com"})
+    assert_rejected(keyless, 401)
 
 
 @pytest.mark.parametrize(
