@@ -10,6 +10,7 @@ never logged, put in an error or returned.
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -116,6 +117,18 @@ class PocketBase:
         log.info("created PocketBase record %s for user %s", identity.record_id, user_id)
         return identity
 
+    def set_password(self, record_id: str, password: str) -> None:
+        """Set a record's password (a superuser needs no old password); the same password
+        twice is the same record, so it is retried like a lookup."""
+        body = {"password": password, "passwordConfirm": password}
+        path = f"{self._records}/{record_id}"
+        response = self._request("PATCH", path, body=body, idempotent=True)
+        if response.status_code == 400:
+            raise _refusal(response)
+        if response.status_code != 200:
+            raise _failure("the password change", response)
+        log.info("set a new password on PocketBase record %s", record_id)
+
     def delete(self, record_id: str) -> None:
         response = self._request("DELETE", f"{self._records}/{record_id}", idempotent=True)
         if response.status_code not in (204, 404):
@@ -161,6 +174,15 @@ class PocketBase:
         if updated.status_code != 200:
             raise _failure("the collection update", updated)
         return missing
+
+    def configure_mail(self, mail: "PocketBaseMail") -> None:
+        """Point PocketBase's own mail (password resets, verification) at ``mail``. Sent whole
+        every time: PocketBase never returns the SMTP password, so a read cannot tell whether
+        it is already the one wanted."""
+        body = mail.settings_patch()
+        response = self._request("PATCH", "/api/settings", body=body, idempotent=True)
+        if response.status_code != 200:
+            raise _failure("the settings update", response)
 
     # -- transport -------------------------------------------------------------------------
 
@@ -218,6 +240,51 @@ class PocketBase:
                 " POCKETBASE_ADMIN_EMAIL and POCKETBASE_ADMIN_PASSWORD"
             )
         return response.json()["token"]
+
+
+@dataclass(frozen=True)
+class PocketBaseMail:
+    """The SMTP server, sender and public URL PocketBase's own mails use."""
+
+    host: str
+    port: int
+    security: str
+    username: str | None
+    password: str | None = field(repr=False)
+    sender: str
+    app_url: str | None
+
+    def settings_patch(self) -> dict[str, dict[str, Any]]:
+        """The body of ``PATCH /api/settings``. PocketBase's ``tls`` is TLS from the first byte
+        (``SMTP_SECURITY=SSL``); without it, it upgrades by STARTTLS when the server offers it."""
+        smtp: dict[str, Any] = {
+            "enabled": True,
+            "host": self.host,
+            "port": self.port,
+            "tls": self.security == "SSL",
+            "username": self.username or "",
+            "password": self.password or "",
+        }
+        meta: dict[str, Any] = {"senderAddress": self.sender}
+        if self.app_url:
+            meta["appURL"] = self.app_url
+        return {"smtp": smtp, "meta": meta}
+
+
+def pocketbase_mail(settings: Settings) -> PocketBaseMail | None:
+    """PocketBase's mail from the service's ``SMTP_*``, ``MAIL_FROM`` and ``APP_URL``; None
+    without ``SMTP_HOST``."""
+    if settings.smtp_host is None:
+        return None
+    return PocketBaseMail(
+        host=settings.smtp_host,
+        port=settings.smtp_port,
+        security=settings.smtp_security,
+        username=settings.smtp_username,
+        password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
+        sender=settings.mail_from,
+        app_url=settings.app_url,
+    )
 
 
 def _quote(text: str) -> str:

@@ -84,6 +84,8 @@ class Settings(BaseSettings):
     smtp_password: SecretStr | None = None
     mail_from: str = "billing@localhost"
     admin_email: str | None = None
+    # Where users sign in (the app in front of PocketBase): in invites, and PocketBase's appURL.
+    app_url: str | None = Field(None, pattern=r"^https?://\S+$", max_length=2048)
     # Alert delivery to a webhook (JSON POST with a dedup header), besides mail.
     alert_webhook_url: str | None = None
     # LiteLLM's spend logs, read by reconciliation when both are set.

@@ -1,7 +1,7 @@
 """The ``billing`` command: ``serve`` runs the API under waitress, ``migrate`` the schema,
 ``healthcheck`` asks the local API whether it is healthy (the container's health check),
 ``backup`` copies the SQLite database while the service runs, ``pocketbase init`` gives the
-identity store its fields."""
+identity store its fields and its mail settings."""
 
 import argparse
 import logging
@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 from pydantic import ValidationError
 
-from adapters.pocketbase import open_identity_store
+from adapters.pocketbase import open_identity_store, pocketbase_mail
 from core.errors import ConfigurationError, IdentityUnavailable
 from core.service import open_ledger
 from core.settings import Keys, Settings, resolve_keys
@@ -121,12 +121,17 @@ def healthcheck(settings: Settings) -> None:
 
 
 def pocketbase_init(settings: Settings) -> None:
-    """Give the auth collection the fields provisioning writes; a second run changes nothing."""
+    """Give the auth collection the fields provisioning writes, and PocketBase the SMTP server
+    of ``SMTP_*`` (so its password-reset mails go out) and ``APP_URL``; a second run changes
+    nothing."""
     identities = open_identity_store(settings)
     if identities is None:
         raise ConfigurationError("POCKETBASE_URL is not set")
+    mail = pocketbase_mail(settings)
     try:
         added = identities.ensure_fields()
+        if mail is not None:
+            identities.configure_mail(mail)
     except IdentityUnavailable as error:
         print(f"billing: {error.message}", file=sys.stderr)
         raise SystemExit(1) from None
@@ -137,6 +142,10 @@ def pocketbase_init(settings: Settings) -> None:
         print(f"{collection}: added fields " + ", ".join(added))
     else:
         print(f"{collection}: fields are up to date")
+    if mail is None:
+        print("mail: SMTP_HOST is not set; PocketBase cannot mail password resets")
+    else:
+        print(f"mail: PocketBase sends through {mail.host}:{mail.port} (SMTP_HOST, SMTP_PORT)")
 
 
 def main(argv: list[str] | None = None) -> None:
