@@ -18,10 +18,11 @@ FLOW_NAMES = {
     "flows/reconcile.py:reconcile_usage": "reconcile-usage",
     "flows/alerts.py:deliver_alerts": "deliver-alerts",
     "flows/provision.py:provision_user": "provision-user",
+    "flows/provision.py:resend_invite": "resend-invite",
     "flows/backup.py:backup_database": "backup-database",
 }
 # Run from the UI, with no schedule; runs for different users need not wait for each other.
-ON_DEMAND = {"flows/provision.py:provision_user"}
+ON_DEMAND = {"flows/provision.py:provision_user", "flows/provision.py:resend_invite"}
 
 
 def deployments() -> list[dict]:
@@ -73,10 +74,17 @@ def test_billing_flows_deploy_creates_the_pool_and_the_deployments(tmp_path):
         pool = client.read_work_pool("billing")
         assert pool.type == "process"
         found = {d.name: d for d in client.read_deployments()}
-    assert set(found) == {"monthly", "nightly", "nightly-backup", "every-minute", "provision-user"}
+    assert set(found) == {
+        "monthly",
+        "nightly",
+        "nightly-backup",
+        "every-minute",
+        "provision-user",
+        "resend-invite",
+    }
     for name, deployment in found.items():
         assert deployment.work_pool_name == "billing"
-        if name == "provision-user":
+        if name in ("provision-user", "resend-invite"):
             assert deployment.schedules == []
         else:
             assert deployment.global_concurrency_limit.limit == 1

@@ -16,7 +16,10 @@ import pytest
 from flow_helpers import Inbox
 from pocketbase_server import PocketBaseServer
 from prefect.client.orchestration import get_client
+from ports import free_port
 from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
     FlowRunFilter,
     FlowRunFilterId,
     LogFilter,
@@ -24,12 +27,13 @@ from prefect.client.schemas.filters import (
 )
 from prefect.logging.handlers import APILogHandler
 
-from core.accounts import Product
-from core.errors import Duplicate, IdentityUnavailable, Unavailable
+from core.accounts import Product, Tenant
+from core.errors import Duplicate, IdentityUnavailable, Invalid, NotFound, Unavailable
 from core.money import money_from_input
 from core.service import open_ledger
 from core.settings import Settings
-from flows.provision import INVITE_SUBJECT, provision_user
+from flows.mail import MailUnreachable
+from flows.provision import INVITE_SUBJECT, provision_user, resend_invite
 
 EMAIL = "Ada@Example.com"
 
@@ -55,9 +59,12 @@ def environment(
     monkeypatch.setenv("SMTP_PORT", str(smtp_inbox.port))
     monkeypatch.setenv("SMTP_SECURITY", "INSECURE")
     monkeypatch.setenv("MAIL_FROM", "billing@example.com")
+    monkeypatch.setenv("ADMIN_EMAIL", "admin@example.com")
+    monkeypatch.setenv("APP_URL", "https://app.example.com")
     store, ledger = open_ledger(Settings())
     try:
         ledger.put_product(Product("basic", "Basic", money_from_input(Decimal("10"))))
+        ledger.put_tenant(Tenant("acme", "Acme", None))
     finally:
         store.close()
     yield
@@ -73,12 +80,26 @@ def ledger_user_id(email: str) -> str | None:
 
 
 def one_time_password(inbox: Inbox) -> str:
-    [message] = inbox.messages
-    assert message["To"] == EMAIL
-    assert message["Subject"] == INVITE_SUBJECT
-    found = re.search(r"One-time password: (\S+)", message.get_payload())
+    [message] = [m for m in inbox.messages if m["Subject"] == INVITE_SUBJECT]
+    assert message["To"].lower() == EMAIL.lower()
+    body = message.get_payload(decode=True).decode()
+    assert "Sign in at https://app.example.com with your email" in body
+    found = re.search(r"One-time password: (\S+)", body)
     assert found is not None
     return found.group(1)
+
+
+def admin_notices(inbox: Inbox) -> list[str]:
+    return [
+        m.get_payload(decode=True).decode() for m in inbox.messages if m["To"] == "admin@example.com"
+    ]
+
+
+def artifacts_of_run(flow_run_id: UUID) -> list:
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
 
 
 def stored_text_of_run(flow_run_id: UUID) -> str:
@@ -133,6 +154,13 @@ def test_the_flow_creates_both_halves_mails_the_password_and_a_rerun_creates_not
     assert ledger_user_id(EMAIL) == "ada"
 
     run = stored_text_of_run(state.state_details.flow_run_id)
+    assert "provisioned: user_id=ada email=Ada@Example.com tenant_id=acme product_id=basic" \
+        " invite_sent=True" in run
+    [artifact] = artifacts_of_run(state.state_details.flow_run_id)
+    assert artifact.key == "provision-user"
+    assert artifact.type == "table"
+    assert '"user_id": "ada"' in str(artifact.data) or "'user_id': 'ada'" in str(artifact.data)
+    assert password not in str(artifact.data)
     assert EMAIL in run  # the parameters and logs are there ...
     assert password not in run  # ... the password is not
     assert password not in str(result)
@@ -174,7 +202,9 @@ def test_pocketbase_down_leaves_no_ledger_user_and_a_rerun_finishes(pocketbase, 
         state.result()
     assert ledger_user_id(EMAIL) is None
     assert pocketbase.records() == []
-    assert smtp_inbox.messages == []
+    [notice] = admin_notices(smtp_inbox)
+    assert "PocketBase did not answer" in notice
+    smtp_inbox.messages.clear()
 
     finished = provision_user(email=EMAIL, product_id="basic")
     assert finished["user_created"] and finished["identity_created"] and finished["invited"]
@@ -193,7 +223,7 @@ def test_a_ledger_failure_after_the_record_leaves_no_record(pocketbase, smtp_inb
         state.result()
     assert pocketbase.records() == []
     assert ledger_user_id(EMAIL) is None
-    assert smtp_inbox.messages == []
+    assert [m["To"] for m in smtp_inbox.messages] == ["admin@example.com"]  # the failure notice
 
 
 @pytest.mark.usefixtures("environment")
@@ -231,3 +261,74 @@ def test_nul_in_a_parameter_is_refused_before_anything_is_created(parameters, po
     assert state.is_failed()
     assert ledger_user_id(arguments["email"]) is None
     assert pocketbase.records() == []
+
+
+@pytest.mark.usefixtures("environment")
+def test_smtp_down_refuses_before_anything_is_created_naming_the_server(
+    monkeypatch, pocketbase, smtp_inbox
+):
+    closed_port = free_port()
+    monkeypatch.setenv("SMTP_PORT", str(closed_port))
+    state = provision_user(email=EMAIL, product_id="basic", return_state=True)
+    assert state.is_failed()
+    with pytest.raises(MailUnreachable, match=f"127.0.0.1:{closed_port}"):
+        state.result()
+    assert ledger_user_id(EMAIL) is None
+    assert pocketbase.records() == []
+
+
+@pytest.mark.usefixtures("environment")
+def test_an_unknown_product_or_tenant_is_named_and_the_admin_is_told(pocketbase, smtp_inbox):
+    state = provision_user(email=EMAIL, product_id="pro-mnthly", return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Invalid, match="unknown product 'pro-mnthly'"):
+        state.result()
+    [notice] = admin_notices(smtp_inbox)
+    assert "provision-user" in notice and "unknown product 'pro-mnthly'" in notice
+
+    state = provision_user(email=EMAIL, product_id="basic", tenant_id="acme-crop", return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Invalid, match="unknown tenant 'acme-crop'"):
+        state.result()
+    assert ledger_user_id(EMAIL) is None
+    assert pocketbase.records() == []
+
+    made = provision_user(
+        email=EMAIL, product_id="basic", tenant_id="acme-crop", create_tenant=True
+    )
+    assert made["tenant_id"] == "acme-crop" and made["user_created"]
+
+
+@pytest.mark.usefixtures("environment")
+def test_resend_invite_sets_a_fresh_password_and_mails_it(pocketbase, smtp_inbox):
+    provision_user(email=EMAIL, product_id="basic", user_id="ada")
+    first = one_time_password(smtp_inbox)
+    smtp_inbox.messages.clear()
+
+    state = resend_invite(email=EMAIL.lower(), return_state=True)
+    result = state.result()
+    assert result == {
+        "user_id": "ada",
+        "email": EMAIL.lower(),
+        "product_id": "basic",
+        "tenant_id": "default",
+        "invited": True,
+    }
+    second = one_time_password(smtp_inbox)
+    assert second != first
+    assert pocketbase.can_log_in(EMAIL, second)
+    assert not pocketbase.can_log_in(EMAIL, first)
+    run = stored_text_of_run(state.state_details.flow_run_id)
+    assert "invite resent: user_id=ada" in run
+    assert second not in run
+    [artifact] = artifacts_of_run(state.state_details.flow_run_id)
+    assert artifact.key == "resend-invite" and second not in str(artifact.data)
+
+
+@pytest.mark.usefixtures("environment")
+def test_resend_invite_to_an_unknown_email_names_it_and_changes_nothing(smtp_inbox):
+    state = resend_invite(email="nobody@example.com", return_state=True)
+    assert state.is_failed()
+    with pytest.raises(NotFound, match="no user with email 'nobody@example.com'"):
+        state.result()
+    assert not [m for m in smtp_inbox.messages if m["Subject"] == INVITE_SUBJECT]
