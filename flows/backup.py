@@ -10,20 +10,32 @@ failed run mails the admin, as every flow's does.
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Annotated
 
 from prefect import flow
 from prefect.logging import get_run_logger
+from pydantic import Field
 
 from core.store.sqlite import sqlite_path_from_url
 from core.store.sqlite_backup import BACKUPS_KEPT_MAX, backup_name, backup_sqlite, prune_backups
 from flows.common import ADMIN_NOTICE_HOOKS, flow_settings
 
 BACKUP_FOLDER_NAME = "backups"
+FOLDER_LENGTH_MAX = 4096  # PATH_MAX on Linux
 
 
 @flow(name="backup-database", **ADMIN_NOTICE_HOOKS)
-def backup_database(folder: str | None = None, keep: int = 7) -> dict:
-    """Copy the SQLite database into ``folder`` and keep its newest ``keep`` copies."""
+def backup_database(
+    folder: Annotated[str, Field(min_length=1, max_length=FOLDER_LENGTH_MAX)] | None = None,
+    keep: Annotated[int, Field(ge=1, le=BACKUPS_KEPT_MAX)] = 7,
+) -> dict:
+    """Copy the SQLite database into a folder and keep its newest copies.
+
+    Args:
+        folder: Where the copies go, on the worker's machine; empty: DATA_DIR/backups. Put
+            it on another disk than the database, or a lost disk takes both.
+        keep: How many of the newest copies to keep (1 to 1000); older ones are deleted.
+    """
     if not 1 <= keep <= BACKUPS_KEPT_MAX:
         raise ValueError(f"keep must be between 1 and {BACKUPS_KEPT_MAX}")
     logger = get_run_logger()

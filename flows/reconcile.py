@@ -12,11 +12,13 @@ longer counts anywhere; nothing else ever deletes them).
 
 import dataclasses
 from datetime import UTC, datetime, timedelta
+from typing import Annotated
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 from prefect.tasks import exponential_backoff
+from pydantic import Field
 
 from core.ledger import Ledger
 from core.reconcile import ReconcileReport
@@ -53,11 +55,18 @@ def fetch_spend_logs(days: int) -> SpendLogs:
 
 @flow(name="reconcile-usage", **ADMIN_NOTICE_HOOKS)
 def reconcile_usage(
-    repair: bool = False, litellm_days: int = 2, reservations_retention_days: int = 30
+    repair: bool = False,
+    litellm_days: Annotated[int, Field(ge=1, le=LITELLM_DAYS_MAX)] = 2,
+    reservations_retention_days: Annotated[int, Field(ge=0, le=RETENTION_DAYS_MAX)] = 30,
 ) -> dict:
     """Report every drift (repairing it when ``repair``), backfill from LiteLLM, mail findings.
 
-    Holds closed more than ``reservations_retention_days`` ago are deleted (0 keeps them all).
+    Args:
+        repair: Fix each difference found, with an audit row; off, only report it.
+        litellm_days: UTC days of LiteLLM spend logs to read and backfill from (1 to 31;
+            only with LITELLM_URL and LITELLM_ADMIN_KEY).
+        reservations_retention_days: Delete budget holds closed more than this many days ago
+            (0 keeps them all; at most 3650).
     """
     if not 1 <= litellm_days <= LITELLM_DAYS_MAX:
         raise ValueError(f"litellm_days must be between 1 and {LITELLM_DAYS_MAX}")

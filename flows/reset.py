@@ -14,6 +14,7 @@ open periods began is refused like any other label.
 
 import sqlite3
 from dataclasses import asdict, dataclass
+from typing import Annotated
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
@@ -22,6 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
+from pydantic import Field
 
 from core.errors import LedgerError, ResetRefused, Unavailable
 from core.ledger import Ledger
@@ -140,11 +142,21 @@ def made_by_schedule() -> bool:
 
 @flow(name="monthly-budget-reset", **ADMIN_NOTICE_HOOKS)
 def monthly_budget_reset(
-    period: PeriodLabel | None = None, top_spenders: int = 10, force: bool = False
+    period: PeriodLabel | None = None,
+    top_spenders: Annotated[int, Field(ge=1, le=TOP_SPENDERS_MAX)] = 10,
+    force: bool = False,
 ) -> dict:
-    """Close the periods of past months into ``period`` (default: the month of the scheduled
-    start, in BUDGET_TIMEZONE) and mail a summary. ``force`` applies a period the reset rule
-    refuses and closes every open period; it is logged and mailed."""
+    """Close the periods of past months into a month label and mail the admin a summary.
+
+    Args:
+        period: The month to open, YYYY-MM (e.g. 2026-12). Empty: the month of the run's
+            scheduled start in BUDGET_TIMEZONE. A label applies once; one that could only
+            destroy a month (a future month, or not later than the open periods) is refused.
+        top_spenders: How many of the top spenders of the closed periods the mail lists
+            (1 to 100).
+        force: Apply a period the reset rule refuses and close every open period, whatever
+            its month; logged and mailed to the admin. Only to repair a mistake.
+    """
     if not 1 <= top_spenders <= TOP_SPENDERS_MAX:
         raise ValueError(f"top_spenders must be between 1 and {TOP_SPENDERS_MAX}")
     settings = flow_settings()
