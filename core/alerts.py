@@ -109,13 +109,26 @@ def crossings(
 
 
 def alert_message(alert: Alert) -> tuple[str, str]:
-    """Subject line and plain-text body of an alert, for mail and webhook alike."""
-    who = "User" if alert.subject is AlertSubject.USER else "Tenant"
+    """Subject line and plain-text body of an alert, for mail and webhook alike: a user's alert
+    speaks to the user (it is mailed to them), a tenant's to the admin."""
+    used, limit = money_to_text(alert.used), money_to_text(alert.limit)
+    if alert.subject is AlertSubject.USER:
+        if alert.threshold_percent >= 100:
+            subject = f"You have used up your budget for {alert.period_label}"
+            advice = "Further requests are refused until your budget resets or is raised."
+        else:
+            share = f"{alert.threshold_percent}%"
+            subject = f"You have used {share} of your budget for {alert.period_label}"
+            advice = "When it is used up, further requests are refused until it resets."
+        body = (
+            f"You have used ${used} of your ${limit} budget for {alert.period_label}"
+            f" (user id {alert.subject_id}). {advice}"
+        )
+        return subject, body
     reached = "used up" if alert.threshold_percent >= 100 else f"{alert.threshold_percent}% used"
-    subject = f"{who} {alert.subject_id}: budget {reached} ({alert.period_label})"
+    subject = f"Tenant {alert.subject_id}: budget {reached} ({alert.period_label})"
     body = (
-        f"{who} {alert.subject_id} has used ${money_to_text(alert.used)} of"
-        f" ${money_to_text(alert.limit)} in period {alert.period_label}"
+        f"Tenant {alert.subject_id} has used ${used} of ${limit} in period {alert.period_label}"
         f" (threshold {alert.threshold_percent}%)."
     )
     return subject, body

@@ -139,14 +139,15 @@ def test_pending_alerts_carry_the_users_email_and_delivery_is_recorded(ledger, a
     assert ledger.pending_alerts(0, 10) == []
 
 
-def test_alert_message_names_subject_figures_and_period(ledger, alice):
+def test_a_users_alert_speaks_to_the_user_with_figures_and_period(ledger, alice):
     log(ledger, "alice", "r1", "10")
     subjects = [alert_message(alert)[0] for alert in ledger.pending_alerts(0, 10)]
     assert subjects == [
-        "User alice: budget 80% used (2026-03)",
-        "User alice: budget used up (2026-03)",
+        "You have used 80% of your budget for 2026-03",
+        "You have used up your budget for 2026-03",
     ]
-    assert "$10 of $10" in alert_message(ledger.pending_alerts(0, 10)[1])[1]
+    body = alert_message(ledger.pending_alerts(0, 10)[1])[1]
+    assert body.startswith("You have used $10 of your $10 budget for 2026-03")
 
 
 def test_pending_alerts_page_by_id(ledger, alice):

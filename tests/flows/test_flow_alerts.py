@@ -1,6 +1,7 @@
 """deliver-alerts run for real in the Prefect harness: alerts written with the usage on a real
 SQLite file reach a real SMTP server (aiosmtpd) and a real local webhook receiver (http.server),
-once each, even when the receiver is down for the first runs."""
+once each, even when the receiver or the SMTP server is down for the first runs; a run with a
+channel down ends Failed and tells the admin through the channel that works."""
 
 import json
 import sqlite3
@@ -8,13 +9,17 @@ import threading
 from collections.abc import Iterator
 from contextlib import closing
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from uuid import UUID
 
 import pytest
+from aiosmtpd.controller import Controller
 from flow_helpers import PASSWORD, Inbox, usd
 from ports import free_port
+from prefect import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from core.accounts import Product, Tenant
-from flows.alerts import DEDUP_HEADER, deliver_alerts
+from flows.alerts import DEDUP_HEADER, ChannelsDown, deliver_alerts
 from flows.common import opened_ledger
 
 WEBHOOK_TOKEN = "t0ken-in-the-url"
@@ -95,7 +100,24 @@ def seed_alerts(settings) -> None:
         ledger.log_usage("ann", "gpt-4o", "r1", 10, 20, usd("8.5"), None)
 
 
-def test_alerts_survive_a_receiver_down_and_arrive_once(
+def alert_mails(inbox: Inbox) -> list[tuple[str, str]]:
+    """(To, Subject) of every alert mailed, sorted; failure notices left out."""
+    return sorted((m["To"], m["Subject"]) for m in inbox.messages if "Flow run" not in m["Subject"])
+
+
+def failure_notices(inbox: Inbox) -> list[str]:
+    return [m["Subject"] for m in inbox.messages if "Flow run" in m["Subject"]]
+
+
+def task_names_of_run(flow_run_id: UUID) -> list[str]:
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    return sorted(run.name.rsplit("-", 1)[0] for run in runs)
+
+
+def test_a_webhook_down_fails_the_run_and_its_alerts_arrive_once_when_it_is_back(
     flow_settings, monkeypatch, receiver: Receiver, smtp_inbox: Inbox
 ):
     monkeypatch.setenv("ALERT_WEBHOOK_URL", receiver.url)
@@ -106,13 +128,21 @@ def test_alerts_survive_a_receiver_down_and_arrive_once(
         ("tenant", "acme", 100, "pending", 0, 0, 0, 0),
     ]
 
-    for _ in range(2):  # the receiver is down for hours: every run fails on it
-        assert deliver_alerts(retry_delay_seconds=0) == {"delivered": 0, "failed": 3, "notices_mailed": 0, "notices_failed": 0}
+    for _ in range(2):  # the receiver is down for hours: every run fails on it, loudly
+        state = deliver_alerts(retry_delay_seconds=0, return_state=True)
+        assert state.is_failed()
+        with pytest.raises(ChannelsDown, match="ALERT_WEBHOOK_URL is down"):
+            state.result()
+        # tried once for the first alert, never retried, not tried for the others
+        assert task_names_of_run(state.state_details.flow_run_id).count("post-alert") == 1
+    # The first alert was tried in both runs; the others were mailed in the first run, then
+    # waited untouched while the webhook they still needed was down.
     assert alert_states(flow_settings) == [
         ("user", "ann", 80, "pending", 2, 1, 0, 1),
-        ("tenant", "acme", 80, "pending", 2, 1, 0, 1),
-        ("tenant", "acme", 100, "pending", 2, 1, 0, 1),
+        ("tenant", "acme", 80, "pending", 1, 1, 0, 1),
+        ("tenant", "acme", 100, "pending", 1, 1, 0, 1),
     ]
+    assert len(failure_notices(smtp_inbox)) == 2  # mail still works: the admin is told by mail
 
     label = ledger_label(flow_settings)
     receiver.start()
@@ -121,10 +151,10 @@ def test_alerts_survive_a_receiver_down_and_arrive_once(
     assert [state[3] for state in alert_states(flow_settings)] == ["delivered"] * 3
 
     # Each channel got each alert once: mail on the first run, the webhook when it came back.
-    assert sorted((m["To"], m["Subject"]) for m in smtp_inbox.messages) == [
+    assert alert_mails(smtp_inbox) == [
         ("admin@example.com", f"Tenant acme: budget 80% used ({label})"),
         ("admin@example.com", f"Tenant acme: budget used up ({label})"),
-        ("ann@example.com", f"User ann: budget 80% used ({label})"),
+        ("ann@example.com", f"You have used 80% of your budget for {label}"),
     ]
     keys = [headers[DEDUP_HEADER] for headers, _ in receiver.requests]
     assert keys == ["cloudfreedom-alert-1", "cloudfreedom-alert-2", "cloudfreedom-alert-3"]
@@ -136,7 +166,51 @@ def test_alerts_survive_a_receiver_down_and_arrive_once(
         80,
     )
     assert (first["used"], first["limit"]) == ("8.5", "10")
-    assert first["title"] == f"User ann: budget 80% used ({label})"
+    assert first["title"] == f"You have used 80% of your budget for {label}"
+
+
+def test_smtp_down_fails_the_run_tells_the_admin_by_webhook_and_mails_each_alert_once_later(
+    flow_settings, monkeypatch, receiver: Receiver
+):
+    """The real SMTP server is down (nothing listens on its port), then up."""
+    inbox = Inbox(free_port())
+    monkeypatch.setenv("SMTP_PORT", str(inbox.port))
+    monkeypatch.setenv("ALERT_WEBHOOK_URL", receiver.url)
+    receiver.start()
+    seed_alerts(flow_settings)
+    with opened_ledger(flow_settings) as ledger:
+        ledger.reset_budgets(ledger.user("ann").period_label, force=True)  # an admin notice
+
+    state = deliver_alerts(retry_delay_seconds=0, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(ChannelsDown, match=f"SMTP server 127.0.0.1:{inbox.port} is down"):
+        state.result()
+    # Mail was tried once (the admin notice), never retried, and not for any alert.
+    names = task_names_of_run(state.state_details.flow_run_id)
+    assert names.count("mail-admin") == 1 and "mail-alert" not in names
+    assert names.count("post-alert") == 3
+    # The failure notice went out through the channel that works: the webhook.
+    notices = [body for _, body in receiver.requests if body.get("kind") == "flow_run_failed"]
+    assert len(notices) == 1
+    assert f"127.0.0.1:{inbox.port}" in notices[0]["text"]
+    assert [row[3] for row in alert_states(flow_settings)] == ["pending"] * 3
+
+    controller = Controller(inbox, hostname="127.0.0.1", port=inbox.port)
+    controller.start()
+    try:
+        assert deliver_alerts(retry_delay_seconds=0)["delivered"] == 3
+        assert deliver_alerts(retry_delay_seconds=0)["delivered"] == 0
+    finally:
+        controller.stop()
+    label = ledger_label(flow_settings)
+    assert alert_mails(inbox) == [
+        ("admin@example.com", f"Budget reset {label} was FORCED"),
+        ("admin@example.com", f"Tenant acme: budget 80% used ({label})"),
+        ("admin@example.com", f"Tenant acme: budget used up ({label})"),
+        ("ann@example.com", f"You have used 80% of your budget for {label}"),
+    ]
+    alerts_posted = [body["alert_id"] for _, body in receiver.requests if "alert_id" in body]
+    assert alerts_posted == [1, 2, 3]  # each once, in the first run
 
 
 def test_without_any_channel_alerts_stay_pending(flow_settings, monkeypatch, smtp_inbox: Inbox):
@@ -155,13 +229,21 @@ def test_a_refusing_receiver_gets_the_alert_later_and_its_url_is_kept_nowhere(
     seed_alerts(flow_settings)
     receiver.refusals_left = 9  # three alerts, each tried three times in the first run
     receiver.start()
-    assert deliver_alerts(retry_delay_seconds=0) == {"delivered": 0, "failed": 3, "notices_mailed": 0, "notices_failed": 0}
+    refused = deliver_alerts(retry_delay_seconds=0, return_state=True)
+    assert refused.is_failed()
+    with pytest.raises(ChannelsDown, match="3 alerts and 0 admin notices stay pending"):
+        refused.result()
+    assert receiver.refusals_left == 0
     path = flow_settings.database_url.removeprefix("sqlite:///")
     with closing(sqlite3.connect(path)) as connection:
         errors = [row[0] for row in connection.execute("SELECT last_error FROM alerts")]
     assert errors == ["webhook: WebhookRefused: webhook answered HTTP 503"] * 3
     assert deliver_alerts(retry_delay_seconds=0) == {"delivered": 3, "failed": 0, "notices_mailed": 0, "notices_failed": 0}
-    assert len(receiver.requests) == 3
+    assert [body["alert_id"] for _, body in receiver.requests if "alert_id" in body] == [1, 2, 3]
+    # Without SMTP, the first run's failure notice went to the webhook.
+    assert [body.get("kind") for _, body in receiver.requests if "alert_id" not in body] == [
+        "flow_run_failed"
+    ]
 
 
 def test_a_forced_reset_made_through_the_api_is_mailed_to_the_admin_once(
