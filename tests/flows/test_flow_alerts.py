@@ -4,8 +4,13 @@ once each, even when the receiver or the SMTP server is down for the first runs;
 channel down ends Failed and tells the admin through the channel that works."""
 
 import json
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import closing
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,12 +22,15 @@ from flow_helpers import PASSWORD, Inbox, usd
 from ports import free_port
 from prefect import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.settings import PREFECT_API_URL
 
 from core.accounts import Product, Tenant
 from flows.alerts import DEDUP_HEADER, ChannelsDown, deliver_alerts
 from flows.common import opened_ledger
 
 WEBHOOK_TOKEN = "t0ken-in-the-url"
+# A watcher process imports Prefect (~5 s on a busy 2-core machine), then polls every second.
+WATCH_WAIT_SECONDS_MAX = 120
 
 
 class Receiver:
@@ -260,3 +268,33 @@ def test_a_forced_reset_made_through_the_api_is_mailed_to_the_admin_once(
     assert notice["Subject"] == f"Budget reset {label} was FORCED"
     assert "closed every open period (1 users)" in notice.get_payload(decode=True).decode()
     assert deliver_alerts(retry_delay_seconds=0)["notices_mailed"] == 0
+
+
+def test_billing_alerts_watch_delivers_what_arrives_and_stops_on_sigterm(
+    flow_settings, smtp_inbox: Inbox
+):
+    """The long-running watcher, a real process on the harness's Prefect API."""
+    seed_alerts(flow_settings)
+    label = ledger_label(flow_settings)
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "alerts", "watch", "--poll-seconds", "1"],
+        env=os.environ | {"PREFECT_API_URL": PREFECT_API_URL.value()},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + WATCH_WAIT_SECONDS_MAX
+        while len(alert_mails(smtp_inbox)) < 3 and time.monotonic() < deadline:
+            assert watcher.poll() is None, watcher.communicate()
+            time.sleep(0.2)
+        assert [state[3] for state in alert_states(flow_settings)] == ["delivered"] * 3
+    finally:
+        watcher.send_signal(signal.SIGTERM)
+        _, stderr = watcher.communicate(timeout=WATCH_WAIT_SECONDS_MAX)
+    assert watcher.returncode == 0, stderr
+    assert ("ann@example.com", f"You have used 80% of your budget for {label}") in alert_mails(
+        smtp_inbox
+    )
+    assert len(alert_mails(smtp_inbox)) == 3  # each once, though the watcher kept polling
+    assert "stopped watching the alert outbox" in stderr

@@ -8,8 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from prefect import Flow, get_client
+from prefect.exceptions import PrefectHTTPStatusError
 from prefect.settings import PREFECT_API_URL
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
@@ -51,7 +53,8 @@ def test_schedules_are_the_issues():
         {"cron": "0 0 1 * *", "timezone": "{{ $BUDGET_TIMEZONE }}"}
     ]
     assert schedules["flows/reconcile.py:reconcile_usage"][0]["cron"] == "30 2 * * *"
-    assert schedules["flows/alerts.py:deliver_alerts"] == [{"interval": 60}]
+    # off: `billing alerts watch` delivers; the schedule is the fallback an operator turns on
+    assert schedules["flows/alerts.py:deliver_alerts"] == [{"interval": 60, "active": False}]
     assert schedules["flows/backup.py:backup_database"][0]["cron"] == "0 3 * * *"
 
 
@@ -88,9 +91,54 @@ def test_billing_flows_deploy_creates_the_pool_and_the_deployments(tmp_path):
             assert deployment.schedules == []
         else:
             assert deployment.global_concurrency_limit.limit == 1
+    [every_minute] = found["every-minute"].schedules
+    assert (every_minute.schedule.interval.total_seconds(), every_minute.active) == (60, False)
     monthly = found["monthly"]
     [schedule] = monthly.schedules
     assert (schedule.schedule.cron, schedule.schedule.timezone) == ("0 0 1 * *", "Europe/Berlin")
     assert monthly.pull_steps == [
         {"prefect.deployments.steps.set_working_directory": {"directory": str(PROJECT_DIR)}}
     ]
+
+
+def test_every_parameter_has_a_description_and_a_malformed_value_is_refused_at_creation(
+    tmp_path,
+):
+    """What the Prefect UI shows and checks: each deployment's parameter schema, as served."""
+    environment = os.environ | {
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'billing.db'}",
+    }
+    subprocess.run(
+        [sys.executable, "-m", "service.cli", "flows", "deploy", "--project-dir", str(PROJECT_DIR)],
+        env=environment,
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
+    with get_client(sync_client=True) as client:
+        found = {d.name: d for d in client.read_deployments()}
+        for deployment in found.values():
+            properties = deployment.parameter_openapi_schema["properties"]
+            assert properties, deployment.name
+            for name, schema in properties.items():
+                assert schema.get("description"), (deployment.name, name)
+            assert deployment.enforce_parameter_schema, deployment.name
+        period = found["monthly"].parameter_openapi_schema["properties"]["period"]
+        assert any("pattern" in option for option in period["anyOf"])
+
+        for deployment, parameters in [
+            ("monthly", {"period": "Dec-2026"}),
+            ("monthly", {"top_spenders": 0}),
+            ("provision-user", {"email": "not-an-email", "product_id": "starter"}),
+            ("resend-invite", {"email": "ada.example.com"}),
+            ("nightly", {"litellm_days": 99}),
+        ]:
+            with pytest.raises(PrefectHTTPStatusError) as refused:
+                client.create_flow_run_from_deployment(found[deployment].id, parameters=parameters)
+            assert refused.value.response.status_code in (409, 422), refused.value.response.text
+        run = client.create_flow_run_from_deployment(
+            found["monthly"].id, parameters={"period": "2026-12"}
+        )
+        assert run.parameters == {"period": "2026-12"}
+        client.delete_flow_run(run.id)
