@@ -1,7 +1,7 @@
 """The ``billing`` command: ``serve`` runs the API under waitress, ``migrate`` the schema,
 ``healthcheck`` asks the local API whether it is healthy (the container's health check),
 ``backup`` copies the SQLite database while the service runs, ``pocketbase init`` gives the
-identity store its fields and its mail settings."""
+identity store its fields and its mail settings, ``dev`` runs the whole stack locally."""
 
 import argparse
 import logging
@@ -21,6 +21,7 @@ from core.store.sqlite_backup import BackupFailed, backup_sqlite
 from flows.cli import FLOW_COMMANDS
 from flows.cli import add_commands as add_flow_commands
 from flows.cli import run_command as run_flow_command
+from service.dev import dev
 from service.logs import configure_logging
 from service.supervisor import supervise
 
@@ -171,8 +172,23 @@ def main(argv: list[str] | None = None) -> None:
     pocketbase_commands.add_parser(
         "init", help="add the fields provisioning writes to POCKETBASE_COLLECTION (idempotent)"
     )
+    dev_command = commands.add_parser(
+        "dev", help="run the local stack: API, Prefect, worker, PocketBase, mail sink"
+    )
+    dev_command.add_argument(
+        "--env-file",
+        type=Path,
+        default=Path(".env"),
+        help="read by every process of the stack (written with local values if missing)",
+    )
     add_flow_commands(commands)
     arguments = parser.parse_args(argv)
+    if arguments.command == "dev":
+        try:
+            raise SystemExit(dev(Path.cwd(), arguments.env_file))
+        except ConfigurationError as error:
+            print(f"billing: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
     configure_logging()
     if getattr(arguments, "workers", None) is not None:
         # Through the environment, so it is validated like WORKERS and workers read the same.
