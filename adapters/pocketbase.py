@@ -27,6 +27,8 @@ RETRY_DELAYS_SECONDS = (0.2, 1.0)
 FIELD_LENGTH_MAX = 256
 # The fields provisioning writes besides the auth collection's own email and password.
 BILLING_FIELDS = ("user_id", "product_id", "tenant_id")
+# The name PocketBase's own mails carry (its default is "Acme": "Reset your Acme password").
+APP_NAME = "CloudFreedom"
 
 
 def open_identity_store(settings: Settings) -> "PocketBase | None":
@@ -265,7 +267,11 @@ class PocketBaseMail:
             "username": self.username or "",
             "password": self.password or "",
         }
-        meta: dict[str, Any] = {"senderAddress": self.sender}
+        meta: dict[str, Any] = {
+            "appName": APP_NAME,
+            "senderName": APP_NAME,
+            "senderAddress": self.sender,
+        }
         if self.app_url:
             meta["appURL"] = self.app_url
         return {"smtp": smtp, "meta": meta}

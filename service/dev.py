@@ -251,7 +251,10 @@ def dev(project_dir: Path, env_file: Path) -> int:
     def interrupt(_signal: int, _frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, interrupt)
+    # SIGINT too: a shell starts a background job with SIGINT ignored, and Python then raises
+    # no KeyboardInterrupt (seen: `billing dev &` ignored kill -INT).
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, interrupt)
     try:
         lines = start_stack(stack)
         print(f"billing dev: the stack is up ({env_file}); Ctrl-C stops it", flush=True)

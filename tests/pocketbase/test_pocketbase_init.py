@@ -138,6 +138,7 @@ def test_init_gives_pocketbase_the_smtp_server_so_a_password_reset_is_mailed(
     [message] = inbox.messages
     assert "ada@example.com" in message["To"]
     assert "billing@example.com" in message["From"]
+    assert message["Subject"] == "Reset your CloudFreedom password"
     text = message.get_payload(decode=True) if not message.is_multipart() else b"".join(
         part.get_payload(decode=True) or b"" for part in message.walk()
     )
