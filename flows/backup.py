@@ -36,8 +36,6 @@ def backup_database(
             it on another disk than the database, or a lost disk takes both.
         keep: How many of the newest copies to keep (1 to 1000); older ones are deleted.
     """
-    if not 1 <= keep <= BACKUPS_KEPT_MAX:
-        raise ValueError(f"keep must be between 1 and {BACKUPS_KEPT_MAX}")
     logger = get_run_logger()
     settings = flow_settings()
     if not settings.database_url.startswith("sqlite:"):

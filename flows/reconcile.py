@@ -68,10 +68,6 @@ def reconcile_usage(
         reservations_retention_days: Delete budget holds closed more than this many days ago
             (0 keeps them all; at most 3650).
     """
-    if not 1 <= litellm_days <= LITELLM_DAYS_MAX:
-        raise ValueError(f"litellm_days must be between 1 and {LITELLM_DAYS_MAX}")
-    if not 0 <= reservations_retention_days <= RETENTION_DAYS_MAX:
-        raise ValueError(f"reservations_retention_days must be between 0 and {RETENTION_DAYS_MAX}")
     logger = get_run_logger()
     settings = flow_settings()
     with opened_ledger(settings) as ledger:
