@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 from core.accounts import CreditGrant, NewUser, Product, Tenant, UserView
 from core.alerts import AdminNotice, Alert, AlertChannel
 from core.budget import CheckResult, UserStatus, check, check_cost
-from core.errors import Invalid, NotFound
+from core.errors import Invalid, NotFound, Unavailable
 from core.money import Money
 from core.passwords import hash_password
 from core.periods import label_at, label_bounds_ms, local_day, parse_label
@@ -27,7 +27,7 @@ from core.reconcile import (
     backfill,
 )
 from core.reservations import Reservation, retention_cutoff_ms
-from core.resets import PeriodSummary, ResetOutcome, ResetRequest
+from core.resets import RESET_BATCH_USERS_MAX, PeriodSummary, ResetOutcome, ResetRequest
 from core.store.base import LedgerStore
 from core.usage import LogOutcome, UsageGroup, UsageRecord
 
@@ -35,6 +35,9 @@ USAGE_RANGE_DAYS_MAX = 366
 PRUNE_BATCH_MAX = 10_000
 PRUNE_BATCHES_MAX = 100
 DAY_MS = 24 * 3600 * 1000
+# Runs one reset call may finish: one left unfinished before it, then its own; a third only when
+# another caller started a run in between.
+RESET_RUNS_PER_CALL_MAX = 3
 
 
 def wall_clock_ms() -> int:
@@ -63,13 +66,15 @@ class Ledger:
         zone: ZoneInfo,
         reservation_ttl_seconds: int,
         clock_ms: Callable[[], int] = wall_clock_ms,
+        reset_batch_users_max: int = RESET_BATCH_USERS_MAX,
     ) -> None:
-        assert reservation_ttl_seconds > 0
+        assert reservation_ttl_seconds > 0 and reset_batch_users_max > 0
         self.store = store
         self.prices = prices
         self.zone = zone
         self.reservation_ttl_ms = reservation_ttl_seconds * 1000
         self.clock_ms = clock_ms
+        self.reset_batch_users_max = reset_batch_users_max
 
     # -- the gateway's two calls ------------------------------------------------------------
 
@@ -191,7 +196,11 @@ class Ledger:
     def reset_budgets(self, label: str | None, force: bool = False) -> ResetOutcome:
         """Without a label, close every open period now (the operator's explicit act). With
         one, at most once per label, by the reset rule of ``core.resets``: refused
-        (``ResetRefused``) when it could only destroy a month, unless ``force``."""
+        (``ResetRefused``) when it could only destroy a month, unless ``force``.
+
+        In bounded batches (``core.resets``): a run left unfinished (a crash, a failed batch)
+        is finished first, by any later call; the same reset asked again returns its outcome.
+        """
         if label is not None:
             try:
                 parse_label(label)
@@ -207,9 +216,23 @@ class Ledger:
             force=force,
             current_label=current_label,
         )
-        outcome = self.store.reset_periods(request, now_ms)
-        assert outcome.label == request.label, (outcome, request)
-        return outcome
+        for _ in range(RESET_RUNS_PER_CALL_MAX):
+            started = self.store.start_reset(request, now_ms)
+            if isinstance(started, ResetOutcome):
+                return started
+            outcome = self._finish_reset(started.run_id)
+            if started.carries_request:
+                assert outcome.label == request.label, (outcome, request)
+                return outcome
+        raise Unavailable("other resets kept starting before this one; retry shortly")
+
+    def _finish_reset(self, run_id: int) -> ResetOutcome:
+        """Batches of the run until one finds no user left; each batch advances the run by up
+        to ``reset_batch_users_max`` users, so the loop ends."""
+        while True:
+            outcome = self.store.reset_batch(run_id, self.reset_batch_users_max, self.clock_ms())
+            if outcome is not None:
+                return outcome
 
     def provision_user(
         self, email: str, password: str, product_id: str, tenant_id: str, user_id: str | None

@@ -20,7 +20,7 @@ from core.errors import Unavailable
 from core.money import Money
 from core.reconcile import Drift
 from core.reservations import Reservation
-from core.resets import PeriodSummary, ResetOutcome, ResetRequest
+from core.resets import PeriodSummary, ResetOutcome, ResetRequest, ResetRun
 from core.usage import LogOutcome, UsageGroup, UsageRecord
 
 # How long a failed write keeps the health check failing when no later write succeeds.
@@ -193,9 +193,15 @@ class LedgerStore(Protocol):
     def release(self, request_id: str, now_ms: int) -> Reservation:
         """Release a hold (idempotent); returns the hold as it was found."""
 
-    def reset_periods(self, request: ResetRequest, now_ms: int) -> ResetOutcome:
-        """Carry out ``request`` by the reset rule of ``core.resets``, checked in its own
-        transaction (``ResetRefused`` changes nothing); once per label if ``apply_once``.
+    def start_reset(self, request: ResetRequest, now_ms: int) -> ResetOutcome | ResetRun:
+        """Start ``request`` by the reset rule of ``core.resets``, checked in this transaction
+        (``ResetRefused`` changes nothing), and return its run; or the outcome when its label
+        was applied already (``apply_once``); or, first, the run left unfinished, to finish
+        (``ResetRun.carries_request`` says whether it is the same reset)."""
+
+    def reset_batch(self, run_id: int, users_max: int, now_ms: int) -> ResetOutcome | None:
+        """One batch of the run, in one transaction: None while users are left to visit, else
+        the run's outcome (the batch that finds none left finishes the run).
 
         History rows written carry ``closed_by = label``.
         """

@@ -15,6 +15,7 @@ from core.alerts import AdminNotice
 from core.errors import Duplicate, Invalid
 from core.money import Money
 from core.reservations import Reservation, ReservationState
+from core.resets import ResetRequest, ResetRun
 from core.usage import UsageRecord
 
 
@@ -71,6 +72,12 @@ COUNT_OPEN_RESERVATIONS_SQL = (
 )
 
 APPLIED_RESET_SQL = "SELECT 1 FROM applied_resets WHERE label = :label"
+# A reset's run (core.resets): the one unfinished, a new one, and one's state for its next batch.
+UNFINISHED_RESET_SQL = "SELECT id, label, apply_once FROM reset_runs WHERE finished_at IS NULL"
+INSERT_RESET_RUN_SQL = (
+    "INSERT INTO reset_runs (label, apply_once, forced, close_before, users_after, started_at)"
+    " VALUES (:label, :apply_once, :forced, :close_before, '', :now) RETURNING id"
+)
 PENDING_ADMIN_NOTICES_SQL = (
     "SELECT id, subject, body FROM admin_notices WHERE delivered_at IS NULL"
     " ORDER BY id LIMIT :limit"
@@ -126,6 +133,25 @@ def grant_params(grant: CreditGrant, period_start_ms: int, now_ms: int) -> dict[
         "period_start": period_start_ms,
         "now": now_ms,
     }
+
+
+def reset_run_params(request: ResetRequest, now_ms: int) -> dict[str, Any]:
+    """The parameters of ``INSERT_RESET_RUN_SQL``."""
+    return {
+        "label": request.label,
+        "apply_once": request.apply_once,
+        "forced": request.force,
+        "close_before": request.close_before_label,
+        "now": now_ms,
+    }
+
+
+def unfinished_run(row: tuple[Any, ...] | None, request: ResetRequest) -> ResetRun | None:
+    """The run of ``UNFINISHED_RESET_SQL``'s row, as ``request`` finds it (None: no row)."""
+    if row is None:
+        return None
+    run_id, label, apply_once = row
+    return ResetRun(run_id, label, bool(apply_once), False).carrying(request)
 
 
 def products_from_rows(rows: Any) -> list[Product]:

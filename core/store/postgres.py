@@ -51,6 +51,7 @@ from core.resets import (
     PeriodSummary,
     ResetOutcome,
     ResetRequest,
+    ResetRun,
     forced_reset_notice,
     reset_refusal,
 )
@@ -125,6 +126,8 @@ _INSERT_CREDIT_GRANT_SQL = pg_params(ledger_sql.INSERT_CREDIT_GRANT_SQL)
 _ADD_CREDITS_SQL = pg_params(ledger_sql.ADD_CREDITS_SQL)
 _COUNT_OPEN_RESERVATIONS_SQL = pg_params(ledger_sql.COUNT_OPEN_RESERVATIONS_SQL)
 _APPLIED_RESET_SQL = pg_params(ledger_sql.APPLIED_RESET_SQL)
+_UNFINISHED_RESET_SQL = pg_params(ledger_sql.UNFINISHED_RESET_SQL)
+_INSERT_RESET_RUN_SQL = pg_params(ledger_sql.INSERT_RESET_RUN_SQL)
 _PENDING_ADMIN_NOTICES_SQL = pg_params(ledger_sql.PENDING_ADMIN_NOTICES_SQL)
 _INSERT_ADMIN_NOTICE_SQL = pg_params(ledger_sql.INSERT_ADMIN_NOTICE_SQL)
 _ADMIN_NOTICE_DELIVERED_SQL = pg_params(ledger_sql.ADMIN_NOTICE_DELIVERED_SQL)
@@ -351,35 +354,50 @@ class PostgresStore:
 
     # -- resets ------------------------------------------------------------------------------
 
-    def reset_periods(self, request: ResetRequest, now_ms: int) -> ResetOutcome:
-        """The reset rule is checked under the resets' lock, in the reset's transaction."""
+    def start_reset(self, request: ResetRequest, now_ms: int) -> ResetOutcome | ResetRun:
+        """The reset rule is checked under the resets' lock, in the transaction that starts it."""
         label = request.label
         with self._db.connection(write=True) as connection, connection.transaction():
             connection.execute(
                 "SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_NAMESPACE, LOCK_RESETS)
             )
+            unfinished = connection.execute(_UNFINISHED_RESET_SQL).fetchone()
+            run = ledger_sql.unfinished_run(unfinished, request)
+            if run is not None:
+                return run
             if request.apply_once:
                 done = connection.execute(_APPLIED_RESET_SQL, {"label": label}).fetchone()
                 if done is not None:
                     return ResetOutcome(label, 0, True)
             bounds = connection.execute(
-                'SELECT MIN(period_label COLLATE "C"), MAX(period_label COLLATE "C") FROM users'
+                'SELECT (SELECT MIN(period_label COLLATE "C") FROM users),'
+                ' (SELECT MAX(period_label COLLATE "C") FROM users)'
             ).fetchone()
             assert bounds is not None
             refusal = reset_refusal(request, OpenPeriods(bounds[0], bounds[1]))
             if refusal is not None:
                 raise refusal
+            parameters = ledger_sql.reset_run_params(request, now_ms)
+            row = connection.execute(_INSERT_RESET_RUN_SQL, parameters).fetchone()
+            assert row is not None
+        return ResetRun(int(row[0]), label, request.apply_once, True)
+
+    def reset_batch(self, run_id: int, users_max: int, now_ms: int) -> ResetOutcome | None:
+        """One call of ``ledger_reset_batch``; a forced run's notice joins its last commit."""
+        assert users_max > 0
+        with self._db.connection(write=True) as connection, connection.transaction():
             row = connection.execute(
-                "SELECT users_reset, already_done FROM ledger_reset_before(%s, %s, %s, %s)",
-                (label, request.apply_once, request.close_before_label, now_ms),
+                "SELECT label, users_reset, finished, finished_now, forced"
+                " FROM ledger_reset_batch(%s, %s, %s)",
+                (run_id, users_max, now_ms),
             ).fetchone()
             assert row is not None
-            outcome = ResetOutcome(label, int(row[0]), bool(row[1]))
-            if request.force and not outcome.already_done:
-                notice = forced_reset_notice(label, outcome.users_reset)
+            label, users_reset, finished, finished_now, forced = row
+            if finished_now and forced:
+                notice = forced_reset_notice(label, users_reset)
                 parameters = {"subject": notice.subject, "body": notice.body, "now": now_ms}
                 connection.execute(_INSERT_ADMIN_NOTICE_SQL, parameters)
-        return outcome
+        return ResetOutcome(label, int(users_reset), False) if finished else None
 
     def closed_period_summary(self, label: str, top_n: int) -> PeriodSummary:
         with self._db.connection() as connection:
@@ -436,7 +454,7 @@ class PostgresStore:
     def provision_user(self, user: NewUser, now_ms: int) -> UserView:
         parameters = ledger_sql.new_user_params(user, now_ms)
         with self._db.connection(write=True) as connection, connection.transaction():
-            # Shared with other provisionings, exclusive with a reset (ledger_reset).
+            # Shared with other provisionings, exclusive with a reset's start and batches.
             connection.execute(
                 "SELECT pg_advisory_xact_lock_shared(%s, %s)", (LOCK_NAMESPACE, LOCK_RESETS)
             )

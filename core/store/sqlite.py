@@ -27,7 +27,7 @@ from core.alerts import AdminNotice, Alert, AlertChannel, crossings
 from core.budget import CheckResult, UserStatus, check_hold
 from core.errors import ConfigurationError, Invalid, LedgerError, NotFound
 from core.failure_log import FailureLog
-from core.money import NANOS_PER_UNIT, Money
+from core.money import COUNTER_MAX, NANOS_PER_UNIT, Money
 from core.reconcile import EXPIRED_HOLD_GRACE_MS, Check, Drift
 from core.reservations import Reservation, ReservationState, check_release
 from core.resets import (
@@ -35,6 +35,7 @@ from core.resets import (
     PeriodSummary,
     ResetOutcome,
     ResetRequest,
+    ResetRun,
     forced_reset_notice,
     reset_refusal,
 )
@@ -407,52 +408,36 @@ class SqliteStore:
 
         return self._write(operation, one_statement=True)
 
-    def reset_periods(self, request: ResetRequest, now_ms: int) -> ResetOutcome:
-        label = request.label
-
-        def operation(connection: sqlite3.Connection, _: int) -> ResetOutcome:
+    def start_reset(self, request: ResetRequest, now_ms: int) -> ResetOutcome | ResetRun:
+        def operation(connection: sqlite3.Connection, _: int) -> ResetOutcome | ResetRun:
+            unfinished = connection.execute(ledger_sql.UNFINISHED_RESET_SQL).fetchone()
+            run = ledger_sql.unfinished_run(unfinished, request)
+            if run is not None:
+                return run
+            label = request.label
             if request.apply_once:
                 done = connection.execute(ledger_sql.APPLIED_RESET_SQL, {"label": label})
                 if done.fetchone() is not None:
                     return ResetOutcome(label, 0, True)
+            # Two lookups in users_by_period_label (one query with both would scan the table).
             earliest, latest = connection.execute(
-                "SELECT MIN(period_label), MAX(period_label) FROM users"
+                "SELECT (SELECT MIN(period_label) FROM users),"
+                " (SELECT MAX(period_label) FROM users)"
             ).fetchone()
             refusal = reset_refusal(request, OpenPeriods(earliest, latest))
             if refusal is not None:
                 raise refusal
-            before = request.close_before_label
-            # A period is named by its start; MAX(...) keeps starts strictly increasing even when
-            # two resets fall in one millisecond, so usage rows never straddle two periods.
-            connection.execute(
-                "INSERT INTO period_history (user_id, label, period_start, period_end, tenant_id,"
-                " product_id, plan_budget, credits, used, closed_by)"
-                " SELECT u.id, u.period_label, u.period_start, MAX(?, u.period_start + 1),"
-                " u.tenant_id, u.product_id, p.monthly_budget, u.credits, u.used, ?"
-                " FROM users u JOIN products p ON p.id = u.product_id WHERE u.period_label < ?",
-                (now_ms, label, before),
-            )
-            users_reset = connection.execute(
-                "UPDATE users SET used = 0, credits = 0, period_label = ?,"
-                " period_start = MAX(?, period_start + 1), updated_at = ? WHERE period_label < ?",
-                (label, now_ms, now_ms, before),
-            ).rowcount
-            # A tenant's used is its users' open-period usage: what the periods left open hold.
-            connection.execute(
-                "UPDATE tenants SET used = COALESCE((SELECT SUM(u.used) FROM users u"
-                " WHERE u.tenant_id = tenants.id), 0), updated_at = ?",
-                (now_ms,),
-            )
-            if request.apply_once:
-                connection.execute(
-                    "INSERT INTO applied_resets (label, users_reset, applied_at) VALUES (?, ?, ?)",
-                    (label, users_reset, now_ms),
-                )
-            if request.force:
-                notice = forced_reset_notice(label, users_reset)
-                parameters = {"subject": notice.subject, "body": notice.body, "now": now_ms}
-                connection.execute(ledger_sql.INSERT_ADMIN_NOTICE_SQL, parameters)
-            return ResetOutcome(label, users_reset, False)
+            parameters = ledger_sql.reset_run_params(request, now_ms)
+            (run_id,) = connection.execute(ledger_sql.INSERT_RESET_RUN_SQL, parameters).fetchone()
+            return ResetRun(run_id, label, request.apply_once, True)
+
+        return self._write(operation)
+
+    def reset_batch(self, run_id: int, users_max: int, now_ms: int) -> ResetOutcome | None:
+        assert users_max > 0
+
+        def operation(connection: sqlite3.Connection, _: int) -> ResetOutcome | None:
+            return _reset_batch(connection, run_id, users_max, now_ms)
 
         return self._write(operation)
 
@@ -560,6 +545,73 @@ def _log_usage_operation(
         return outcome
 
     return operation
+
+
+def _reset_batch(
+    connection: sqlite3.Connection, run_id: int, users_max: int, now_ms: int
+) -> ResetOutcome | None:
+    """One batch of a reset's run, as PostgreSQL's ``ledger_reset_batch``: None while users are
+    left to visit, the run's outcome once none is (the commit that finds none finishes it)."""
+    label, apply_once, forced, before, after, users_reset, finished_at = connection.execute(
+        "SELECT label, apply_once, forced, close_before, users_after, users_reset, finished_at"
+        " FROM reset_runs WHERE id = ?",
+        (run_id,),
+    ).fetchone()
+    if finished_at is not None:
+        return ResetOutcome(label, users_reset, False)
+    (last,) = connection.execute(
+        "SELECT MAX(id) FROM (SELECT id FROM users WHERE id > ? ORDER BY id LIMIT ?)",
+        (after, users_max),
+    ).fetchone()
+    if last is None:
+        connection.execute("UPDATE reset_runs SET finished_at = ? WHERE id = ?", (now_ms, run_id))
+        if apply_once:
+            connection.execute(
+                "INSERT INTO applied_resets (label, users_reset, applied_at) VALUES (?, ?, ?)",
+                (label, users_reset, now_ms),
+            )
+        if forced:
+            notice = forced_reset_notice(label, users_reset)
+            parameters = {"subject": notice.subject, "body": notice.body, "now": now_ms}
+            connection.execute(ledger_sql.INSERT_ADMIN_NOTICE_SQL, parameters)
+        return ResetOutcome(label, users_reset, False)
+    batch = {"after": after, "last": last, "before": before, "label": label, "now": now_ms}
+    closing = " WHERE u.id > :after AND u.id <= :last AND u.period_label < :before"
+    # What the closing periods held, per tenant, added here: SQLite's SUM fails past 2^63.
+    closed_by_tenant: dict[str, int] = {}
+    closing_users = connection.execute(f"SELECT u.tenant_id, u.used FROM users u{closing}", batch)
+    for tenant_id, used in closing_users:
+        closed_by_tenant[tenant_id] = closed_by_tenant.get(tenant_id, 0) + used
+    # A period is named by its start; MAX(...) keeps starts strictly increasing even when two
+    # resets fall in one millisecond, so usage rows never straddle two periods.
+    connection.execute(
+        "INSERT INTO period_history (user_id, label, period_start, period_end, tenant_id,"
+        " product_id, plan_budget, credits, used, closed_by)"
+        " SELECT u.id, u.period_label, u.period_start, MAX(:now, u.period_start + 1),"
+        " u.tenant_id, u.product_id, p.monthly_budget, u.credits, u.used, :label"
+        f" FROM users u JOIN products p ON p.id = u.product_id{closing}",
+        batch,
+    )
+    # Lowered by what closed, never below 0: a drifted counter is reconciliation's to report,
+    # not a reason to stop the reset. A tenant's used is at most COUNTER_MAX, so a larger
+    # amount closed (possible only past a drift) lowers it to 0 all the same.
+    connection.executemany(
+        "UPDATE tenants SET used = MAX(used - ?, 0), updated_at = ? WHERE id = ?",
+        [
+            (min(closed, COUNTER_MAX), now_ms, tenant_id)
+            for tenant_id, closed in sorted(closed_by_tenant.items())
+        ],
+    )
+    closed = connection.execute(
+        "UPDATE users AS u SET used = 0, credits = 0, period_label = :label,"
+        f" period_start = MAX(:now, period_start + 1), updated_at = :now{closing}",
+        batch,
+    ).rowcount
+    connection.execute(
+        "UPDATE reset_runs SET users_after = ?, users_reset = users_reset + ? WHERE id = ?",
+        (last, closed, run_id),
+    )
+    return None
 
 
 def _read_user(connection: sqlite3.Connection, user_id: str, now_ms: int) -> UserView | None:

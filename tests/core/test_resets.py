@@ -1,12 +1,17 @@
 """The reset rule (``core.resets``): which periods a reset closes, and which labels it refuses,
-as a pure function and through the ledger on both stores."""
+as a pure function and through the ledger on both stores; and its bounded batches, stopped
+between two and resumed, and beside concurrent writes."""
 
+import threading
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import pytest
-from core_helpers import APRIL, provision, usd
+from core_helpers import APRIL, TTL_SECONDS, open_test_store, provision, usd
 
 from core.errors import Invalid, ResetRefused
+from core.ledger import Ledger
+from core.prices import load_price_table
 from core.resets import OpenPeriods, RefusalReason, ResetRequest, reset_refusal, valid_label
 
 
@@ -174,3 +179,196 @@ def test_an_unforced_reset_leaves_no_notice(ledger, alice, clock):
     ledger.reset_budgets("2026-04")
     ledger.reset_budgets(None)
     assert ledger.pending_admin_notices(10) == []
+
+
+# -- in bounded batches: resumed after a stop, beside concurrent writes ------------------------
+
+BATCH_USERS = 2
+
+
+@pytest.fixture
+def batched(store, clock) -> Ledger:
+    """A ledger whose resets visit ``BATCH_USERS`` users per batch."""
+    return Ledger(
+        store,
+        load_price_table(),
+        ZoneInfo("UTC"),
+        TTL_SECONDS,
+        clock_ms=clock,
+        reset_batch_users_max=BATCH_USERS,
+    )
+
+
+def seven_users_with_usage(ledger) -> dict[str, int]:
+    """Seven users over two tenants, user n having spent n dollars; their spend by user."""
+    spent = {}
+    for n in range(7):
+        user_id = f"u{n}"
+        provision(ledger, user_id, tenant_id=f"t{n % 2}")
+        if n:
+            ledger.log_usage(user_id, "gpt-4o", f"before-{n}", 1, 1, usd(n), None)
+        spent[user_id] = usd(n)
+    return spent
+
+
+def closed_periods(raw, label: str) -> list[tuple]:
+    return raw.execute(
+        "SELECT user_id, label, used FROM period_history WHERE closed_by = ? ORDER BY user_id",
+        (label,),
+    ).fetchall()
+
+
+def assert_every_usage_row_in_exactly_one_period(raw) -> None:
+    """Each usage row carries the start of its user's open period or of one closed period, and
+    every period's used is the sum of its rows (the counters and history, as reconcile reads
+    them, follow)."""
+    periods = {
+        (user_id, start): used
+        for user_id, start, used in raw.execute(
+            "SELECT id, period_start, used FROM users"
+            " UNION ALL SELECT user_id, period_start, used FROM period_history"
+        ).fetchall()
+    }
+    assert len(periods) == raw.execute(
+        "SELECT (SELECT COUNT(*) FROM users) + (SELECT COUNT(*) FROM period_history)"
+    ).fetchone()[0]
+    sums: dict[tuple, int] = {}
+    for user_id, start, cost in raw.execute("SELECT user_id, period_start, cost FROM usage"):
+        assert (user_id, start) in periods, (user_id, start)
+        sums[(user_id, start)] = sums.get((user_id, start), 0) + cost
+    assert {key: used for key, used in periods.items() if used} == sums
+
+
+def test_a_reset_in_batches_closes_every_users_period_once(batched, basic, raw, clock):
+    spent = seven_users_with_usage(batched)
+    clock.advance_to(APRIL)
+    result = batched.reset_budgets("2026-04")
+    assert (result.users_reset, result.already_done) == (7, False)
+    assert closed_periods(raw, "2026-04") == [
+        (user_id, "2026-03", used) for user_id, used in sorted(spent.items())
+    ]
+    assert raw.execute("SELECT used FROM tenants ORDER BY id").fetchall() == [(0,), (0,)]
+    summary = batched.closed_period_summary("2026-04", 10)
+    assert (summary.users, summary.spend_total) == (7, usd(21))
+    assert batched.reset_budgets("2026-04").already_done
+    assert batched.reconcile(repair=False).drifts == []
+
+
+def test_a_reset_stopped_between_batches_resumes_without_closing_twice_or_skipping(
+    batched, basic, raw, clock, database_url, store
+):
+    spent = seven_users_with_usage(batched)
+    clock.advance_to(APRIL)
+    request = ResetRequest("2026-04", apply_once=True, force=False, current_label="2026-04")
+    run = store.start_reset(request, clock())
+    assert run.carries_request
+    assert store.reset_batch(run.run_id, BATCH_USERS, clock()) is None
+    assert store.reset_batch(run.run_id, BATCH_USERS, clock()) is None
+    # Stopped here, four users in: every row is true between batches.
+    assert [row[0] for row in closed_periods(raw, "2026-04")] == ["u0", "u1", "u2", "u3"]
+    assert batched.reconcile(repair=False).drifts == []
+    assert batched.user("u4").budget.tenant_used == usd(4 + 6)  # t0 keeps u4's and u6's spend
+    clock.advance(1000)
+    batched.log_usage("u1", "gpt-4o", "between-1", 1, 1, usd("0.5"), None)  # its new period
+    batched.log_usage("u5", "gpt-4o", "between-5", 1, 1, usd("0.5"), None)  # its old period
+    spent["u5"] += usd("0.5")
+    assert batched.user("u1").budget.used == usd("0.5")
+    store.close()  # the process that ran the reset is gone
+
+    reopened = open_test_store(database_url, clock)
+    try:
+        ledger = Ledger(reopened, load_price_table(), ZoneInfo("UTC"), TTL_SECONDS, clock_ms=clock)
+        result = ledger.reset_budgets("2026-04")  # the flow's retry, or the operator's
+        assert (result.users_reset, result.already_done) == (7, False)
+        assert closed_periods(raw, "2026-04") == [
+            (user_id, "2026-03", used) for user_id, used in sorted(spent.items())
+        ]
+        assert ledger.user("u1").budget.used == usd("0.5")
+        assert ledger.user("u1").budget.tenant_used == usd("0.5")
+        assert ledger.user("u5").budget.used == 0
+        summary = ledger.closed_period_summary("2026-04", 10)
+        assert (summary.users, summary.spend_total) == (7, usd("21.5"))
+        assert ledger.reset_budgets("2026-04").already_done
+        assert raw.execute("SELECT label, users_reset FROM applied_resets").fetchall() == [
+            ("2026-04", 7)
+        ]
+        assert_every_usage_row_in_exactly_one_period(raw)
+        assert ledger.reconcile(repair=False).drifts == []
+    finally:
+        reopened.close()
+
+
+def test_an_unfinished_reset_is_finished_before_another_starts(batched, basic, raw, clock, store):
+    seven_users_with_usage(batched)
+    request = ResetRequest("2026-03", apply_once=True, force=True, current_label="2026-03")
+    run = store.start_reset(request, clock())
+    assert store.reset_batch(run.run_id, BATCH_USERS, clock()) is None
+    clock.advance(1000)
+
+    bare = batched.reset_budgets(None)  # finishes the forced run, then closes everything again
+
+    assert (bare.label, bare.users_reset) == ("2026-03", 7)
+    assert raw.execute("SELECT label, users_reset FROM applied_resets").fetchall() == [
+        ("2026-03", 7)
+    ]
+    assert raw.execute(
+        "SELECT COUNT(*), COUNT(DISTINCT user_id) FROM period_history"
+    ).fetchone() == (14, 7)
+    [notice] = batched.pending_admin_notices(10)  # the forced run's, once, with its total
+    assert "(7 users)" in notice.body
+    assert_every_usage_row_in_exactly_one_period(raw)
+    assert batched.reconcile(repair=False).drifts == []
+
+
+def test_a_refusal_starts_no_run(batched, alice, raw):
+    with pytest.raises(ResetRefused):
+        batched.reset_budgets("2026-04")
+    assert raw.execute("SELECT COUNT(*) FROM reset_runs").fetchone() == (0,)
+
+
+WRITERS = 3
+WRITES_PER_WRITER = 40
+
+
+def test_writes_from_another_store_during_a_batched_reset_each_land_in_one_period(
+    batched, basic, raw, clock, database_url
+):
+    spent = seven_users_with_usage(batched)
+    for n in range(7, 30):
+        provision(batched, f"u{n}", tenant_id=f"t{n % 2}")
+    clock.advance_to(APRIL)
+    other = open_test_store(database_url, clock)  # its own writer: another process's, in effect
+    try:
+        writer_ledger = Ledger(
+            other, load_price_table(), ZoneInfo("UTC"), TTL_SECONDS, clock_ms=clock
+        )
+        failures: list[BaseException] = []
+
+        def write(writer: int) -> None:
+            try:
+                for n in range(WRITES_PER_WRITER):
+                    clock.advance(1)
+                    user_id = f"u{(writer * 7 + n) % 30}"
+                    writer_ledger.log_usage(
+                        user_id, "gpt-4o", f"w{writer}-{n}", 1, 1, usd("0.01"), None
+                    )
+            except BaseException as error:
+                failures.append(error)
+
+        threads = [threading.Thread(target=write, args=(w,)) for w in range(WRITERS)]
+        for thread in threads:
+            thread.start()
+        result = batched.reset_budgets("2026-04")
+        for thread in threads:
+            thread.join()
+    finally:
+        other.close()
+    assert failures == []
+    assert (result.users_reset, result.already_done) == (30, False)
+    assert raw.execute(
+        "SELECT COUNT(*), COUNT(DISTINCT user_id) FROM period_history WHERE closed_by = '2026-04'"
+    ).fetchone() == (30, 30)
+    total = raw.execute("SELECT SUM(cost) FROM usage").fetchone()[0]
+    assert total == sum(spent.values()) + WRITERS * WRITES_PER_WRITER * usd("0.01")
+    assert_every_usage_row_in_exactly_one_period(raw)
+    assert batched.reconcile(repair=False).drifts == []

@@ -57,6 +57,7 @@ MIGRATIONS = [
     "0002_flows.sql",
     "0003_guarded_reset.sql",
     "0004_money_bounds.sql",
+    "0005_batched_reset.sql",
 ]
 
 
