@@ -33,7 +33,7 @@ touched; the labels, ``force``, the refusals and "a label applies once" would ne
 for a reset that no longer happens at one moment. Batches keep every rule as it is and every
 row true at every commit, so they were chosen. What they rest on:
 
-- **A run.** ``start`` checks the rule, in one write transaction, and records the run (label,
+- **A run.** ``start_reset`` checks the rule, in one write transaction, and records the run (label,
   what it closes, ``users_after`` = the empty text: no user visited yet). At most one run is
   unfinished at a time (a unique index in both schemas).
 - **A batch** is one write transaction: the next ``users_max`` users by id after
@@ -46,9 +46,10 @@ row true at every commit, so they were chosen. What they rest on:
   a run: a batch that fails or a process that dies rolls back whole, leaving ``users_after``
   where the last commit put it, and the next call resumes from there. The label is recorded as
   applied, and a forced reset's notice written, in the commit that finds no user left.
-- **Resuming.** A reset asked while a run is unfinished first finishes that run: a call of the
-  same label (labelled or bare alike) returns the finished run's outcome, any other then starts
-  its own run, exactly as if the two had run one after the other.
+- **Resuming.** A reset asked while a run is unfinished first finishes that run: the same
+  reset asked again (same label, labelled or bare as before) returns the finished run's
+  outcome, any other then starts its own run, exactly as if the two had run one after the
+  other.
 - **Users provisioned meanwhile** have the current month's label, so a guarded run never
   closes them; a run that closes every open period (forced, or bare) closes the period of a
   user provisioned after it started only when the user's id is still ahead of ``users_after``
