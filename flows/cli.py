@@ -87,9 +87,13 @@ def _run_command(arguments: argparse.Namespace, settings: Settings) -> None:
 
         watch_until_signalled(settings, arguments.poll_seconds)
     else:
-        from flows.deploy import deploy
+        from flows.deploy import DeployFailed, deploy
 
-        created = deploy(settings, arguments.project_dir)
+        try:
+            created = deploy(settings, arguments.project_dir)
+        except DeployFailed as error:
+            print(f"billing: flows deploy: {error}", file=sys.stderr)
+            raise SystemExit(1) from None
         print("work pools created: " + (", ".join(created) if created else "none (all existed)"))
 
 

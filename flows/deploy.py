@@ -9,16 +9,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.exceptions import ObjectAlreadyExists
+from prefect.settings import PREFECT_API_URL
 
 from core.errors import ConfigurationError
 from core.settings import Settings
 
 PREFECT_FILE_NAME = "prefect.yaml"
 DEPLOY_TIMEOUT_SECONDS = 600
+
+
+class DeployFailed(Exception):
+    """The Prefect API could not be reached or refused, or ``prefect deploy`` failed; the
+    message says which, for an operator, without the traceback."""
 
 
 def work_pool_names(prefect_file: Path) -> set[str]:
@@ -42,12 +49,28 @@ def deploy(settings: Settings, project_dir: Path) -> list[str]:
     prefect_file = project_dir / PREFECT_FILE_NAME
     if not prefect_file.is_file():
         raise ConfigurationError(f"no {PREFECT_FILE_NAME} in {project_dir}; run from the project")
-    created = [name for name in sorted(work_pool_names(prefect_file)) if ensure_work_pool(name)]
+    try:
+        created = [name for name in sorted(work_pool_names(prefect_file)) if ensure_work_pool(name)]
+    except httpx.HTTPStatusError as error:
+        hint = (
+            ": PREFECT_API_AUTH_STRING is missing or wrong"
+            if error.response.status_code == 401
+            else ""
+        )
+        raise DeployFailed(
+            f"the Prefect API at {PREFECT_API_URL.value()} answered HTTP"
+            f" {error.response.status_code}{hint}"
+        ) from None
+    except httpx.HTTPError as error:
+        raise DeployFailed(
+            f"the Prefect API at {PREFECT_API_URL.value()} does not answer"
+            f" ({type(error).__name__}): is the server up, and PREFECT_API_URL right?"
+        ) from None
     environment = os.environ | {
         "BUDGET_TIMEZONE": settings.budget_timezone,
         "BILLING_PROJECT_DIR": str(project_dir.resolve()),
     }
-    subprocess.run(
+    deployed = subprocess.run(
         [
             sys.executable,
             "-m",
@@ -60,7 +83,10 @@ def deploy(settings: Settings, project_dir: Path) -> list[str]:
         ],
         cwd=project_dir,
         env=environment,
-        check=True,
         timeout=DEPLOY_TIMEOUT_SECONDS,
     )
+    if deployed.returncode != 0:
+        raise DeployFailed(
+            f"prefect deploy exited with status {deployed.returncode} (its output is above)"
+        )
     return created

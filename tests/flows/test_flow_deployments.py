@@ -4,6 +4,7 @@ test harness's), the reset's schedule in BUDGET_TIMEZONE."""
 
 import importlib
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -142,3 +143,25 @@ def test_every_parameter_has_a_description_and_a_malformed_value_is_refused_at_c
         )
         assert run.parameters == {"period": "2026-12"}
         client.delete_flow_run(run.id)
+
+
+def test_billing_flows_deploy_says_when_the_prefect_api_does_not_answer(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}/api"
+    environment = os.environ | {
+        "PREFECT_API_URL": dead,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'billing.db'}",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "flows", "deploy", "--project-dir", str(PROJECT_DIR)],
+        env=environment,
+        timeout=120,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"billing: flows deploy: the Prefect API at {dead} does not answer (ConnectError):"
+        " is the server up, and PREFECT_API_URL right?"
+    )
