@@ -7,6 +7,8 @@ import os
 import socket
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -145,23 +147,60 @@ def test_every_parameter_has_a_description_and_a_malformed_value_is_refused_at_c
         client.delete_flow_run(run.id)
 
 
-def test_billing_flows_deploy_says_when_the_prefect_api_does_not_answer(tmp_path):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{probe.getsockname()[1]}/api"
+def _deploy_against(api_url: str, tmp_path: Path) -> subprocess.CompletedProcess:
     environment = os.environ | {
-        "PREFECT_API_URL": dead,
+        "PREFECT_API_URL": api_url,
+        "PREFECT_API_AUTH_STRING": "admin:not-the-password",
         "DATABASE_URL": f"sqlite:///{tmp_path / 'billing.db'}",
     }
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "service.cli", "flows", "deploy", "--project-dir", str(PROJECT_DIR)],
         env=environment,
         timeout=120,
         capture_output=True,
         text=True,
     )
+
+
+def test_billing_flows_deploy_says_when_the_prefect_api_does_not_answer(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}/api"
+    result = _deploy_against(dead, tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip() == (
         f"billing: flows deploy: the Prefect API at {dead} does not answer (ConnectError):"
         " is the server up, and PREFECT_API_URL right?"
     )
+
+
+class _RefusesEveryLogin(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
+        self.send_response(401)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b'{"exception_message": "Unauthorized"}')
+
+    do_GET = do_POST  # noqa: N815 - the name http.server calls
+
+    def log_message(self, *arguments) -> None:
+        pass
+
+
+def test_billing_flows_deploy_says_when_the_prefect_login_is_refused(tmp_path):
+    """As a Prefect server with basic auth answers a wrong PREFECT_API_AUTH_STRING."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _RefusesEveryLogin)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        api = f"http://127.0.0.1:{server.server_address[1]}/api"
+        result = _deploy_against(api, tmp_path)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"billing: flows deploy: the Prefect API at {api} answered HTTP 401:"
+        " PREFECT_API_AUTH_STRING is missing or wrong"
+    )
+    assert "not-the-password" not in result.stderr
