@@ -46,7 +46,14 @@ FLOW_RUN_WAIT_SECONDS = 180
 COMMAND_TIMEOUT_SECONDS = 300
 HTTP_TIMEOUT_SECONDS = 10
 POLL_SECONDS = 1.0
-SERVICES_OF_THE_IMAGE = ("init", "api", "flows-deploy", "prefect-worker", "prefect-server")
+SERVICES_OF_THE_IMAGE = (
+    "init",
+    "api",
+    "flows-deploy",
+    "prefect-worker",
+    "prefect-server",
+    "alerts-watch",
+)
 LONG_RUNNING = ("pocketbase", "api", "prefect-server", "prefect-worker")
 USAGE_WRITES = 5
 OPERATIONS = ROOT / "docs" / "operations.md"
@@ -289,6 +296,7 @@ def test_init_migrates_and_sets_up_pocketbase(stack: Stack) -> None:
 
 def test_every_long_running_service_becomes_healthy(stack: Stack) -> None:
     stack.wait_healthy(LONG_RUNNING)
+    assert stack.state("alerts-watch", ".State.Status") == "running"
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ SERVICES_EXPECTED = {
     "prefect-server",
     "flows-deploy",
     "prefect-worker",
+    "alerts-watch",
 }
 # Variables only docker-compose and Prefect read (passwords of its databases, Prefect's login and
 # the URL its UI calls).
@@ -127,7 +128,7 @@ def test_every_long_running_service_has_a_health_check_of_its_own() -> None:
         test = services[name]["healthcheck"]["test"]
         assert "billing" not in test and "healthcheck" not in test, name
     assert "--with-healthcheck" in services["prefect-worker"]["command"]
-    for name in ("init", "flows-deploy"):
+    for name in ("init", "flows-deploy", "alerts-watch"):
         assert services[name]["healthcheck"] == {"disable": True}, name
 
 
