@@ -106,6 +106,7 @@ def test_compose_is_valid_for_docker_compose_1() -> None:
 
 def test_api_runs_on_postgresql_with_redis_and_pocketbase() -> None:
     api = compose()["services"]["api"]
+    assert (api["environment"]["HOST"], api["environment"]["PORT"]) == ("0.0.0.0", "3000")
     assert api["environment"]["DATABASE_URL"].startswith("postgresql://")
     assert api["environment"]["REDIS_URL"].startswith("redis://")
     assert api["environment"]["POCKETBASE_URL"].startswith("http://pocketbase:")
