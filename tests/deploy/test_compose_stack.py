@@ -205,7 +205,7 @@ def _host_override(stand_in: str, ports: dict[str, int], databases: dict[str, st
     }
     # The images' health checks poll every 10 s; the test need not wait that long for each. And
     # `billing healthcheck` took 9 to 11 s to import the CLI on a 2-core VM at load average 20
-    # (0.6 s when idle): past the image's 5 s timeout, the API would never be healthy there.
+    # (0.5 s at load average 2.6): past the image's 5 s timeout, the API would never be healthy.
     for name in LONG_RUNNING:
         services[name]["healthcheck"] = {"interval": "1s", "timeout": "60s"}
     for service in services.values():
