@@ -23,7 +23,7 @@ ENV DATA_DIR=/data PORT=3000
 VOLUME ["/data"]
 EXPOSE 3000
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["billing", "healthcheck"]
+    CMD ["billing-healthcheck"]
 CMD ["billing", "serve"]
 
 FROM python:3.11.7-slim-bookworm AS pocketbase

@@ -9,7 +9,6 @@ import os
 import sys
 from pathlib import Path
 
-import httpx
 from pydantic import ValidationError
 
 from adapters.pocketbase import open_identity_store, pocketbase_mail
@@ -22,6 +21,7 @@ from flows.cli import FLOW_COMMANDS
 from flows.cli import add_commands as add_flow_commands
 from flows.cli import run_command as run_flow_command
 from service.dev import dev
+from service.healthcheck import healthy
 from service.logs import configure_logging
 from service.supervisor import supervise
 
@@ -104,20 +104,12 @@ def backup(settings: Settings, target: Path) -> None:
     print(f"backed up to {made.path} ({made.size_bytes:,} bytes, quick_check ok)")
 
 
-HEALTHCHECK_TIMEOUT_SECONDS = 3.0
-
-
 def healthcheck(settings: Settings) -> None:
-    """Exit 0 when the API on this host's PORT answers ``GET /`` with status ok, else 1."""
-    url = f"http://127.0.0.1:{settings.port}/"
-    try:
-        response = httpx.get(url, timeout=HEALTHCHECK_TIMEOUT_SECONDS)
-        healthy = response.status_code == 200 and response.json().get("status") == "ok"
-    except (httpx.HTTPError, ValueError) as error:
-        print(f"billing: {url}: {type(error).__name__}", file=sys.stderr)
-        raise SystemExit(1) from None
-    if not healthy:
-        print(f"billing: {url}: HTTP {response.status_code}", file=sys.stderr)
+    """Exit 0 when the API on this host's PORT answers ``GET /`` with status ok, else 1 (the
+    image's health check is ``billing-healthcheck``, the same check without loading the CLI)."""
+    problem = healthy(settings.port)
+    if problem is not None:
+        print(f"billing: {problem}", file=sys.stderr)
         raise SystemExit(1)
 
 

@@ -204,8 +204,8 @@ def _host_override(stand_in: str, ports: dict[str, int], databases: dict[str, st
         "PREFECT_WORKER_QUERY_SECONDS": "1",
     }
     # The images' health checks poll every 10 s; the test need not wait that long for each. And
-    # `billing healthcheck` took 9 to 11 s to import the CLI on a 2-core VM at load average 20
-    # (0.5 s at load average 2.6): past the image's 5 s timeout, the API would never be healthy.
+    # on a 2-core VM at load average 20 a check's Python start-up alone can pass the image's 5 s
+    # timeout (the old `billing healthcheck`, which loaded the whole CLI, took 9 to 11 s there).
     for name in LONG_RUNNING:
         services[name]["healthcheck"] = {"interval": "1s", "timeout": "60s"}
     for service in services.values():

@@ -66,6 +66,39 @@ def test_healthcheck_exits_one_when_nothing_answers(workdir: Path) -> None:
     assert "ConnectError" in result.stderr
 
 
+def run_image_healthcheck(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The image's HEALTHCHECK command, ``billing-healthcheck``, as its entry point runs it."""
+    command = [sys.executable, "-c", "from service.healthcheck import main; main()"]
+    return subprocess.run(
+        command, env=env, cwd=cwd, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_the_image_healthcheck_answers_as_billing_healthcheck(
+    server: BillingServer, workdir: Path
+) -> None:
+    assert run_image_healthcheck(server_env(PORT=str(server.port)), workdir).returncode == 0
+    result = run_image_healthcheck(server_env(PORT=str(free_port())), workdir)
+    assert result.returncode == 1
+    assert "ConnectError" in result.stderr
+    result = run_image_healthcheck(server_env(PORT="70000"), workdir)
+    assert result.returncode == 1
+    assert "PORT must be 1 to 65535" in result.stderr
+
+
+def test_the_image_healthcheck_loads_nothing_of_the_service(workdir: Path) -> None:
+    """It runs every 10 s in the container: the ledger, falcon, pydantic and Prefect stay out."""
+    probe = (
+        "import sys, service.healthcheck as h; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('core', 'api', 'flows', 'adapters', 'falcon', 'pydantic', 'prefect')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=workdir, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
+
+
 def test_gateway_flow_with_exact_figures(client: httpx.Client) -> None:
     product = create_product(client, "starter", Decimal("10"))
     assert product == {"id": "starter", "name": "Starter", "monthly_budget": 10}
