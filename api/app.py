@@ -18,7 +18,12 @@ from api.resources.admin import (
     UserResource,
     UsersResource,
 )
-from api.resources.gateway import CheckBudgetResource, LogUsageResource, ReleaseReservationResource
+from api.resources.gateway import (
+    CheckBudgetResource,
+    LogUsageBatchResource,
+    LogUsageResource,
+    ReleaseReservationResource,
+)
 from api.resources.health import HealthResource
 from api.resources.users import UserBudgetResource, UserUsageResource
 from api.throttle import KeyRateLimit, handle_rate_limited
@@ -107,6 +112,11 @@ def create_app(
     )
     app.add_route(
         "/api/log-usage", LogUsageResource(ledger, limit, limiter, metrics), access=gateway
+    )
+    app.add_route(
+        "/api/log-usage/batch",
+        LogUsageBatchResource(ledger, limit, limiter, metrics),
+        access=gateway,
     )
     app.add_route(
         "/api/release-reservation", ReleaseReservationResource(ledger, limit), access=gateway

@@ -235,6 +235,13 @@ def validation_error(error: ValidationError) -> ApiError:
     )
 
 
+def ledger_status_code(error: LedgerError) -> int:
+    """The HTTP status a ledger error is answered with, as a number."""
+    if error.code == "rate_limited":
+        return 429
+    return int(_LEDGER_STATUS.get(error.code, falcon.HTTP_400).split(" ", 1)[0])
+
+
 def handle_ledger_error(
     req: falcon.Request, resp: falcon.Response, error: LedgerError, _: dict
 ) -> None:

@@ -81,6 +81,15 @@ OPERATIONS = (
     ),
     Operation(
         "post",
+        "/api/log-usage/batch",
+        "Record many calls' costs at once (at most 1,000 records, within the body size limit);"
+        " each record answered as POST /api/log-usage would answer it",
+        "api_key",
+        s.LogUsageBatchRequest,
+        {200: s.LogUsageBatchResponse, **_COMMON, **_LIMITED},
+    ),
+    Operation(
+        "post",
         "/api/release-reservation",
         "Release a hold (failed or cancelled call)",
         "api_key",

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 from core.accounts import CreditGrant, NewUser, Product, Tenant, UserView
 from core.alerts import AdminNotice, Alert, AlertChannel
 from core.budget import CheckResult, UserStatus, check, check_cost
-from core.errors import Invalid, NotFound, Unavailable
+from core.errors import Invalid, LedgerError, NotFound, Unavailable
 from core.money import Money
 from core.passwords import hash_password
 from core.periods import label_at, label_bounds_ms, local_day, parse_label
@@ -38,6 +38,19 @@ DAY_MS = 24 * 3600 * 1000
 # Runs one reset call may finish: one left unfinished before it, then its own; a third only when
 # another caller started a run in between.
 RESET_RUNS_PER_CALL_MAX = 3
+
+
+@dataclass(frozen=True, slots=True)
+class UsageEntry:
+    """One record of a log-usage batch, as ``Ledger.log_usage`` takes its arguments."""
+
+    user_id: str
+    model: str
+    request_id: str
+    tokens_input: int
+    tokens_output: int
+    cost_total: Money | None
+    response_time_ms: int | None
 
 
 def wall_clock_ms() -> int:
@@ -112,6 +125,34 @@ class Ledger:
         cost = self._price_or(cost_total, model, tokens_input, tokens_output, "cost_total")
         record = UsageRecord(request_id, user_id, model, tokens_input, tokens_output, cost)
         return self.store.log_usage(record, response_time_ms, self.clock_ms())
+
+    def log_usage_batch(self, entries: list[UsageEntry]) -> list[LogOutcome | LedgerError]:
+        """``log_usage`` of each entry, in order: its outcome or its own refusal (an unknown
+        price, a bound, a conflict), the others written all the same."""
+        now_ms = self.clock_ms()
+        results: list[LogOutcome | LedgerError | None] = []
+        priced: list[tuple[UsageRecord, int | None]] = []
+        for entry in entries:
+            try:
+                cost = self._price_or(
+                    entry.cost_total, entry.model, entry.tokens_input, entry.tokens_output,
+                    "cost_total",
+                )  # fmt: skip
+            except LedgerError as refused:
+                results.append(refused)
+                continue
+            record = UsageRecord(
+                entry.request_id,
+                entry.user_id,
+                entry.model,
+                entry.tokens_input,
+                entry.tokens_output,
+                cost,
+            )
+            priced.append((record, entry.response_time_ms))
+            results.append(None)
+        written = iter(self.store.log_usage_many(priced, now_ms) if priced else [])
+        return [next(written) if result is None else result for result in results]
 
     def release_reservation(self, request_id: str) -> Reservation:
         return self.store.release(request_id, self.clock_ms())

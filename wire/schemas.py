@@ -76,6 +76,15 @@ class LogUsageRequest(Request):
     response_time: ResponseTime | None = Field(None, description="milliseconds")
 
 
+LOG_USAGE_BATCH_RECORDS_MAX = 1_000
+
+
+class LogUsageBatchRequest(Request):
+    records: Annotated[
+        list[LogUsageRequest], Field(min_length=1, max_length=LOG_USAGE_BATCH_RECORDS_MAX)
+    ]
+
+
 class ReleaseReservationRequest(Request):
     request_id: Identifier
 
@@ -202,6 +211,20 @@ class LogUsageResponse(BaseModel):
     message: str
     result: Literal["created", "exists"]
     budget: Budget
+
+
+class LogUsageBatchResult(BaseModel):
+    """One record's answer, as POST /api/log-usage would have given it."""
+
+    request_id: str
+    status: int = Field(description="201 created, 200 identical replay, or the error's status")
+    result: Literal["created", "exists", "error"]
+    error: str | None = Field(None, description="the stable error code when result is error")
+    message: str | None = None
+
+
+class LogUsageBatchResponse(BaseModel):
+    results: list[LogUsageBatchResult] = Field(description="one per record, in request order")
 
 
 class ReleaseReservationResponse(BaseModel):

@@ -16,7 +16,7 @@ from typing import Any, Literal, Protocol
 from core.accounts import CreditGrant, NewUser, Product, Tenant, UserView
 from core.alerts import AdminNotice, Alert, AlertChannel
 from core.budget import BudgetSnapshot, CheckResult, UserStatus
-from core.errors import Unavailable
+from core.errors import LedgerError, Unavailable
 from core.money import Money
 from core.reconcile import Drift
 from core.reservations import Reservation
@@ -189,6 +189,12 @@ class LedgerStore(Protocol):
         self, record: UsageRecord, response_time_ms: int | None, now_ms: int
     ) -> LogOutcome:
         """Append usage, settle its hold, count its cost; an identical replay changes nothing."""
+
+    def log_usage_many(
+        self, entries: list[tuple[UsageRecord, int | None]], now_ms: int
+    ) -> list[LogOutcome | LedgerError]:
+        """``log_usage`` of each (record, response time), in order: each record's outcome, or
+        the ledger's refusal of that record alone (the others are still written)."""
 
     def release(self, request_id: str, now_ms: int) -> Reservation:
         """Release a hold (idempotent); returns the hold as it was found."""

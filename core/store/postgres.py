@@ -332,6 +332,20 @@ class PostgresStore:
         with self._db.connection(write=True) as connection:
             return _log_usage(connection, record, response_time_ms, now_ms)
 
+    def log_usage_many(
+        self, entries: list[tuple[UsageRecord, int | None]], now_ms: int
+    ) -> list[LogOutcome | LedgerError]:
+        """Each record its own ``ledger_log_usage`` transaction, on one pooled connection."""
+        self._sweep_if_due(now_ms)
+        outcomes: list[LogOutcome | LedgerError] = []
+        with self._db.connection(write=True) as connection:
+            for record, response_time_ms in entries:
+                try:
+                    outcomes.append(_log_usage(connection, record, response_time_ms, now_ms))
+                except LedgerError as refused:
+                    outcomes.append(refused.with_traceback(None))
+        return outcomes
+
     def backfill_usage(self, record: UsageRecord, source: str, now_ms: int) -> bool:
         """``log_usage`` and, when it created the usage, its audit row: one transaction."""
         with self._db.connection(write=True) as connection, connection.transaction():
