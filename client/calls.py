@@ -77,9 +77,14 @@ class Call(Generic[ResultT]):
 
 def parse(call: Call[ResultT], response: httpx.Response) -> ResultT:
     """The typed result of a 2xx answer, or the typed error of any other."""
-    body = _json(response)
-    if response.status_code >= 300:
-        raise error_from(response.status_code, body)
+    return parse_answer(call, response.status_code, response.text)
+
+
+def parse_answer(call: Call[ResultT], status: int, text: str) -> ResultT:
+    """``parse`` of an answer's status and text, whichever HTTP client received it."""
+    body = _json(text)
+    if status >= 300:
+        raise error_from(status, body)
     result = call.result.model_validate(body)
     if call.denial_raises and not result.allowed:
         raise BudgetExceeded(result)
@@ -98,9 +103,9 @@ def error_from(status: int, body: object) -> BillingError:
     return kind(message, status, code, details)
 
 
-def _json(response: httpx.Response) -> object:
+def _json(text: str) -> object:
     try:
-        return json.loads(response.text, parse_float=Decimal)
+        return json.loads(text, parse_float=Decimal)
     except ValueError:
         return None
 
@@ -189,6 +194,13 @@ def log_usage(
         response_time=response_time_ms,
     )
     return Call("POST", "/api/log-usage", False, schemas.LogUsageResponse, body)
+
+
+def log_usage_batch(records: list[dict]) -> Call[schemas.LogUsageBatchResponse]:
+    """``records``: each the body of a log-usage (``log_usage(...).body``)."""
+    return Call(
+        "POST", "/api/log-usage/batch", False, schemas.LogUsageBatchResponse, {"records": records}
+    )
 
 
 def release_reservation(request_id: str) -> Call[schemas.ReleaseReservationResponse]:

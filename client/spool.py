@@ -111,6 +111,21 @@ class UsageSpool:
             (record.request_id, json.dumps(asdict(record)), _now_ms(), rejected),
         )
 
+    def put_many(self, records: list[UsageRecord], rejected: str | None = None) -> None:
+        """``put`` of every record in one transaction (one fsync); all or none are written."""
+        now_ms = _now_ms()
+        rows = [
+            (record.request_id, json.dumps(asdict(record)), now_ms, rejected) for record in records
+        ]
+        with self._lock:
+            if self._count + len(rows) > self.records_max:
+                raise SpoolFull(f"{self.path} holds {self._count} records (records_max)")
+            with self._db:
+                self._db.execute("BEGIN")
+                before = self._db.total_changes
+                self._db.executemany("INSERT OR IGNORE INTO usage_spool VALUES (?, ?, ?, ?)", rows)
+                self._count += self._db.total_changes - before
+
     def put_release(self, request_id: str) -> None:
         """Write a release of ``request_id``'s hold durably; a second one is ignored."""
         self._insert("INSERT OR IGNORE INTO release_spool VALUES (?, ?)", (request_id, _now_ms()))
@@ -122,18 +137,22 @@ class UsageSpool:
             self._count += self._db.execute(statement, row).rowcount
 
     def pending(self, limit: int) -> list[SpooledRecord]:
-        """The oldest records of both kinds not yet taken nor rejected."""
+        """The records not yet taken nor rejected: usage first, then releases, oldest first.
+
+        A release frees budget, so it goes only after every usage spooled before it has been
+        taken (the release of a lease comes after the usage of the calls it admitted)."""
         assert 1 <= limit <= BATCH_MAX_LIMIT, limit
         with self._lock:
             rows = self._db.execute(
-                "SELECT record, spooled_at_ms, request_id FROM usage_spool WHERE rejected IS NULL"
-                " UNION ALL SELECT NULL, spooled_at_ms, request_id FROM release_spool"
-                " ORDER BY spooled_at_ms, request_id LIMIT ?",
+                "SELECT record, 0 AS kind, spooled_at_ms, request_id FROM usage_spool"
+                " WHERE rejected IS NULL"
+                " UNION ALL SELECT NULL, 1, spooled_at_ms, request_id FROM release_spool"
+                " ORDER BY kind, spooled_at_ms, request_id LIMIT ?",
                 (limit,),
             ).fetchall()
         return [
             ReleaseRecord(request_id) if record is None else UsageRecord(**json.loads(record))
-            for record, _, request_id in rows
+            for record, _, _, request_id in rows
         ]
 
     def remove(self, record: SpooledRecord) -> None:

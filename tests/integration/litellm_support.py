@@ -110,7 +110,9 @@ class Billing:
 class LiteLLMProxy:
     """`litellm --config` on 127.0.0.1:<free port>; DATABASE_URL unset, bundled cost map."""
 
-    def __init__(self, workdir: Path, config_path: Path, billing_env: dict[str, str]) -> None:
+    def __init__(
+        self, workdir: Path, config_path: Path, billing_env: dict[str, str], workers: int = 1
+    ) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / "litellm-proxy.log"
@@ -118,7 +120,7 @@ class LiteLLMProxy:
         env = {name: value for name, value in env.items() if not name.startswith("BILLING_")}
         env.update(billing_env)
         self._command = [str(LITELLM_BIN), "--config", str(config_path), "--host", "127.0.0.1"]
-        self._command += ["--port", str(self.port)]
+        self._command += ["--port", str(self.port), "--num_workers", str(workers)]
         self._workdir = workdir
         self._env = env
         self.start()
@@ -183,11 +185,11 @@ def billing_env(billing: Billing, spool_path: Path, **settings: str) -> dict[str
 
 
 @contextmanager
-def start_proxy(workdir: Path, env: dict[str, str]) -> Iterator[LiteLLMProxy]:
+def start_proxy(workdir: Path, env: dict[str, str], workers: int = 1) -> Iterator[LiteLLMProxy]:
     """A ready proxy with ``CONFIG``'s mock models, stopped on exit."""
     config_path = workdir / "config.yaml"
     config_path.write_text(CONFIG)
-    started = LiteLLMProxy(workdir, config_path, env)
+    started = LiteLLMProxy(workdir, config_path, env, workers)
     try:
         started.wait_ready()
         yield started
@@ -202,10 +204,12 @@ def proxy_client(proxy: LiteLLMProxy) -> openai.OpenAI:
     )
 
 
-def chat(ai: openai.OpenAI, user: str, model: str = "gpt-4o", max_tokens: int = 1):
-    """One chat call; the raw response keeps LiteLLM's headers (call id, response cost)."""
+def chat(ai: openai.OpenAI, user: str, model: str = "gpt-4o", max_tokens: int | None = 1):
+    """One chat call (``max_tokens`` None: the request sets no output limit); the raw response
+    keeps LiteLLM's headers (call id, response cost)."""
+    limit = {} if max_tokens is None else {"max_tokens": max_tokens}
     return ai.chat.completions.with_raw_response.create(
-        model=model, user=user, max_tokens=max_tokens, messages=[{"role": "user", "content": "hi"}]
+        model=model, user=user, messages=[{"role": "user", "content": "hi"}], **limit
     )
 
 

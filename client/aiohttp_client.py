@@ -1,0 +1,63 @@
+"""The calls of the LiteLLM callback, sent through aiohttp, the HTTP stack the proxy already runs.
+
+Inside a LiteLLM proxy, one check-budget through httpx's async stack cost the proxy about 2 ms of
+CPU and left 0.67–0.70× of its throughput; the same call through aiohttp left 0.86–0.95×. Every
+other caller uses ``AsyncBillingClient`` (httpx). Requests and answers are the shared ``Call``
+objects of ``client.calls``, so both clients read the contract alike.
+"""
+
+import asyncio
+
+import aiohttp
+
+from client import calls
+from client.base import ClientBase
+from client.calls import Call, ResultT
+from client.errors import BillingError, Unavailable
+
+# An idle connection to the service is kept this long (seconds) for the next call.
+KEEPALIVE_SECONDS = 30.0
+
+
+class AiohttpBillingClient(ClientBase):
+    """One pooled keep-alive session; create and use it inside one event loop."""
+
+    def __init__(
+        self, base_url: str, api_key: str | None = None, admin_key: str | None = None, **options
+    ) -> None:
+        super().__init__(base_url, api_key, admin_key, **options)
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=self.limits.max_connections, keepalive_timeout=KEEPALIVE_SECONDS
+            ),
+            timeout=aiohttp.ClientTimeout(total=self.timeout_seconds),
+        )
+
+    async def aclose(self) -> None:
+        await self._session.close()
+
+    async def run(self, call: Call[ResultT]) -> ResultT:
+        """Send ``call``; retry connection errors and 5xx up to ``retry.attempts_max`` attempts."""
+        failure: BillingError | None = None
+        url = self.base_url + call.path
+        for attempt in range(1, self.retry.attempts_max + 1):
+            if attempt > 1:
+                await asyncio.sleep(self.retry.delay_seconds(attempt - 1))
+            try:
+                async with self._session.request(
+                    call.method,
+                    url,
+                    data=call.content(),
+                    params=call.params or None,
+                    headers=self.headers(call),
+                ) as response:
+                    status, text = response.status, await response.text()
+            except (aiohttp.ClientError, TimeoutError) as error:
+                failure = Unavailable(f"{call.method} {call.path}: {type(error).__name__}: {error}")
+                continue
+            try:
+                return calls.parse_answer(call, status, text)
+            except Unavailable as error:
+                failure = error
+        assert failure is not None
+        raise failure

@@ -1,0 +1,137 @@
+"""The callback's admission in a real LiteLLM proxy with two workers, in front of a real
+`billing serve`: with budget leases (the default) and with a hold per call (``lease_calls=0``).
+
+A burst of five times what the budget admits, 32 at a time, never spends past it, and records
+every admitted call once; calls without ``max_tokens`` fill a budget they fit.
+"""
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from pathlib import Path
+
+import openai
+import pytest
+from integration_support import ADMIN_KEY, API_KEY, PASSWORD, read_only
+from litellm_support import (
+    Billing,
+    billing_env,
+    chat,
+    dollars,
+    holds,
+    proxy_client,
+    response_cost_nanos,
+    settled,
+    start_proxy,
+)
+
+from client import BillingClient
+
+PROXY_WORKERS = 2
+BUDGET_CALLS = 20
+BURST_CALLS = 5 * BUDGET_CALLS
+BURST_CONCURRENCY = 32
+# Output tokens a burst call may use: its estimate is then above what a mock call costs.
+BURST_MAX_TOKENS = 20
+GUESS_BUDGET_CALLS = 40
+GUESS_CALLS = 60
+
+ADMISSION = {"leases": {}, "hold-per-call": {"BILLING_LEASE_CALLS": "0"}}
+
+
+@pytest.fixture(scope="module", params=list(ADMISSION))
+def admission(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def billing(workdir: Path, admission: str) -> Iterator[Billing]:
+    with Billing.running(workdir / admission) as service:
+        yield service
+
+
+@pytest.fixture(scope="module")
+def admin(billing: Billing) -> Iterator[BillingClient]:
+    with BillingClient(billing.base_url, API_KEY, ADMIN_KEY) as client:
+        client.put_product("gw-plan", "Gateway plan", Decimal("10"))
+        yield client
+
+
+@pytest.fixture(scope="module")
+def ai(billing: Billing, workdir: Path, admission: str) -> Iterator[openai.OpenAI]:
+    folder = workdir / admission
+    env = billing_env(billing, folder / "spool.sqlite3", **ADMISSION[admission])
+    with start_proxy(folder, env, PROXY_WORKERS) as proxy, proxy_client(proxy) as client:
+        yield client
+
+
+def provision(admin: BillingClient, user_id: str, product_id: str = "gw-plan") -> None:
+    admin.provision_user(f"{user_id}@example.test", PASSWORD, product_id, "gw-tenant", user_id)
+
+
+def one_call_cost(ai: openai.OpenAI, admin: BillingClient, user: str, **options) -> int:
+    """What one mock call costs (nanodollars), from a call of a user of its own."""
+    provision(admin, user)
+    cost = response_cost_nanos(chat(ai, user, **options))
+    settled(admin, user, 1)
+    return cost
+
+
+def test_a_burst_of_five_times_the_budget_never_spends_past_it(
+    ai: openai.OpenAI, admin: BillingClient, billing: Billing, admission: str
+) -> None:
+    cost = one_call_cost(ai, admin, "gw-probe", max_tokens=BURST_MAX_TOKENS)
+    budget = dollars(BUDGET_CALLS * cost)
+    admin.put_product("gw-burst-plan", "Room for the burst", budget)
+    provision(admin, "gw-burst", "gw-burst-plan")
+
+    def attempt(_: int):
+        try:
+            return chat(ai, "gw-burst", max_tokens=BURST_MAX_TOKENS)
+        except openai.RateLimitError:
+            return None
+
+    with ThreadPoolExecutor(max_workers=BURST_CONCURRENCY) as pool:
+        answers = list(pool.map(attempt, range(BURST_CALLS)))
+    admitted = [raw for raw in answers if raw is not None]
+    assert 1 <= len(admitted) <= BUDGET_CALLS
+    final = settled(admin, "gw-burst", len(admitted))
+    assert final.used == dollars(sum(response_cost_nanos(raw) for raw in admitted))
+    assert final.used <= budget
+    call_ids = {raw.headers["x-litellm-call-id"] for raw in admitted}
+    with read_only(billing.db_path) as db:
+        logged = [
+            row[0]
+            for row in db.execute("SELECT request_id FROM usage WHERE user_id = 'gw-burst'")
+        ]
+        leases = db.execute(
+            "SELECT count(*) FROM reservations WHERE user_id = 'gw-burst'"
+            " AND request_id LIKE 'lease-%'"
+        ).fetchone()[0]
+    assert sorted(logged) == sorted(call_ids)
+    assert holds(billing.db_path, "gw-burst", "open") == []
+    if admission == "leases":
+        assert leases >= 1
+    else:
+        assert leases == 0
+
+
+def test_calls_without_max_tokens_fill_a_budget_they_fit(
+    ai: openai.OpenAI, admin: BillingClient
+) -> None:
+    """The default estimate (1,024 output tokens) is far above a mock call's cost: each call
+    holds what remains instead, so the budget is spent to within one call."""
+    cost = one_call_cost(ai, admin, "gw-guess-probe", max_tokens=None)
+    budget = dollars(GUESS_BUDGET_CALLS * cost)
+    admin.put_product("gw-guess-plan", "Room for forty", budget)
+    provision(admin, "gw-guess", "gw-guess-plan")
+    admitted = []
+    for _ in range(GUESS_CALLS):
+        try:
+            admitted.append(chat(ai, "gw-guess", max_tokens=None))
+        except openai.RateLimitError:
+            continue
+    assert len(admitted) >= GUESS_BUDGET_CALLS - 1
+    final = settled(admin, "gw-guess", len(admitted))
+    assert final.used == dollars(sum(response_cost_nanos(raw) for raw in admitted))
+    assert abs(final.used - budget) <= dollars(cost)
