@@ -57,6 +57,32 @@ def test_a_full_spool_refuses_more(tmp_path: Path) -> None:
     assert spool.count() == 2
 
 
+def test_many_records_are_written_at_once_or_not_at_all(tmp_path: Path) -> None:
+    path = tmp_path / "spool.sqlite3"
+    spool = UsageSpool(path, records_max=4)
+    spool.put(record("m-1"))
+    spool.put_many([record("m-1"), record("m-2"), record("m-3")])
+    assert spool.count() == 3
+    with pytest.raises(SpoolFull):
+        spool.put_many([record("m-4"), record("m-5")])
+    spool.put_many([record("m-4")], rejected="409 idempotency_conflict")
+    spool.close()
+
+    reopened = UsageSpool(path, records_max=4)
+    assert reopened.count() == 4
+    assert [item.request_id for item in reopened.pending(10)] == ["m-1", "m-2", "m-3"]
+
+
+def test_releases_wait_behind_every_usage_record(tmp_path: Path) -> None:
+    """A release frees budget: the usage spooled beside it is sent first, even when later."""
+    spool = UsageSpool(tmp_path / "spool.sqlite3", records_max=10)
+    spool.put_release("lease-1")
+    time.sleep(0.002)
+    spool.put(record("late-1"))
+    assert spool.pending(10) == [record("late-1"), ReleaseRecord("lease-1")]
+    assert spool.pending(1) == [record("late-1")]
+
+
 def test_forwarding_waits_out_an_outage(tmp_path: Path) -> None:
     port = free_port()
     spool = UsageSpool(tmp_path / "spool.sqlite3", records_max=10)
