@@ -26,8 +26,12 @@ def run_wrk(
     seconds: int,
     users: int,
     tag: str,
+    api_key: str = API_KEY,
 ) -> dict:
-    """One wrk run; returns the JSON line printed by the script's ``done``. Fails on any error."""
+    """One wrk run; returns the JSON line printed by the script's ``done``. Fails on any error.
+
+    ``api_key`` goes in the ``X-API-Key`` header (a LiteLLM proxy takes its key there too).
+    """
     command = [
         "wrk",
         f"-t{threads}",
@@ -43,7 +47,7 @@ def run_wrk(
         tag,
         scenario.body,
     ]
-    env = dict(os.environ, BENCH_API_KEY=API_KEY)
+    env = dict(os.environ, BENCH_API_KEY=api_key)
     try:
         finished = subprocess.run(
             command,

@@ -116,7 +116,14 @@ class LiteLLMProxy:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / "litellm-proxy.log"
-        env = server_env(LITELLM_MASTER_KEY=MASTER_KEY, LITELLM_LOCAL_MODEL_COST_MAP="True")
+        # TIMEOUT_WORKER_HEALTHCHECK: uvicorn kills a worker not ready within 5 s and starts
+        # another; on a busy machine importing LiteLLM takes longer, and a two-worker proxy
+        # never came up.
+        env = server_env(
+            LITELLM_MASTER_KEY=MASTER_KEY,
+            LITELLM_LOCAL_MODEL_COST_MAP="True",
+            TIMEOUT_WORKER_HEALTHCHECK=str(int(PROXY_READY_WAIT_SECONDS)),
+        )
         env = {name: value for name, value in env.items() if not name.startswith("BILLING_")}
         env.update(billing_env)
         self._command = [str(LITELLM_BIN), "--config", str(config_path), "--host", "127.0.0.1"]
