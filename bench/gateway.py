@@ -5,7 +5,9 @@ Not a test. Real LiteLLM proxies (``.venv-litellm``, the pinned 1.106.12) answer
 interleave the variants, so a slow spell of the machine hits them all alike:
 
 - ``none``: no budget at all (the reference);
-- ``billing``: ``client.litellm`` in front of a real ``billing serve`` (SQLite);
+- ``billing``: ``client.litellm`` in front of a real ``billing serve`` (SQLite), calls spread
+  over 100 users (each calls about once a second: a hold per call, usage in batches);
+- ``billing-one-user``: the same proxy, every call one user's (budget leases serve them);
 - ``litellm-key``: LiteLLM's own in-process key budget (``bench/litellm_key_budget.py``; its
   database budgets need Prisma engines that cannot be installed here, so that row is not run).
 
@@ -81,11 +83,17 @@ VARIANT_CONFIG = {
     + "  enable_post_custom_auth_checks: true\n"
     + "general_settings:\n  custom_auth: bench.litellm_key_budget.user_api_key_auth\n",
 }
+# A variant measured on another's proxy, and with fewer users than ``USERS``: one user calling
+# often is where leases serve many calls each.
+VARIANT_PROXY = {"billing-one-user": "billing"}
+VARIANT_USERS = {"billing-one-user": 1}
 VARIANT_LABEL = {
     "none": "no budget",
     "billing": "our callback + billing serve",
+    "billing-one-user": "the same, all calls one user's",
     "litellm-key": "LiteLLM in-process key budget",
 }
+assert set(VARIANT_LABEL) == set(VARIANT_CONFIG) | set(VARIANT_PROXY)
 
 
 @dataclass
@@ -187,15 +195,17 @@ def measure(
     busiest = 0.0
     billing_pids = with_descendants((billing.popen.pid,))
     for round_index in range(repeat):
-        for key, proxy in proxies.items():
+        for key in rows:
             variant, workers = key
+            proxy = proxies[(VARIANT_PROXY.get(variant, variant), workers)]
+            users = VARIANT_USERS.get(variant, USERS)
             pids = with_descendants((proxy.popen.pid,))
             tag = f"gw-{round_index}-{variant}-{workers}"
-            run_wrk(CHAT, proxy.base_url, CONNECTIONS, WRK_THREADS, warmup, USERS, tag, MASTER_KEY)
+            run_wrk(CHAT, proxy.base_url, CONNECTIONS, WRK_THREADS, warmup, users, tag, MASTER_KEY)
             meter = CpuMeter(pids + billing_pids)
             proxy_before, billing_before = cpu_seconds(pids), cpu_seconds(billing_pids)
             result = run_wrk(
-                CHAT, proxy.base_url, CONNECTIONS, WRK_THREADS, duration, USERS, tag, MASTER_KEY
+                CHAT, proxy.base_url, CONNECTIONS, WRK_THREADS, duration, users, tag, MASTER_KEY
             )
             calls = result["requests"]
             row = rows[key]
@@ -295,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3, help="seconds of warm-up before each")
     parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--workers", default="1,2", help="proxy worker counts, comma-separated")
-    parser.add_argument("--variants", default=",".join(VARIANT_CONFIG), help="comma-separated")
+    parser.add_argument("--variants", default=",".join(VARIANT_LABEL), help="comma-separated")
     args = parser.parse_args(argv)
     # A stopped run stops its proxies too (the ExitStack unwinds on SystemExit).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
@@ -312,14 +322,16 @@ def main(argv: list[str] | None = None) -> int:
         billing = start_billing(workdir)
         stack.callback(billing.stop)
         proxies: dict[tuple[str, int], Process] = {}
+        configs = dict.fromkeys(VARIANT_PROXY.get(variant, variant) for variant in variants)
         for workers in workers_list:
-            for variant in variants:
-                proxy = start_proxy(workdir, variant, workers, billing.base_url)
+            for config in configs:
+                proxy = start_proxy(workdir, config, workers, billing.base_url)
                 stack.callback(proxy.stop)
-                proxies[(variant, workers)] = proxy
+                proxies[(config, workers)] = proxy
         for proxy in proxies.values():
             wait_ready(proxy)
-        rows = {key: Row(*key) for key in proxies}
+        rows = {(variant, workers): Row(variant, workers) for workers in workers_list
+                for variant in variants}  # fmt: skip
         print(f"load average before: {' '.join(f'{v:.2f}' for v in load_before)}", flush=True)
         busiest = measure(
             rows, proxies, billing, repeat=args.repeat, duration=args.duration, warmup=args.warmup
