@@ -284,7 +284,8 @@ def table(rows: dict[tuple[str, int], Row]) -> str:
     ]
     for (variant, workers), row in rows.items():
         base = rows[("none", workers)]
-        billing_cpu = row.median("billing_cpu_ms") if variant == "billing" else None
+        on_billing = VARIANT_PROXY.get(variant, variant) == "billing"
+        billing_cpu = row.median("billing_cpu_ms") if on_billing else None
         lines.append(
             f"| {VARIANT_LABEL[variant]} | {workers} | {row.median('rates'):.1f}"
             f" | {row.median('rates') / base.median('rates'):.2f}"
