@@ -154,21 +154,26 @@ NUL = "\x00"
 _NUL_ESCAPE = "\\u0000"
 
 
-def _refuse_nul(body: BaseModel) -> None:
-    """422 naming the first field of ``body`` whose text holds NUL.
+def _refuse_nul(body: BaseModel, prefix: str = "") -> None:
+    """422 naming the first field of ``body`` whose text holds NUL (``records[3].model`` in a
+    list of models, as in a batch).
 
-    Only the model's own fields are read (every request field is a scalar): keys the model
-    ignores, and their values, never reach a store, so a NUL in one is no reason to refuse,
-    and the answer never quotes them.
+    Only the model's own fields are read: keys the model ignores, and their values, never reach
+    a store, so a NUL in one is no reason to refuse, and the answer never quotes them.
     """
     for field, value in body:
+        name = f"{prefix}{field}"
         if isinstance(value, str) and NUL in value:
             raise ApiError(
                 falcon.HTTP_422,
                 "validation_error",
-                f"{field}: must not contain NUL (U+0000)",
-                field=field,
+                f"{name}: must not contain NUL (U+0000)",
+                field=name,
             )
+        if isinstance(value, list):
+            for index, item in enumerate(value):
+                if isinstance(item, BaseModel):
+                    _refuse_nul(item, f"{name}[{index}].")
 
 
 def refuse_nul_in_path(

@@ -92,3 +92,10 @@ def test_a_batch_is_bounded(client, alice):
     )
     assert reply.status in (413, 422)
     assert usage_total(client, "alice")["requests"] == 0
+
+
+def test_a_nul_in_any_record_refuses_the_batch_naming_the_record_and_field(client, alice):
+    """PostgreSQL cannot store U+0000 in text: refused as bad input, not a 503, on both stores."""
+    reply = batch(client, record("clean-1"), record("dirty-2", model="gpt\u00004o"))
+    assert_rejected(reply, 422, "validation_error", field="records[1].model")
+    assert usage_total(client, "alice")["requests"] == 0
