@@ -24,7 +24,10 @@ _LOGGED = "Usage logged and budget updated successfully"
 _ALREADY_LOGGED = "Usage already logged; nothing changed"
 
 
-class CheckBudgetResource:
+class _GatewayCall:
+    """What the gateway's rate-limited calls are made with: the ledger, the body limit, the
+    per-user limiter and the metrics."""
+
     def __init__(
         self, ledger: Ledger, body_bytes_max: int, limiter: RateLimiter, metrics: Metrics
     ) -> None:
@@ -33,6 +36,8 @@ class CheckBudgetResource:
         self._limiter = limiter
         self._metrics = metrics
 
+
+class CheckBudgetResource(_GatewayCall):
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = read_model(req, CheckBudgetRequest, self._body_bytes_max)
         self._limiter.admit_user(body.user_id)
@@ -65,15 +70,7 @@ def _whole_ms(response_time: Decimal) -> int:
     return int(response_time.to_integral_value(rounding=ROUND_HALF_EVEN))
 
 
-class LogUsageResource:
-    def __init__(
-        self, ledger: Ledger, body_bytes_max: int, limiter: RateLimiter, metrics: Metrics
-    ) -> None:
-        self._ledger = ledger
-        self._body_bytes_max = body_bytes_max
-        self._limiter = limiter
-        self._metrics = metrics
-
+class LogUsageResource(_GatewayCall):
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = read_model(req, LogUsageRequest, self._body_bytes_max)
         self._limiter.admit_user(body.user_id)
@@ -98,17 +95,9 @@ class LogUsageResource:
         respond_text(resp, log_answer(message, result, outcome), status)
 
 
-class LogUsageBatchResource:
+class LogUsageBatchResource(_GatewayCall):
     """Many log-usages in one request: each record answered as POST /api/log-usage would
     answer it (201, 200, or its error's status and code), the request itself 200."""
-
-    def __init__(
-        self, ledger: Ledger, body_bytes_max: int, limiter: RateLimiter, metrics: Metrics
-    ) -> None:
-        self._ledger = ledger
-        self._body_bytes_max = body_bytes_max
-        self._limiter = limiter
-        self._metrics = metrics
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = read_model(req, LogUsageBatchRequest, self._body_bytes_max)
