@@ -62,6 +62,18 @@ BODIES = {
         "tokens_output": 1,
         "cost_total": 0.001,
     },
+    "/api/log-usage/batch": {
+        "records": [
+            {
+                "user_id": USER,
+                "model": "gpt-4o",
+                "request_id": "hostile-batch",
+                "tokens_input": 1,
+                "tokens_output": 1,
+                "cost_total": 0.001,
+            }
+        ]
+    },
     "/api/release-reservation": {"request_id": "hostile-hold"},
     "/api/admin/provision-user": {
         "email": "mallory@example.com",
