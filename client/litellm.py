@@ -58,6 +58,7 @@ from client.errors import (
     Unauthorized,
     Unavailable,
 )
+from client.holds import fitting_hold
 from client.spool import SpoolForwarder, SpoolFull, UsageRecord, UsageSpool
 from client.sync import BillingClient
 from wire.schemas import CheckBudgetResponse
@@ -326,9 +327,7 @@ class Gateway:
         assert denial is not None
         raise BudgetExceeded(denial)
 
-    async def _settlement(
-        self, user_id: str, deadline: float, denial: CheckBudgetResponse
-    ) -> bool:
+    async def _settlement(self, user_id: str, deadline: float, denial: CheckBudgetResponse) -> bool:
         """Wait for this worker's next flush while some of ``user_id``'s budget is only held
         (by calls whose usage is on its way, or by slices, of this worker or another): a hold
         asked again then may find room. False when nothing is held, or past the deadline."""
@@ -528,25 +527,6 @@ class Gateway:
                 self.spool.put_release(lease.request_id)
             except SpoolFull:
                 log.error("lease %s not released (it expires on its own)", lease.request_id)
-
-
-def fitting_hold(
-    estimate: Decimal, estimate_is_guess: bool, denial: CheckBudgetResponse
-) -> Decimal | None:
-    """What to hold instead when a hold of ``estimate`` was denied, or None: hold nothing.
-
-    A guessed estimate (the request set no output limit) must not price a call out of a budget
-    it may well fit: the call holds what the user has left instead. The user then has nothing
-    left, so no other call of theirs is admitted until this one is logged: at most one call per
-    user runs past the budget, by at most its own cost beyond what remained. A real limit
-    (``max_tokens``) is never cut, and a tenant's cap is never worked around.
-    """
-    remaining = denial.budget.remaining
-    if not estimate_is_guess or denial.status != "exceeded":
-        return None
-    if remaining <= 0 or remaining >= estimate:
-        return None
-    return remaining
 
 
 class BillingCallback(CustomLogger):
