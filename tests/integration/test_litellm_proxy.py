@@ -58,8 +58,16 @@ def spool_path(workdir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def proxy(billing: Billing, workdir: Path, spool_path: Path) -> Iterator[LiteLLMProxy]:
+    """A hold per call (no leases), so each test can find every call's own hold: with leases,
+    whether a user's concurrent calls share a slice depends on when the first hold's answer
+    came back, which made the outage test's count of holds pass or fail by timing. Leases are
+    tested in test_litellm_gateway."""
     env = billing_env(
-        billing, spool_path, BILLING_ADMIN_KEY=ADMIN_KEY, BILLING_DEFAULT_PRODUCT="lt-auto"
+        billing,
+        spool_path,
+        BILLING_ADMIN_KEY=ADMIN_KEY,
+        BILLING_DEFAULT_PRODUCT="lt-auto",
+        BILLING_LEASE_CALLS="0",
     )
     with start_proxy(workdir, env) as started:
         yield started
