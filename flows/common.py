@@ -41,7 +41,7 @@ def flow_settings() -> Settings:
 @contextmanager
 def opened_ledger(settings: Settings) -> Iterator[Ledger]:
     """The ledger for one flow run; its store is closed when the run is done with it."""
-    store, ledger = open_ledger(settings)
+    store, ledger = open_ledger(settings, one_job=True)
     try:
         yield ledger
     finally:

@@ -33,7 +33,7 @@ def has_pending(ledger: Ledger) -> bool:
 def watch(settings: Settings, poll_seconds: float, stop: threading.Event) -> None:
     """Until ``stop`` is set: every ``poll_seconds``, run deliver-alerts if anything waits."""
     assert poll_seconds > 0
-    store, ledger = open_ledger(settings)
+    store, ledger = open_ledger(settings, one_job=True)
     log.info("watching the alert outbox every %s s", poll_seconds)
     try:
         wait = 0.0

@@ -46,7 +46,7 @@ def serve(settings: Settings) -> int:
     identities = open_identity_store(settings)  # a bad PocketBase setting stops start-up here
     if identities is not None:
         identities.close()
-    store, _ = open_ledger(settings)
+    store, _ = open_ledger(settings, one_job=True)
     try:
         for name in store.applied_migrations:
             log.info("applied migration %s", name)
@@ -68,7 +68,7 @@ def _announce_keys(keys: Keys) -> None:
 
 
 def migrate(settings: Settings) -> None:
-    store, _ = open_ledger(settings)
+    store, _ = open_ledger(settings, one_job=True)
     try:
         applied = store.applied_migrations
         print("applied: " + ", ".join(applied) if applied else "schema is up to date")

@@ -19,6 +19,8 @@ from core.errors import ConfigurationError, Unavailable
 from core.ledger import Ledger
 from core.money import Money
 from core.prices import load_price_table
+from core.service import ONE_JOB_POOL_SIZE, open_ledger
+from core.settings import Settings
 from core.store import open_store
 from core.store.postgres import AUTOVACUUM_OFF_WARNING, PostgresStore
 
@@ -344,3 +346,27 @@ def test_the_database_crosses_alert_thresholds_exactly_as_core_does(raw):
         ).fetchone()
         expected = thresholds_crossed(Money(before), Money(after), Money(limit))
         assert tuple(crossed) == expected, (before, after, limit)
+
+
+def test_a_process_that_serves_no_requests_opens_two_connections_not_the_apis_pool(
+    postgres, new_url, tmp_path
+):
+    """A flow run, the alert watcher or a CLI command (``one_job``) does one thing at a time."""
+
+    def connections() -> int:
+        with psycopg.connect(postgres.url, autocommit=True) as probe:
+            row = probe.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid()"
+            ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    settings = Settings(database_url=new_url, database_pool_size=16, data_dir=tmp_path)
+    before = connections()
+    for one_job, expected in ((True, ONE_JOB_POOL_SIZE), (False, 16)):
+        store, _ = open_ledger(settings, one_job=one_job)
+        try:
+            assert connections() - before == expected
+        finally:
+            store.close()
