@@ -70,8 +70,30 @@ class Stack:
     processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
 
     def start(self, name: str, command: list[str]) -> subprocess.Popen[bytes]:
+        process = self._launch(name, command)
+        self.processes.append((name, process))
+        return process
+
+    def run(self, name: str, command: list[str]) -> None:
+        """A one-off step (migrate, init, deploy); its failure names its log and stops all."""
+        process = self._launch(name, command)
+        try:
+            returncode = process.wait(STEP_SECONDS_MAX)
+        except subprocess.TimeoutExpired:
+            _signal_group(process, signal.SIGKILL)
+            process.wait()
+            raise ConfigurationError(
+                f"{name} took over {STEP_SECONDS_MAX} s: see {self.logs / name}.log"
+            ) from None
+        if returncode != 0:
+            raise ConfigurationError(
+                f"{name} failed (exit {returncode}): see {self.logs / name}.log"
+            )
+
+    def _launch(self, name: str, command: list[str]) -> subprocess.Popen[bytes]:
+        """``command`` in a process group of its own, its output appended to ``<name>.log``."""
         with (self.logs / f"{name}.log").open("ab") as log:
-            process = subprocess.Popen(
+            return subprocess.Popen(
                 command,
                 cwd=self.project_dir,
                 env=self.environment,
@@ -80,23 +102,6 @@ class Stack:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        self.processes.append((name, process))
-        return process
-
-    def run(self, name: str, command: list[str]) -> None:
-        """A one-off step (migrate, init, deploy); its failure names its log and stops all."""
-        with (self.logs / f"{name}.log").open("ab") as log:
-            done = subprocess.run(
-                command,
-                cwd=self.project_dir,
-                env=self.environment,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                timeout=STEP_SECONDS_MAX,
-            )
-        if done.returncode != 0:
-            raise ConfigurationError(f"{name} failed (exit {done.returncode}): see {log.name}")
 
     def wait_ready(self, name: str, ready: Callable[[], bool]) -> None:
         process = dict(self.processes)[name]
