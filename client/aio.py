@@ -1,12 +1,13 @@
 """The asyncio client: the same calls as ``BillingClient``, awaited; for LiteLLM's event loop."""
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import httpx
 
 from client import calls
 from client.base import ClientBase, transport_failure
-from client.calls import Amount, Call, ResultT
+from client.calls import Amount, Call, ResultT, RetryPolicy
 from client.errors import BillingError, Unavailable
 from wire import schemas
 
@@ -33,10 +34,8 @@ class AsyncBillingClient(ClientBase):
 
     async def run(self, call: Call[ResultT]) -> ResultT:
         """Send ``call``; retry connection errors and 5xx up to ``retry.attempts_max`` attempts."""
-        failure: BillingError | None = None
-        for attempt in range(1, self.retry.attempts_max + 1):
-            if attempt > 1:
-                await asyncio.sleep(self.retry.delay_seconds(attempt - 1))
+
+        async def attempt() -> ResultT:
             try:
                 response = await self._http.request(
                     call.method,
@@ -46,14 +45,10 @@ class AsyncBillingClient(ClientBase):
                     headers=self.headers(call),
                 )
             except httpx.TransportError as error:
-                failure = transport_failure(call, error)
-                continue
-            try:
-                return calls.parse(call, response)
-            except Unavailable as error:
-                failure = error
-        assert failure is not None
-        raise failure
+                raise transport_failure(call, error) from None
+            return calls.parse(call, response)
+
+        return await retried(self.retry, attempt)
 
     async def health(self) -> schemas.Health:
         return await self.run(calls.health())
@@ -154,3 +149,18 @@ class AsyncBillingClient(ClientBase):
         self, user_id: str, amount: Amount, reason: str, grant_id: str | None = None
     ) -> schemas.CreditResponse:
         return await self.run(calls.add_credits(user_id, amount, reason, grant_id))
+
+
+async def retried(retry: RetryPolicy, attempt: Callable[[], Awaitable[ResultT]]) -> ResultT:
+    """``attempt()``, again after each ``Unavailable`` (a connection error or a 5xx) up to
+    ``retry.attempts_max`` attempts in all, pausing ``retry.delay_seconds`` between them."""
+    failure: BillingError | None = None
+    for number in range(1, retry.attempts_max + 1):
+        if number > 1:
+            await asyncio.sleep(retry.delay_seconds(number - 1))
+        try:
+            return await attempt()
+        except Unavailable as error:
+            failure = error
+    assert failure is not None
+    raise failure

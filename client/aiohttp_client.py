@@ -6,14 +6,12 @@ other caller uses ``AsyncBillingClient`` (httpx). Requests and answers are the s
 objects of ``client.calls``, so both clients read the contract alike.
 """
 
-import asyncio
-
 import aiohttp
 
 from client import calls
-from client.base import ClientBase
+from client.aio import retried
+from client.base import ClientBase, transport_failure
 from client.calls import Call, ResultT
-from client.errors import BillingError, Unavailable
 
 # An idle connection to the service is kept this long (seconds) for the next call.
 KEEPALIVE_SECONDS = 30.0
@@ -38,11 +36,9 @@ class AiohttpBillingClient(ClientBase):
 
     async def run(self, call: Call[ResultT]) -> ResultT:
         """Send ``call``; retry connection errors and 5xx up to ``retry.attempts_max`` attempts."""
-        failure: BillingError | None = None
         url = self.base_url + call.path
-        for attempt in range(1, self.retry.attempts_max + 1):
-            if attempt > 1:
-                await asyncio.sleep(self.retry.delay_seconds(attempt - 1))
+
+        async def attempt() -> ResultT:
             try:
                 async with self._session.request(
                     call.method,
@@ -53,11 +49,7 @@ class AiohttpBillingClient(ClientBase):
                 ) as response:
                     status, text = response.status, await response.text()
             except (aiohttp.ClientError, TimeoutError) as error:
-                failure = Unavailable(f"{call.method} {call.path}: {type(error).__name__}: {error}")
-                continue
-            try:
-                return calls.parse_answer(call, status, text)
-            except Unavailable as error:
-                failure = error
-        assert failure is not None
-        raise failure
+                raise transport_failure(call, error) from None
+            return calls.parse_answer(call, status, text)
+
+        return await retried(self.retry, attempt)

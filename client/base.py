@@ -42,6 +42,7 @@ class ClientBase:
         return {header: key, "Content-Type": "application/json", "Accept": "application/json"}
 
 
-def transport_failure(call: Call, error: httpx.TransportError) -> Unavailable:
-    """A connection error or timeout as ``Unavailable`` (the key is in no message)."""
+def transport_failure(call: Call, error: Exception) -> Unavailable:
+    """A connection error or timeout (httpx's or aiohttp's) as ``Unavailable`` (the key is in no
+    message)."""
     return Unavailable(f"{call.method} {call.path}: {type(error).__name__}: {error}")
