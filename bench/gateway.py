@@ -119,7 +119,8 @@ def start_billing(workdir: Path) -> Process:
         admin.put_product("gw-plan", "Gateway bench", USER_BUDGET_DOLLARS)
         for index in range(USERS):
             user = f"bench-u{index}"
-            admin.provision_user(f"{user}@example.test", "bench password 1", "gw-plan", user_id=user)
+            email = f"{user}@example.test"
+            admin.provision_user(email, "bench password 1", "gw-plan", user_id=user)
     return process
 
 
