@@ -155,8 +155,8 @@ _NUL_ESCAPE = "\\u0000"
 
 
 def _refuse_nul(body: BaseModel, prefix: str = "") -> None:
-    """422 naming the first field of ``body`` whose text holds NUL (``records[3].model`` in a
-    list of models, as in a batch).
+    """422 naming the first field of ``body`` whose text holds NUL (``records.3.model`` in a
+    list of models, as in a batch: the names pydantic's own errors give).
 
     Only the model's own fields are read: keys the model ignores, and their values, never reach
     a store, so a NUL in one is no reason to refuse, and the answer never quotes them.
@@ -173,7 +173,7 @@ def _refuse_nul(body: BaseModel, prefix: str = "") -> None:
         if isinstance(value, list):
             for index, item in enumerate(value):
                 if isinstance(item, BaseModel):
-                    _refuse_nul(item, f"{name}[{index}].")
+                    _refuse_nul(item, f"{name}.{index}.")
 
 
 def refuse_nul_in_path(

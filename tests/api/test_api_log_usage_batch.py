@@ -97,5 +97,13 @@ def test_a_batch_is_bounded(client, alice):
 def test_a_nul_in_any_record_refuses_the_batch_naming_the_record_and_field(client, alice):
     """PostgreSQL cannot store U+0000 in text: refused as bad input, not a 503, on both stores."""
     reply = batch(client, record("clean-1"), record("dirty-2", model="gpt\u00004o"))
-    assert_rejected(reply, 422, "validation_error", field="records[1].model")
+    assert_rejected(reply, 422, "validation_error", field="records.1.model")
+    assert usage_total(client, "alice")["requests"] == 0
+
+
+def test_an_absurd_amount_in_a_batch_is_refused_and_changes_nothing(client, alice):
+    """$1e9 for one call is past COST_PER_CALL_MAX: the batch is refused as a bad request,
+    naming the record, and none of it is written."""
+    reply = batch(client, record("sane-1", D("1")), record("absurd-2", D("1000000000")))
+    assert_rejected(reply, 422, "amount_out_of_range", field="records.1.cost_total")
     assert usage_total(client, "alice")["requests"] == 0
