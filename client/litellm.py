@@ -35,7 +35,7 @@ import secrets
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from pathlib import Path
@@ -59,7 +59,7 @@ from client.errors import (
     Unavailable,
 )
 from client.holds import fitting_hold
-from client.spool import SpoolForwarder, SpoolFull, UsageRecord, UsageSpool
+from client.spool import SpoolForwarder, SpoolFull, UsageRecord, UsageSpool, batch_outcome
 from client.sync import BillingClient
 from wire.schemas import CheckBudgetResponse
 
@@ -426,7 +426,7 @@ class Gateway:
         flushed.set()
 
     async def _send(self, batch: list[tuple[UsageRecord, Lease | None]]) -> None:
-        bodies = [calls.log_usage(**asdict(record)).body for record, _ in batch]
+        bodies = [record.body() for record, _ in batch]
         try:
             answer = await self.http.run(calls.log_usage_batch(bodies))
         except (Unavailable, Unauthorized) as error:
@@ -439,9 +439,10 @@ class Gateway:
             return
         retry: list[tuple[UsageRecord, Lease | None]] = []
         for (record, lease), result in zip(batch, answer.results, strict=True):
-            if result.status in (200, 201):
+            outcome = batch_outcome(result.status)
+            if outcome == "taken":
                 self._logged(record, lease)
-            elif result.status == 429 or result.status >= 500:
+            elif outcome == "retry":
                 retry.append((record, lease))
             else:
                 reason = f"{result.status} {result.error}: {result.message}"

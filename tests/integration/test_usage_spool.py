@@ -125,6 +125,45 @@ def test_background_forwarding_delivers_once_and_keeps_refusals(
     assert usage.total.cost == Decimal("0.000675")
 
 
+def test_a_long_spool_drains_in_batches_without_waiting_between_full_rounds(
+    tmp_path: Path, billing: BillingClient
+) -> None:
+    """250 records, 100 a round, a retry every 60 s: only rounds that follow a full one at once
+    can drain them within the wait. A record of a user the service does not know is refused in
+    its batch (404) and set aside; the others of that batch are taken."""
+    spool = UsageSpool(tmp_path / "spool.sqlite3", records_max=1_000)
+    spool.put_many([record(f"b-{index:03}", "0.001") for index in range(249)])
+    spool.put(UsageRecord("nobody", "gpt-4o", "b-orphan", 1, 1, "0.1", None))
+    before = billing.user_usage("spooler").total
+    forwarder = SpoolForwarder(spool, billing, retry_seconds=60, batch_max=100)
+    forwarder.start()
+    try:
+        deadline = time.monotonic() + DRAIN_WAIT_SECONDS
+        while spool.pending(10):
+            assert time.monotonic() < deadline, "spool not drained between full rounds"
+            time.sleep(0.05)
+    finally:
+        forwarder.stop()
+    assert spool.count() == 1, "the refused record stays for an operator"
+    after = billing.user_usage("spooler").total
+    assert after.requests - before.requests == 249
+    assert after.cost - before.cost == Decimal("0.249")
+
+
+def test_a_batch_refused_whole_is_sent_one_by_one(tmp_path: Path, billing: BillingClient) -> None:
+    """A cost past the service's bound on one call makes the batch route refuse the whole
+    request (422); sent alone, that record is refused and the others are taken."""
+    spool = UsageSpool(tmp_path / "spool.sqlite3", records_max=10)
+    spool.put(record("w-1", "0.001"))
+    spool.put(record("w-huge", "2000000"))
+    spool.put(record("w-2", "0.001"))
+    before = billing.user_usage("spooler").total.requests
+    forwarder = SpoolForwarder(spool, billing, retry_seconds=1, batch_max=10)
+    assert forwarder.forward_once() == 2
+    assert spool.pending(10) == [] and spool.count() == 1
+    assert billing.user_usage("spooler").total.requests - before == 2
+
+
 def test_releases_are_kept_beside_usage_and_count_toward_the_limit(tmp_path: Path) -> None:
     path = tmp_path / "spool.sqlite3"
     spool = UsageSpool(path, records_max=3)
