@@ -5,6 +5,8 @@ A burst of five times what the budget admits, 32 at a time, never spends past it
 every admitted call once; calls without ``max_tokens`` fill a budget they fit.
 """
 
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
@@ -18,10 +20,12 @@ from litellm_support import (
     billing_env,
     chat,
     dollars,
+    eventually,
     holds,
     proxy_client,
     response_cost_nanos,
     settled,
+    spooled,
     start_proxy,
 )
 
@@ -35,6 +39,9 @@ BURST_CONCURRENCY = 32
 BURST_MAX_TOKENS = 20
 GUESS_BUDGET_CALLS = 40
 GUESS_CALLS = 60
+CALLS_BEFORE_OUTAGE = 20
+OUTAGE_SECONDS = 2.0
+CALL_PAUSE_SECONDS = 0.05
 
 ADMISSION = {"leases": {}, "hold-per-call": {"BILLING_LEASE_CALLS": "0"}}
 
@@ -101,8 +108,7 @@ def test_a_burst_of_five_times_the_budget_never_spends_past_it(
     call_ids = {raw.headers["x-litellm-call-id"] for raw in admitted}
     with read_only(billing.db_path) as db:
         logged = [
-            row[0]
-            for row in db.execute("SELECT request_id FROM usage WHERE user_id = 'gw-burst'")
+            row[0] for row in db.execute("SELECT request_id FROM usage WHERE user_id = 'gw-burst'")
         ]
         leases = db.execute(
             "SELECT count(*) FROM reservations WHERE user_id = 'gw-burst'"
@@ -135,3 +141,58 @@ def test_calls_without_max_tokens_fill_a_budget_they_fit(
     final = settled(admin, "gw-guess", len(admitted))
     assert final.used == dollars(sum(response_cost_nanos(raw) for raw in admitted))
     assert abs(final.used - budget) <= dollars(cost)
+
+
+def test_calls_through_an_outage_are_billed_once_once_billing_is_back(
+    ai: openai.OpenAI, admin: BillingClient, billing: Billing, admission: str, workdir: Path
+) -> None:
+    """One user calls without pause while billing stops for a while and comes back. On leases,
+    a worker's slice goes on admitting calls with no round trip: their usage, then the slice's
+    release after it, go through the spool. With a hold per call, every call that needs the
+    service meanwhile is refused (503, fail_closed). Either way, once billing is back, every
+    admitted call is billed once and no hold is left."""
+    provision(admin, "gw-outage")
+    spool_path = workdir / admission / "spool.sqlite3"
+    admitted: list = []
+    during: list = []
+    refusals: list[int] = []
+    outage = threading.Event()
+    stop = threading.Event()
+
+    def caller() -> None:
+        while not stop.is_set():
+            try:
+                raw = chat(ai, "gw-outage")
+            except openai.APIStatusError as error:
+                refusals.append(error.status_code if outage.is_set() else -error.status_code)
+                continue
+            admitted.append(raw)
+            if outage.is_set():
+                during.append(raw)
+            time.sleep(CALL_PAUSE_SECONDS)
+
+    thread = threading.Thread(target=caller)
+    thread.start()
+    try:
+        eventually(lambda: len(admitted) >= CALLS_BEFORE_OUTAGE, "calls before the outage")
+        outage.set()
+        billing.stop()
+        time.sleep(OUTAGE_SECONDS)
+    finally:
+        stop.set()
+        thread.join()
+    assert set(refusals) <= {503}, "refused only while billing was down, and only with 503"
+    if admission == "leases":
+        assert during, "no call was admitted on a lease while billing was down"
+        eventually(lambda: spooled(spool_path) > 0, "usage of calls on a lease spooled")
+
+    billing.start()
+    final = settled(admin, "gw-outage", len(admitted))
+    eventually(lambda: spooled(spool_path) == 0, "spool drained")
+    assert final.used == dollars(sum(response_cost_nanos(raw) for raw in admitted))
+    with read_only(billing.db_path) as db:
+        logged = [
+            row[0] for row in db.execute("SELECT request_id FROM usage WHERE user_id = 'gw-outage'")
+        ]
+    assert sorted(logged) == sorted(raw.headers["x-litellm-call-id"] for raw in admitted)
+    assert holds(billing.db_path, "gw-outage", "open") == []
