@@ -12,8 +12,8 @@ interleave the variants, so a slow spell of the machine hits them all alike:
   database budgets need Prisma engines that cannot be installed here, so that row is not run).
 
 Each at one and at two proxy workers. Prints req/s, p50/p99, the proxy's CPU per call (every
-process of the proxy, from /proc/PID/stat) and each figure's ratio to ``none`` at the same worker
-count. Every call must answer 2xx, or the run fails.
+process of the proxy, from /proc/PID/stat) and each variant's ratio to ``none`` at the same
+worker count, taken round by round (``Row.ratio``). Every call must answer 2xx, or the run fails.
 
     .venv/bin/python -m bench.gateway                      # about 6 minutes
     .venv/bin/python -m bench.gateway --duration 10 --repeat 3 --workers 1,2
@@ -108,6 +108,20 @@ class Row:
 
     def median(self, name: str) -> float:
         return statistics.median(getattr(self, name))
+
+    def ratio(self, base: "Row") -> float:
+        """The median of each round's ratio to ``base`` in the same round: on a shared VM the
+        no-budget proxy's own rate moved by ±15% from round to round, and a round's slow spell
+        hits every variant of that round alike."""
+        return statistics.median(
+            rate / base_rate for rate, base_rate in zip(self.rates, base.rates, strict=True)
+        )
+
+    def p50_delta(self, base: "Row") -> float:
+        """The median of each round's p50 minus ``base``'s p50 in the same round."""
+        return statistics.median(
+            p50 - base_p50 for p50, base_p50 in zip(self.p50s, base.p50s, strict=True)
+        )
 
 
 def start_billing(workdir: Path) -> Process:
@@ -289,8 +303,8 @@ def table(rows: dict[tuple[str, int], Row]) -> str:
         billing_cpu = row.median("billing_cpu_ms") if on_billing else None
         lines.append(
             f"| {VARIANT_LABEL[variant]} | {workers} | {row.median('rates'):.1f}"
-            f" | {row.median('rates') / base.median('rates'):.2f}"
-            f" | {row.median('p50s'):.1f} | {row.median('p50s') - base.median('p50s'):+.1f}"
+            f" | {row.ratio(base):.2f}"
+            f" | {row.median('p50s'):.1f} | {row.p50_delta(base):+.1f}"
             f" | {row.median('p99s'):.1f} | {row.median('cpu_ms'):.2f}"
             f" | {'—' if billing_cpu is None else f'{billing_cpu:.2f}'} |"
         )
