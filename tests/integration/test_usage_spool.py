@@ -33,6 +33,18 @@ def record(request_id: str, cost: str = "0.00022500000000000002") -> UsageRecord
     return UsageRecord("spooler", "gpt-4o", request_id, 10, 20, cost, 15)
 
 
+def drain(spool: UsageSpool, forwarder: SpoolForwarder) -> None:
+    """Run ``forwarder`` in the background until nothing in ``spool`` is pending (bounded)."""
+    forwarder.start()
+    try:
+        deadline = time.monotonic() + DRAIN_WAIT_SECONDS
+        while spool.pending(10):
+            assert time.monotonic() < deadline, f"spool not drained in {DRAIN_WAIT_SECONDS} s"
+            time.sleep(0.05)
+    finally:
+        forwarder.stop()
+
+
 def test_records_survive_a_restart_once_each(tmp_path: Path) -> None:
     path = tmp_path / "spool.sqlite3"
     spool = UsageSpool(path, records_max=10)
@@ -110,15 +122,7 @@ def test_background_forwarding_delivers_once_and_keeps_refusals(
     for request_id in ("d-1", "d-2", "d-already"):
         spool.put(record(request_id))
     spool.put(UsageRecord("nobody", "gpt-4o", "d-orphan", 1, 1, "0.1", None))
-    forwarder = SpoolForwarder(spool, billing, retry_seconds=0.05, batch_max=2)
-    forwarder.start()
-    try:
-        deadline = time.monotonic() + DRAIN_WAIT_SECONDS
-        while spool.pending(10):
-            assert time.monotonic() < deadline, "spool not drained"
-            time.sleep(0.05)
-    finally:
-        forwarder.stop()
+    drain(spool, SpoolForwarder(spool, billing, retry_seconds=0.05, batch_max=2))
     assert spool.count() == 1, "the refused record stays for an operator"
     usage = billing.user_usage("spooler")
     assert usage.total.requests == 3
@@ -135,15 +139,7 @@ def test_a_long_spool_drains_in_batches_without_waiting_between_full_rounds(
     spool.put_many([record(f"b-{index:03}", "0.001") for index in range(249)])
     spool.put(UsageRecord("nobody", "gpt-4o", "b-orphan", 1, 1, "0.1", None))
     before = billing.user_usage("spooler").total
-    forwarder = SpoolForwarder(spool, billing, retry_seconds=60, batch_max=100)
-    forwarder.start()
-    try:
-        deadline = time.monotonic() + DRAIN_WAIT_SECONDS
-        while spool.pending(10):
-            assert time.monotonic() < deadline, "spool not drained between full rounds"
-            time.sleep(0.05)
-    finally:
-        forwarder.stop()
+    drain(spool, SpoolForwarder(spool, billing, retry_seconds=60, batch_max=100))
     assert spool.count() == 1, "the refused record stays for an operator"
     after = billing.user_usage("spooler").total
     assert after.requests - before.requests == 249
