@@ -16,6 +16,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 from client import calls
 from client.errors import BillingError, Unauthorized, Unavailable
@@ -64,7 +65,7 @@ class UsageRecord:
         return calls.log_usage(**asdict(self)).body
 
 
-def batch_outcome(status: int) -> str:
+def batch_outcome(status: int) -> Literal["taken", "retry", "refused"]:
     """What a record's status in a batch answer means to its sender: ``taken`` (201 created, 200
     an identical replay), ``retry`` (429 or 5xx: the service is busy or failing), or
     ``refused`` (any other 4xx: sending it again cannot change the answer)."""
