@@ -34,7 +34,6 @@ import logging
 import secrets
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
@@ -157,6 +156,20 @@ class Lease:
 
 
 @dataclass(frozen=True, slots=True)
+class CallEstimate:
+    """One LLM call as its admission sees it: whose, its id, and what it may cost.
+    ``estimate_is_guess``: the request set no output limit (``fitting_hold`` then applies)."""
+
+    user_id: str
+    request_id: str
+    model: str
+    tokens_input: int
+    tokens_output: int
+    estimate: Decimal
+    estimate_is_guess: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Admission:
     """How a call was admitted: against ``lease``, or by a hold of its own."""
 
@@ -200,17 +213,9 @@ class Gateway:
 
     # -- admission ------------------------------------------------------------------------
 
-    async def admit(
-        self,
-        user_id: str,
-        request_id: str,
-        model: str,
-        tokens_input: int,
-        tokens_output: int,
-        estimate: Decimal,
-        estimate_is_guess: bool,
-    ) -> None:
+    async def admit(self, call: CallEstimate) -> None:
         """Admit the call or raise ``BudgetExceeded`` (or the service's error)."""
+        user_id, estimate = call.user_id, call.estimate
         if self.settings.lease_calls > 0:
             often = self._calling_often(user_id)
             lease = self._leases.get(user_id)
@@ -219,12 +224,10 @@ class Gateway:
                 lease = await self._new_lease(user_id, estimate)
                 admitted = lease is not None
             if admitted:
-                self._remember(request_id, Admission(user_id, estimate, lease))
+                self._remember(call.request_id, Admission(user_id, estimate, lease))
                 return
-        await self._hold(
-            user_id, request_id, model, tokens_input, tokens_output, estimate, estimate_is_guess
-        )
-        self._remember(request_id, Admission(user_id, estimate, None))
+        await self._hold(call)
+        self._remember(call.request_id, Admission(user_id, estimate, None))
 
     def _calling_often(self, user_id: str) -> bool:
         """Whether the user's previous call on this worker came within ``lease_idle_ms``: only
@@ -293,33 +296,31 @@ class Gateway:
             limit = min(limit, life / 2)
         return time.monotonic() + limit
 
-    async def _hold(
-        self,
-        user_id: str,
-        request_id: str,
-        model: str,
-        tokens_input: int,
-        tokens_output: int,
-        estimate: Decimal,
-        estimate_is_guess: bool,
-    ) -> None:
+    async def _hold(self, call: CallEstimate) -> None:
         """A hold of the call's own. Denied: a guessed estimate holds what remains instead
         (``fitting_hold``); while this worker's own calls or slices are still to settle, the
         hold is asked again after each settlement, for at most ``settle_wait_ms``."""
+        user_id = call.user_id
         deadline = time.monotonic() + self.settings.settle_wait_ms / 1000
-        amount = estimate
+        amount = call.estimate
         denial: CheckBudgetResponse | None = None
         for _ in range(HOLD_ATTEMPTS_MAX):
-            call = calls.check_budget(
-                user_id, model or None, tokens_input, tokens_output, amount, request_id, True
+            check = calls.check_budget(
+                user_id,
+                call.model or None,
+                call.tokens_input,
+                call.tokens_output,
+                amount,
+                call.request_id,
+                True,
             )
             try:
-                self._note_remaining(user_id, await self.http.run(call))
+                self._note_remaining(user_id, await self.http.run(check))
                 return
             except BudgetExceeded as denied:
                 denial = denied.check
             self._note_remaining(user_id, denial)
-            fitting = fitting_hold(estimate, estimate_is_guess, denial)
+            fitting = fitting_hold(call.estimate, call.estimate_is_guess, denial)
             if fitting is not None and fitting < amount:
                 amount = fitting
             elif not await self._settlement(user_id, deadline, denial):
@@ -591,11 +592,11 @@ class BillingCallback(CustomLogger):
         tokens_output = self.settings.output_tokens_default if limit is None else limit
         input_price, output_price = self._model_prices(model)
         estimate = input_price * tokens_input + output_price * tokens_output
-        admit = self.gateway().admit
-        guess = limit is None
-        arguments = (user_id, request_id, model, tokens_input, tokens_output, estimate, guess)
+        call = CallEstimate(
+            user_id, request_id, model, tokens_input, tokens_output, estimate, limit is None
+        )
         try:
-            await self._provisioned(admit, arguments)
+            await self._provisioned(self.gateway(), call)
         except BudgetExceeded as denied:
             raise HTTPException(status_code=429, detail=denied.message) from None
         except NotFound:
@@ -618,15 +619,16 @@ class BillingCallback(CustomLogger):
             ) from None
         return data
 
-    async def _provisioned(self, admit: Callable, arguments: tuple) -> None:
-        """``admit``; an unknown user is provisioned onto ``default_product`` first, when set."""
+    async def _provisioned(self, gateway: Gateway, call: CallEstimate) -> None:
+        """``gateway.admit``; an unknown user is provisioned onto ``default_product`` first, when
+        set."""
         try:
-            await admit(*arguments)
+            await gateway.admit(call)
         except NotFound:
             if self.settings.default_product is None:
                 raise
-            await self._provision(arguments[0])
-            await admit(*arguments)
+            await self._provision(call.user_id)
+            await gateway.admit(call)
 
     async def _provision(self, user_id: str) -> None:
         email = user_id if "@" in user_id else f"{user_id}@{self.settings.provision_email_domain}"
