@@ -25,6 +25,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
@@ -37,7 +38,7 @@ from bench.scenarios import ADMIN_KEY, API_KEY, LARGE_USAGE_ROWS, LARGE_USERS, S
 from bench.seed import ZONE, seeded_database
 from core.ledger import wall_clock_ms
 from core.periods import label_at
-from core.resets import RESET_BATCH_USERS_MAX, ResetOutcome, ResetRequest
+from core.resets import RESET_BATCH_USERS_MAX, RESET_LANES_MAX, ResetOutcome, ResetRequest
 from core.store import open_store
 
 LUA_SCRIPT = BENCH_DIR / "lua" / "timed_post.lua"
@@ -248,29 +249,37 @@ def _nearest_rank(ordered: list[float], fraction: float) -> float:
 
 def time_batches(database_url: str, users_max: int) -> dict:
     """Another bare reset of the same database, in process and alone, in batches of
-    ``users_max`` users: each batch timed."""
+    ``users_max`` users and as many lanes as the service would run: each batch timed."""
     store = open_store(database_url, wall_clock_ms, "FULL")
     try:
         now_ms = wall_clock_ms()
         label = label_at(now_ms, ZONE)  # the bare reset's label, as the server's ledger makes it
-        request = ResetRequest(label, apply_once=False, force=False, current_label=label)
+        request = ResetRequest(label, False, False, label, RESET_LANES_MAX, users_max)
         started = time.perf_counter()
         run = store.start_reset(request, now_ms)
         assert not isinstance(run, ResetOutcome) and run.carries_request
         start_ms = (time.perf_counter() - started) * 1000
-        batch_ms = []
-        while True:
-            began = time.perf_counter()
-            outcome = store.reset_batch(run.run_id, users_max, wall_clock_ms())
-            batch_ms.append((time.perf_counter() - began) * 1000)
-            if outcome is not None:
-                break
+        batch_ms: list[float] = []
+
+        def finish_lane(lane: int) -> None:
+            done = False
+            while not done:
+                began = time.perf_counter()
+                done = store.reset_batch(run.run_id, lane, users_max, wall_clock_ms())
+                batch_ms.append((time.perf_counter() - began) * 1000)
+
+        with ThreadPoolExecutor(run.lanes) as lanes:
+            for lane in [lanes.submit(finish_lane, n) for n in range(run.lanes)]:
+                lane.result()
+        outcome = store.finish_reset(run.run_id, wall_clock_ms())
+        assert outcome is not None
         total_s = time.perf_counter() - started
     finally:
         store.close()
     ordered = sorted(batch_ms)
     return {
         "batch_users_max": users_max,
+        "lanes": run.lanes,
         "users_reset": outcome.users_reset,
         "seconds": round(total_s, 2),
         "start_ms": round(start_ms, 2),
@@ -326,7 +335,8 @@ def print_run(kind: str, run: dict) -> None:
     )
     for alone in run["batches_alone"]:
         print(
-            f"alone, in process, {alone['batch_users_max']} users per batch:"
+            f"alone, in process, {alone['batch_users_max']} users per batch,"
+            f" {alone['lanes']} lanes:"
             f" {alone['users_reset']:,} users in {alone['seconds']} s, start {alone['start_ms']}"
             f" ms, {alone['batches']} batches: p50 {alone['batch_p50_ms']} ms,"
             f" p99 {alone['batch_p99_ms']} ms, max {alone['batch_max_ms']} ms"

@@ -7,6 +7,7 @@ labels, password hashing) and hands the store one transaction per operation.
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
@@ -27,7 +28,14 @@ from core.reconcile import (
     backfill,
 )
 from core.reservations import Reservation, retention_cutoff_ms
-from core.resets import RESET_BATCH_USERS_MAX, PeriodSummary, ResetOutcome, ResetRequest
+from core.resets import (
+    RESET_BATCH_USERS_MAX,
+    RESET_LANES_MAX,
+    PeriodSummary,
+    ResetOutcome,
+    ResetRequest,
+    ResetRun,
+)
 from core.store.base import LedgerStore
 from core.usage import LogOutcome, UsageGroup, UsageRecord
 
@@ -80,14 +88,16 @@ class Ledger:
         reservation_ttl_seconds: int,
         clock_ms: Callable[[], int] = wall_clock_ms,
         reset_batch_users_max: int = RESET_BATCH_USERS_MAX,
+        reset_lanes_max: int = RESET_LANES_MAX,
     ) -> None:
-        assert reservation_ttl_seconds > 0 and reset_batch_users_max > 0
+        assert reservation_ttl_seconds > 0 and reset_batch_users_max > 0 and reset_lanes_max > 0
         self.store = store
         self.prices = prices
         self.zone = zone
         self.reservation_ttl_ms = reservation_ttl_seconds * 1000
         self.clock_ms = clock_ms
         self.reset_batch_users_max = reset_batch_users_max
+        self.reset_lanes_max = reset_lanes_max
 
     # -- the gateway's two calls ------------------------------------------------------------
 
@@ -256,24 +266,40 @@ class Ledger:
             apply_once=label is not None,
             force=force,
             current_label=current_label,
+            lanes_max=self.reset_lanes_max,
+            batch_users_max=self.reset_batch_users_max,
         )
         for _ in range(RESET_RUNS_PER_CALL_MAX):
             started = self.store.start_reset(request, now_ms)
             if isinstance(started, ResetOutcome):
                 return started
-            outcome = self._finish_reset(started.run_id)
+            outcome = self._finish_reset(started)
             if started.carries_request:
                 assert outcome.label == request.label, (outcome, request)
                 return outcome
         raise Unavailable("other resets kept starting before this one; retry shortly")
 
-    def _finish_reset(self, run_id: int) -> ResetOutcome:
-        """Batches of the run until one finds no user left; each batch advances the run by up
+    def _finish_reset(self, run: ResetRun) -> ResetOutcome:
+        """Every lane of the run to its end, each on its own thread when there are several,
+        then the run's finish. A lane that fails stops only itself: the others go on, and its
+        error is raised once they are done (the run stays unfinished, for a later call)."""
+        if run.lanes == 1:
+            self._finish_lane(run.run_id, 0)
+        else:
+            with ThreadPoolExecutor(run.lanes, thread_name_prefix="reset-lane") as lanes:
+                for lane in [
+                    lanes.submit(self._finish_lane, run.run_id, n) for n in range(run.lanes)
+                ]:
+                    lane.result()
+        outcome = self.store.finish_reset(run.run_id, self.clock_ms())
+        assert outcome is not None, run
+        return outcome
+
+    def _finish_lane(self, run_id: int, lane: int) -> None:
+        """Batches of the lane until one finds no user left; each batch advances the lane by up
         to ``reset_batch_users_max`` users, so the loop ends."""
-        while True:
-            outcome = self.store.reset_batch(run_id, self.reset_batch_users_max, self.clock_ms())
-            if outcome is not None:
-                return outcome
+        while not self.store.reset_batch(run_id, lane, self.reset_batch_users_max, self.clock_ms()):
+            pass
 
     def provision_user(
         self, email: str, password: str, product_id: str, tenant_id: str, user_id: str | None

@@ -34,26 +34,34 @@ for a reset that no longer happens at one moment. Batches keep every rule as it 
 row true at every commit, so they were chosen. What they rest on:
 
 - **A run.** ``start_reset`` checks the rule, in one write transaction, and records the run (label,
-  what it closes, ``users_after`` = the empty text: no user visited yet). At most one run is
-  unfinished at a time (a unique index in both schemas).
-- **A batch** is one write transaction: the next ``users_max`` users by id after
-  ``users_after``, each closed if its open period is one the run closes (``close_before_label``),
-  and ``users_after`` moved to the last of them, in the same commit. Each user's period closes
+  what it closes) and its lanes (below), each with ``users_after`` = its first id's lower bound
+  (the empty text for the first): no user visited yet. At most one run is unfinished at a time
+  (a unique index in both schemas).
+- **A batch** is one write transaction in one lane: the lane's next ``users_max`` users by id
+  after its ``users_after``, each closed if its open period is one the run closes
+  (``close_before_label``), and ``users_after`` moved to the last of them, in the same commit. Each user's period closes
   and the next opens in one transaction, so each usage row carries the start of exactly one
   period (the open one when it was written), and the user's counters, its tenant's ``used``
   (lowered by what the batch closed) and the history agree at every commit.
+- **Lanes.** A run's user ids are split, when it starts, into up to ``lanes_max`` lanes:
+  contiguous ranges of ids, each with its own ``users_after``, whose batches run side by side
+  (PostgreSQL; SQLite has one writer, so its runs have one lane). Every id falls in exactly one
+  lane, and lanes never share a user, so what holds of one batch holds of batches side by side
+  (two lanes that share a tenant lock it in turn, in the order every write takes).
 - **Once per user, once per label.** Every user id is visited by exactly one committed batch of
-  a run: a batch that fails or a process that dies rolls back whole, leaving ``users_after``
-  where the last commit put it, and the next call resumes from there. The label is recorded as
-  applied, and a forced reset's notice written, in the commit that finds no user left.
+  its lane: a batch that fails or a process that dies rolls back whole, leaving the lane's
+  ``users_after`` where its last commit put it, and the next call resumes from there. A lane
+  with no user left is marked finished; once every lane is, one more commit finishes the run:
+  the label is recorded as applied, and a forced reset's notice written, in that commit.
 - **Resuming.** A reset asked while a run is unfinished first finishes that run: the same
   reset asked again (same label, labelled or bare as before) returns the finished run's
   outcome, any other then starts its own run, exactly as if the two had run one after the
   other.
 - **Users provisioned meanwhile** have the current month's label, so a guarded run never
   closes them; a run that closes every open period (forced, or bare) closes the period of a
-  user provisioned after it started only when the user's id is still ahead of ``users_after``
-  (as if provisioned just before the reset), else not (as if just after).
+  user provisioned after it started only when a batch of its lane reads the user's id ahead of
+  the lane's ``users_after`` (as if provisioned just before the reset), else not (as if just
+  after).
 """
 
 from dataclasses import dataclass
@@ -64,15 +72,30 @@ from core.errors import ResetRefused
 from core.money import Money
 from core.periods import next_label
 
+# How many users one batch of a reset visits: one write transaction, the longest a reset keeps
+# other writes waiting. On 1,000,000 users (SQLite, 2 busy cores, bench.reset_under_load), a
+# batch alone took p50 5.5 ms at 250 users, 8 ms at 500 and 20 ms at 1,000 (its commit writes
+# every page it dirtied: each user's row lies on a page of its own), the whole reset 27, 20 and
+# 23 s. Under log-usage at 8 connections, 250 held log-usage p99 at 34 ms during a 27 s reset.
+RESET_BATCH_USERS_MAX = 250
+# How many lanes of a run go side by side (PostgreSQL). Under log-usage at 8 connections on 2
+# cores a lane's batches got about a tenth of the CPU: 1,000,000 users took 112 s in one lane,
+# 61 s in two and 44 s in four, log-usage p99 during the reset 49, 51 and 57 ms (1.04-1.73x
+# outside). Alone: 36, 28 and 20 s.
+RESET_LANES_MAX = 4
+
 
 @dataclass(frozen=True, slots=True)
 class ResetRequest:
-    """One reset as the store carries it out; ``current_label`` is the month it runs in."""
+    """One reset as the store carries it out; ``current_label`` is the month it runs in, and
+    ``lanes_max`` and ``batch_users_max`` how many lanes its run may have (``lane_count``)."""
 
     label: str
     apply_once: bool
     force: bool
     current_label: str
+    lanes_max: int = 1
+    batch_users_max: int = RESET_BATCH_USERS_MAX
 
     @property
     def guarded(self) -> bool:
@@ -85,13 +108,11 @@ class ResetRequest:
         guarded, else a text that sorts after every label (every open period closes)."""
         return self.label if self.guarded else "9999-99"
 
-
-# How many users one batch of a reset visits: one write transaction, the longest a reset keeps
-# other writes waiting. On 1,000,000 users (SQLite, 2 busy cores, bench.reset_under_load), a
-# batch alone took p50 5.5 ms at 250 users, 8 ms at 500 and 20 ms at 1,000 (its commit writes
-# every page it dirtied: each user's row lies on a page of its own), the whole reset 27, 20 and
-# 23 s. Under log-usage at 8 connections, 250 held log-usage p99 at 34 ms during a 27 s reset.
-RESET_BATCH_USERS_MAX = 250
+    def lane_count(self, users: int) -> int:
+        """The lanes of a run over ``users`` users: up to ``lanes_max``, each a full batch or
+        more."""
+        assert self.lanes_max > 0 and self.batch_users_max > 0
+        return max(1, min(self.lanes_max, users // self.batch_users_max))
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,11 +128,12 @@ class ResetRun:
     label: str
     apply_once: bool
     carries_request: bool
+    lanes: int
 
     def carrying(self, request: ResetRequest) -> "ResetRun":
         """This run, found unfinished when ``request`` came: whether it is the same reset."""
         same = self.label == request.label and self.apply_once == request.apply_once
-        return ResetRun(self.run_id, self.label, self.apply_once, same)
+        return ResetRun(self.run_id, self.label, self.apply_once, same, self.lanes)
 
 
 @dataclass(frozen=True, slots=True)

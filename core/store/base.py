@@ -205,12 +205,16 @@ class LedgerStore(Protocol):
         was applied already (``apply_once``); or, first, the run left unfinished, to finish
         (``ResetRun.carries_request`` says whether it is the same reset)."""
 
-    def reset_batch(self, run_id: int, users_max: int, now_ms: int) -> ResetOutcome | None:
-        """One batch of the run, in one transaction: None while users are left to visit, else
-        the run's outcome (the batch that finds none left finishes the run).
+    def reset_batch(self, run_id: int, lane: int, users_max: int, now_ms: int) -> bool:
+        """One batch of one lane of the run, in one transaction: True once the lane has no user
+        left to visit. Batches of different lanes may run at once.
 
         History rows written carry ``closed_by = label``.
         """
+
+    def finish_reset(self, run_id: int, now_ms: int) -> ResetOutcome | None:
+        """The run's outcome once every lane is finished (None while one is not), finishing it
+        in one transaction if it is not yet."""
 
     def pending_admin_notices(self, limit: int) -> list[AdminNotice]:
         """Up to ``limit`` notices not yet mailed, oldest first."""

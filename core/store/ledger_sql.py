@@ -78,6 +78,18 @@ INSERT_RESET_RUN_SQL = (
     "INSERT INTO reset_runs (label, apply_once, forced, close_before, users_after, started_at)"
     " VALUES (:label, :apply_once, :forced, :close_before, '', :now) RETURNING id"
 )
+INSERT_RESET_LANE_SQL = (
+    "INSERT INTO reset_lanes (run_id, lane, users_after, users_upto)"
+    " VALUES (:run_id, :lane, :users_after, :users_upto)"
+)
+# A run found unfinished that a worker of the previous release started has no lanes: it gets
+# lane 0, from the run's own cursor on.
+ENSURE_RESET_LANE_SQL = (
+    "INSERT INTO reset_lanes (run_id, lane, users_after) SELECT id, 0, users_after"
+    " FROM reset_runs WHERE id = :run_id"
+    " AND NOT EXISTS (SELECT 1 FROM reset_lanes WHERE run_id = :run_id)"
+)
+COUNT_RESET_LANES_SQL = "SELECT COUNT(*) FROM reset_lanes WHERE run_id = :run_id"
 PENDING_ADMIN_NOTICES_SQL = (
     "SELECT id, subject, body FROM admin_notices WHERE delivered_at IS NULL"
     " ORDER BY id LIMIT :limit"
@@ -146,12 +158,23 @@ def reset_run_params(request: ResetRequest, now_ms: int) -> dict[str, Any]:
     }
 
 
-def unfinished_run(row: tuple[Any, ...] | None, request: ResetRequest) -> ResetRun | None:
-    """The run of ``UNFINISHED_RESET_SQL``'s row, as ``request`` finds it (None: no row)."""
-    if row is None:
-        return None
+def unfinished_run(row: tuple[Any, ...], lanes: int, request: ResetRequest) -> ResetRun:
+    """The run of an ``UNFINISHED_RESET_SQL`` row, with its ``lanes``, as ``request`` finds it."""
     run_id, label, apply_once = row
-    return ResetRun(run_id, label, bool(apply_once), False).carrying(request)
+    return ResetRun(run_id, label, bool(apply_once), False, lanes).carrying(request)
+
+
+def reset_lane_params(run_id: int, lasts: list[str]) -> list[dict[str, Any]]:
+    """The rows of ``INSERT_RESET_LANE_SQL`` for a run split after each id of ``lasts`` (in
+    order): lane i runs from the end of lane i - 1 (the first from the empty text) to its last
+    id (the last lane to no bound), so every user id falls in exactly one lane."""
+    assert len(set(lasts)) == len(lasts), lasts
+    afters = ["", *lasts]
+    uptos: list[str | None] = [*lasts, None]
+    return [
+        {"run_id": run_id, "lane": lane, "users_after": after, "users_upto": upto}
+        for lane, (after, upto) in enumerate(zip(afters, uptos, strict=True))
+    ]
 
 
 def products_from_rows(rows: Any) -> list[Product]:

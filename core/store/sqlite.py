@@ -432,9 +432,11 @@ class SqliteStore:
     def start_reset(self, request: ResetRequest, now_ms: int) -> ResetOutcome | ResetRun:
         def operation(connection: sqlite3.Connection, _: int) -> ResetOutcome | ResetRun:
             unfinished = connection.execute(ledger_sql.UNFINISHED_RESET_SQL).fetchone()
-            run = ledger_sql.unfinished_run(unfinished, request)
-            if run is not None:
-                return run
+            if unfinished is not None:
+                run = {"run_id": unfinished[0]}
+                connection.execute(ledger_sql.ENSURE_RESET_LANE_SQL, run)
+                (lanes,) = connection.execute(ledger_sql.COUNT_RESET_LANES_SQL, run).fetchone()
+                return ledger_sql.unfinished_run(unfinished, lanes, request)
             label = request.label
             if request.apply_once:
                 done = connection.execute(ledger_sql.APPLIED_RESET_SQL, {"label": label})
@@ -450,15 +452,24 @@ class SqliteStore:
                 raise refusal
             parameters = ledger_sql.reset_run_params(request, now_ms)
             (run_id,) = connection.execute(ledger_sql.INSERT_RESET_RUN_SQL, parameters).fetchone()
-            return ResetRun(run_id, label, request.apply_once, True)
+            # One lane, whatever lanes_max: SQLite has one writer, lanes would queue for it.
+            lane_rows = ledger_sql.reset_lane_params(run_id, [])
+            connection.executemany(ledger_sql.INSERT_RESET_LANE_SQL, lane_rows)
+            return ResetRun(run_id, label, request.apply_once, True, len(lane_rows))
 
         return self._write(operation)
 
-    def reset_batch(self, run_id: int, users_max: int, now_ms: int) -> ResetOutcome | None:
-        assert users_max > 0
+    def reset_batch(self, run_id: int, lane: int, users_max: int, now_ms: int) -> bool:
+        assert lane >= 0 and users_max > 0
 
+        def operation(connection: sqlite3.Connection, _: int) -> bool:
+            return _reset_batch(connection, run_id, lane, users_max, now_ms)
+
+        return self._write(operation)
+
+    def finish_reset(self, run_id: int, now_ms: int) -> ResetOutcome | None:
         def operation(connection: sqlite3.Connection, _: int) -> ResetOutcome | None:
-            return _reset_batch(connection, run_id, users_max, now_ms)
+            return _finish_reset(connection, run_id, now_ms)
 
         return self._write(operation)
 
@@ -569,33 +580,29 @@ def _log_usage_operation(
 
 
 def _reset_batch(
-    connection: sqlite3.Connection, run_id: int, users_max: int, now_ms: int
-) -> ResetOutcome | None:
-    """One batch of a reset's run, as PostgreSQL's ``ledger_reset_batch``: None while users are
-    left to visit, the run's outcome once none is (the commit that finds none finishes it)."""
-    label, apply_once, forced, before, after, users_reset, finished_at = connection.execute(
-        "SELECT label, apply_once, forced, close_before, users_after, users_reset, finished_at"
-        " FROM reset_runs WHERE id = ?",
-        (run_id,),
+    connection: sqlite3.Connection, run_id: int, lane: int, users_max: int, now_ms: int
+) -> bool:
+    """One batch of a lane of a reset's run, as PostgreSQL's ``ledger_reset_lane_batch``: True
+    once the lane has no user left (the commit that finds none marks it finished)."""
+    label, before, run_finished_at = connection.execute(
+        "SELECT label, close_before, finished_at FROM reset_runs WHERE id = ?", (run_id,)
     ).fetchone()
-    if finished_at is not None:
-        return ResetOutcome(label, users_reset, False)
+    after, upto, finished = connection.execute(
+        "SELECT users_after, users_upto, finished FROM reset_lanes WHERE run_id = ? AND lane = ?",
+        (run_id, lane),
+    ).fetchone()
+    if run_finished_at is not None or finished:
+        return True
     (last,) = connection.execute(
-        "SELECT MAX(id) FROM (SELECT id FROM users WHERE id > ? ORDER BY id LIMIT ?)",
-        (after, users_max),
+        "SELECT MAX(id) FROM (SELECT id FROM users WHERE id > ? AND (? IS NULL OR id <= ?)"
+        " ORDER BY id LIMIT ?)",
+        (after, upto, upto, users_max),
     ).fetchone()
     if last is None:
-        connection.execute("UPDATE reset_runs SET finished_at = ? WHERE id = ?", (now_ms, run_id))
-        if apply_once:
-            connection.execute(
-                "INSERT INTO applied_resets (label, users_reset, applied_at) VALUES (?, ?, ?)",
-                (label, users_reset, now_ms),
-            )
-        if forced:
-            notice = forced_reset_notice(label, users_reset)
-            parameters = {"subject": notice.subject, "body": notice.body, "now": now_ms}
-            connection.execute(ledger_sql.INSERT_ADMIN_NOTICE_SQL, parameters)
-        return ResetOutcome(label, users_reset, False)
+        connection.execute(
+            "UPDATE reset_lanes SET finished = 1 WHERE run_id = ? AND lane = ?", (run_id, lane)
+        )
+        return True
     batch = {"after": after, "last": last, "before": before, "label": label, "now": now_ms}
     closing = " WHERE u.id > :after AND u.id <= :last AND u.period_label < :before"
     # What the closing periods held, per tenant, added here: SQLite's SUM fails past 2^63.
@@ -629,10 +636,45 @@ def _reset_batch(
         batch,
     ).rowcount
     connection.execute(
-        "UPDATE reset_runs SET users_after = ?, users_reset = users_reset + ? WHERE id = ?",
-        (last, closed, run_id),
+        "UPDATE reset_lanes SET users_after = ?, users_reset = users_reset + ?"
+        " WHERE run_id = ? AND lane = ?",
+        (last, closed, run_id, lane),
     )
-    return None
+    return False
+
+
+def _finish_reset(connection: sqlite3.Connection, run_id: int, now_ms: int) -> ResetOutcome | None:
+    """The end of a run whose lanes are all finished, as PostgreSQL's ``ledger_reset_finish``:
+    its outcome (None while a lane is not), the label applied and a forced run's notice in this
+    commit."""
+    label, apply_once, forced, users_reset, finished_at = connection.execute(
+        "SELECT label, apply_once, forced, users_reset, finished_at FROM reset_runs WHERE id = ?",
+        (run_id,),
+    ).fetchone()
+    if finished_at is not None:
+        return ResetOutcome(label, users_reset, False)
+    lanes, unfinished, lanes_reset = connection.execute(
+        "SELECT COUNT(*), COUNT(*) - SUM(finished), SUM(users_reset) FROM reset_lanes"
+        " WHERE run_id = ?",
+        (run_id,),
+    ).fetchone()
+    if lanes == 0 or unfinished:
+        return None
+    users_reset += lanes_reset
+    connection.execute(
+        "UPDATE reset_runs SET finished_at = ?, users_reset = ? WHERE id = ?",
+        (now_ms, users_reset, run_id),
+    )
+    if apply_once:
+        connection.execute(
+            "INSERT INTO applied_resets (label, users_reset, applied_at) VALUES (?, ?, ?)",
+            (label, users_reset, now_ms),
+        )
+    if forced:
+        notice = forced_reset_notice(label, users_reset)
+        parameters = {"subject": notice.subject, "body": notice.body, "now": now_ms}
+        connection.execute(ledger_sql.INSERT_ADMIN_NOTICE_SQL, parameters)
+    return ResetOutcome(label, users_reset, False)
 
 
 def _read_user(connection: sqlite3.Connection, user_id: str, now_ms: int) -> UserView | None:

@@ -71,9 +71,7 @@ def test_the_valid_label_is_this_month_while_a_period_is_older_else_the_next():
 
 
 def totals(raw) -> tuple:
-    users = raw.execute(
-        "SELECT id, period_label, used, credits FROM users ORDER BY id"
-    ).fetchall()
+    users = raw.execute("SELECT id, period_label, used, credits FROM users ORDER BY id").fetchall()
     tenants = raw.execute("SELECT id, used FROM tenants ORDER BY id").fetchall()
     history = raw.execute("SELECT COUNT(*) FROM period_history").fetchone()
     applied = raw.execute("SELECT COUNT(*) FROM applied_resets").fetchone()
@@ -95,7 +93,9 @@ def test_a_late_reset_closes_only_the_periods_of_earlier_months(ledger, basic, r
     provision(ledger, "march")
     ledger.log_usage("march", "gpt-4o", "m1", 1, 1, usd(3), None)
     clock.advance_to(APRIL)
-    april_start_ms = provision(ledger, "april").period_start_ms  # after April began, before the reset
+    april_start_ms = provision(
+        ledger, "april"
+    ).period_start_ms  # after April began, before the reset
     ledger.log_usage("april", "gpt-4o", "a1", 1, 1, usd(2), None)
     ledger.grant_credit("april", usd(1), "welcome", "g1")
 
@@ -229,9 +229,12 @@ def assert_every_usage_row_in_exactly_one_period(raw) -> None:
             " UNION ALL SELECT user_id, period_start, used FROM period_history"
         ).fetchall()
     }
-    assert len(periods) == raw.execute(
-        "SELECT (SELECT COUNT(*) FROM users) + (SELECT COUNT(*) FROM period_history)"
-    ).fetchone()[0]
+    assert (
+        len(periods)
+        == raw.execute(
+            "SELECT (SELECT COUNT(*) FROM users) + (SELECT COUNT(*) FROM period_history)"
+        ).fetchone()[0]
+    )
     sums: dict[tuple, int] = {}
     for user_id, start, cost in raw.execute("SELECT user_id, period_start, cost FROM usage"):
         assert (user_id, start) in periods, (user_id, start)
@@ -262,8 +265,8 @@ def test_a_reset_stopped_between_batches_resumes_without_closing_twice_or_skippi
     request = ResetRequest("2026-04", apply_once=True, force=False, current_label="2026-04")
     run = store.start_reset(request, clock())
     assert run.carries_request
-    assert store.reset_batch(run.run_id, BATCH_USERS, clock()) is None
-    assert store.reset_batch(run.run_id, BATCH_USERS, clock()) is None
+    assert store.reset_batch(run.run_id, 0, BATCH_USERS, clock()) is False
+    assert store.reset_batch(run.run_id, 0, BATCH_USERS, clock()) is False
     # Stopped here, four users in: every row is true between batches.
     assert [row[0] for row in closed_periods(raw, "2026-04")] == ["u0", "u1", "u2", "u3"]
     assert batched.reconcile(repair=False).drifts == []
@@ -302,7 +305,7 @@ def test_an_unfinished_reset_is_finished_before_another_starts(batched, basic, r
     seven_users_with_usage(batched)
     request = ResetRequest("2026-03", apply_once=True, force=True, current_label="2026-03")
     run = store.start_reset(request, clock())
-    assert store.reset_batch(run.run_id, BATCH_USERS, clock()) is None
+    assert store.reset_batch(run.run_id, 0, BATCH_USERS, clock()) is False
     clock.advance(1000)
 
     bare = batched.reset_budgets(None)  # finishes the forced run, then closes everything again
@@ -372,3 +375,148 @@ def test_writes_from_another_store_during_a_batched_reset_each_land_in_one_perio
     assert total == sum(spent.values()) + WRITERS * WRITES_PER_WRITER * usd("0.01")
     assert_every_usage_row_in_exactly_one_period(raw)
     assert batched.reconcile(repair=False).drifts == []
+
+
+# -- in lanes: contiguous ranges of ids, side by side on PostgreSQL ----------------------------
+
+LANES = 3
+
+
+@pytest.fixture
+def laned(store, clock) -> Ledger:
+    """A ledger whose resets visit ``BATCH_USERS`` users per batch in up to ``LANES`` lanes."""
+    return Ledger(
+        store,
+        load_price_table(),
+        ZoneInfo("UTC"),
+        TTL_SECONDS,
+        clock_ms=clock,
+        reset_batch_users_max=BATCH_USERS,
+        reset_lanes_max=LANES,
+    )
+
+
+def lanes_of(raw, run_id: int) -> list[tuple]:
+    return raw.execute(
+        "SELECT lane, users_after, users_upto, users_reset, finished FROM reset_lanes"
+        " WHERE run_id = ? ORDER BY lane",
+        (run_id,),
+    ).fetchall()
+
+
+def test_the_lanes_of_a_run_cover_every_user_id_once(laned, basic, raw, clock, backend, store):
+    spent = seven_users_with_usage(laned)
+    clock.advance_to(APRIL)
+    request = ResetRequest(
+        "2026-04", True, False, "2026-04", lanes_max=LANES, batch_users_max=BATCH_USERS
+    )
+    run = store.start_reset(request, clock())
+    # SQLite has one writer: its runs have one lane, whatever lanes_max asks.
+    assert run.lanes == (LANES if backend == "postgres" else 1)
+    lanes = lanes_of(raw, run.run_id)
+    assert [lane[0] for lane in lanes] == list(range(run.lanes))
+    assert lanes[0][1] == "" and lanes[-1][2] is None
+    for before, after in zip(lanes, lanes[1:], strict=False):
+        assert after[1] == before[2]  # each lane begins where the one before ends
+
+    result = laned.reset_budgets("2026-04")  # finishes the run it finds, lane by lane
+
+    assert (result.users_reset, result.already_done) == (7, False)
+    assert closed_periods(raw, "2026-04") == [
+        (user_id, "2026-03", used) for user_id, used in sorted(spent.items())
+    ]
+    lanes = lanes_of(raw, run.run_id)
+    assert all(lane[4] for lane in lanes)
+    assert sum(lane[3] for lane in lanes) == 7
+    assert_every_usage_row_in_exactly_one_period(raw)
+    assert laned.reconcile(repair=False).drifts == []
+
+
+def test_lanes_stopped_at_different_points_resume_each_from_its_own(
+    laned, basic, raw, clock, store, database_url
+):
+    spent = seven_users_with_usage(laned)
+    clock.advance_to(APRIL)
+    request = ResetRequest(
+        "2026-04", True, True, "2026-04", lanes_max=LANES, batch_users_max=BATCH_USERS
+    )
+    run = store.start_reset(request, clock())
+    # The last lane one batch in, lane 0 two (one lane: three in all), any other not begun.
+    for lane in (run.lanes - 1, 0, 0):
+        assert store.reset_batch(run.run_id, lane, BATCH_USERS, clock()) is False
+    assert store.finish_reset(run.run_id, clock()) is None
+    store.close()  # the process that ran the reset is gone
+
+    reopened = open_test_store(database_url, clock)
+    try:
+        ledger = Ledger(reopened, load_price_table(), ZoneInfo("UTC"), TTL_SECONDS, clock_ms=clock)
+        result = ledger.reset_budgets("2026-04")
+        assert (result.users_reset, result.already_done) == (7, False)
+        assert closed_periods(raw, "2026-04") == [
+            (user_id, "2026-03", used) for user_id, used in sorted(spent.items())
+        ]
+        assert raw.execute("SELECT label, users_reset FROM applied_resets").fetchall() == [
+            ("2026-04", 7)
+        ]
+        [notice] = ledger.pending_admin_notices(10)  # forced: one notice, with the total
+        assert "(7 users)" in notice.body
+        assert_every_usage_row_in_exactly_one_period(raw)
+        assert ledger.reconcile(repair=False).drifts == []
+    finally:
+        reopened.close()
+
+
+def start_run_as_the_previous_release(raw, clock, backend) -> int:
+    """A run recorded as a worker of the previous release did: no lanes, the run's own cursor."""
+    apply_once, forced = (True, False) if backend == "postgres" else (1, 0)
+    raw.execute(
+        "INSERT INTO reset_runs (label, apply_once, forced, close_before, users_after,"
+        " started_at) VALUES ('2026-04', ?, ?, '2026-04', '', ?)",
+        (apply_once, forced, clock()),
+    )
+    return raw.execute("SELECT id FROM reset_runs").fetchone()[0]
+
+
+def test_a_run_the_previous_release_started_is_finished_in_one_lane(
+    laned, basic, raw, clock, backend
+):
+    spent = seven_users_with_usage(laned)
+    clock.advance_to(APRIL)
+    run_id = start_run_as_the_previous_release(raw, clock, backend)
+
+    result = laned.reset_budgets("2026-04")
+
+    assert (result.users_reset, result.already_done) == (7, False)
+    assert [lane[0] for lane in lanes_of(raw, run_id)] == [0]
+    assert closed_periods(raw, "2026-04") == [
+        (user_id, "2026-03", used) for user_id, used in sorted(spent.items())
+    ]
+    assert_every_usage_row_in_exactly_one_period(raw)
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+def test_the_previous_releases_batch_function_works_over_lanes(laned, basic, raw, clock, backend):
+    """A worker of the previous release, mid-deploy, calls ``ledger_reset_batch`` until the
+    run is finished."""
+    spent = seven_users_with_usage(laned)
+    clock.advance_to(APRIL)
+    run_id = start_run_as_the_previous_release(raw, clock, backend)
+    batches_max = 7 // BATCH_USERS + 3  # the lane's batches, its last (empty), the finish
+
+    for _ in range(batches_max):
+        label, users_reset, finished = raw.execute(
+            "SELECT label, users_reset, finished FROM ledger_reset_batch(?, ?, ?)",
+            (run_id, BATCH_USERS, clock()),
+        ).fetchone()
+        if finished:
+            break
+
+    assert (label, users_reset, finished) == ("2026-04", 7, True)
+    assert raw.execute("SELECT label, users_reset FROM applied_resets").fetchall() == [
+        ("2026-04", 7)
+    ]
+    assert closed_periods(raw, "2026-04") == [
+        (user_id, "2026-03", used) for user_id, used in sorted(spent.items())
+    ]
+    assert laned.reset_budgets("2026-04").already_done
+    assert_every_usage_row_in_exactly_one_period(raw)

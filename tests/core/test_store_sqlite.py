@@ -26,6 +26,7 @@ MIGRATIONS = [
     "0003_guarded_reset.sql",
     "0004_money_bounds.sql",
     "0005_batched_reset.sql",
+    "0006_reset_lanes.sql",
 ]
 CHECKPOINT_WAIT_SECONDS_MAX = 10
 
