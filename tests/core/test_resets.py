@@ -12,7 +12,14 @@ from core_helpers import APRIL, TTL_SECONDS, open_test_store, provision, usd
 from core.errors import Invalid, ResetRefused
 from core.ledger import Ledger
 from core.prices import load_price_table
-from core.resets import OpenPeriods, RefusalReason, ResetRequest, reset_refusal, valid_label
+from core.resets import (
+    RESET_LANES_MAX,
+    OpenPeriods,
+    RefusalReason,
+    ResetRequest,
+    reset_refusal,
+    valid_label,
+)
 
 
 def request(label: str, current: str = "2026-12", force: bool = False) -> ResetRequest:
@@ -188,7 +195,8 @@ BATCH_USERS = 2
 
 @pytest.fixture
 def batched(store, clock) -> Ledger:
-    """A ledger whose resets visit ``BATCH_USERS`` users per batch."""
+    """A ledger whose resets visit ``BATCH_USERS`` users per batch, in as many lanes as the
+    service runs (on PostgreSQL, three for seven users)."""
     return Ledger(
         store,
         load_price_table(),
@@ -379,22 +387,6 @@ def test_writes_from_another_store_during_a_batched_reset_each_land_in_one_perio
 
 # -- in lanes: contiguous ranges of ids, side by side on PostgreSQL ----------------------------
 
-LANES = 3
-
-
-@pytest.fixture
-def laned(store, clock) -> Ledger:
-    """A ledger whose resets visit ``BATCH_USERS`` users per batch in up to ``LANES`` lanes."""
-    return Ledger(
-        store,
-        load_price_table(),
-        ZoneInfo("UTC"),
-        TTL_SECONDS,
-        clock_ms=clock,
-        reset_batch_users_max=BATCH_USERS,
-        reset_lanes_max=LANES,
-    )
-
 
 def lanes_of(raw, run_id: int) -> list[tuple]:
     return raw.execute(
@@ -404,22 +396,23 @@ def lanes_of(raw, run_id: int) -> list[tuple]:
     ).fetchall()
 
 
-def test_the_lanes_of_a_run_cover_every_user_id_once(laned, basic, raw, clock, backend, store):
-    spent = seven_users_with_usage(laned)
+def test_the_lanes_of_a_run_cover_every_user_id_once(batched, basic, raw, clock, backend, store):
+    spent = seven_users_with_usage(batched)
     clock.advance_to(APRIL)
     request = ResetRequest(
-        "2026-04", True, False, "2026-04", lanes_max=LANES, batch_users_max=BATCH_USERS
+        "2026-04", True, False, "2026-04", RESET_LANES_MAX, batch_users_max=BATCH_USERS
     )
     run = store.start_reset(request, clock())
     # SQLite has one writer: its runs have one lane, whatever lanes_max asks.
-    assert run.lanes == (LANES if backend == "postgres" else 1)
+    assert request.lane_count(7) == 3
+    assert run.lanes == (3 if backend == "postgres" else 1)
     lanes = lanes_of(raw, run.run_id)
     assert [lane[0] for lane in lanes] == list(range(run.lanes))
     assert lanes[0][1] == "" and lanes[-1][2] is None
     for before, after in zip(lanes, lanes[1:], strict=False):
         assert after[1] == before[2]  # each lane begins where the one before ends
 
-    result = laned.reset_budgets("2026-04")  # finishes the run it finds, lane by lane
+    result = batched.reset_budgets("2026-04")  # finishes the run it finds, lane by lane
 
     assert (result.users_reset, result.already_done) == (7, False)
     assert closed_periods(raw, "2026-04") == [
@@ -429,16 +422,16 @@ def test_the_lanes_of_a_run_cover_every_user_id_once(laned, basic, raw, clock, b
     assert all(lane[4] for lane in lanes)
     assert sum(lane[3] for lane in lanes) == 7
     assert_every_usage_row_in_exactly_one_period(raw)
-    assert laned.reconcile(repair=False).drifts == []
+    assert batched.reconcile(repair=False).drifts == []
 
 
 def test_lanes_stopped_at_different_points_resume_each_from_its_own(
-    laned, basic, raw, clock, store, database_url
+    batched, basic, raw, clock, store, database_url
 ):
-    spent = seven_users_with_usage(laned)
+    spent = seven_users_with_usage(batched)
     clock.advance_to(APRIL)
     request = ResetRequest(
-        "2026-04", True, True, "2026-04", lanes_max=LANES, batch_users_max=BATCH_USERS
+        "2026-04", True, True, "2026-04", RESET_LANES_MAX, batch_users_max=BATCH_USERS
     )
     run = store.start_reset(request, clock())
     # The last lane one batch in, lane 0 two (one lane: three in all), any other not begun.
@@ -478,13 +471,13 @@ def start_run_as_the_previous_release(raw, clock, backend) -> int:
 
 
 def test_a_run_the_previous_release_started_is_finished_in_one_lane(
-    laned, basic, raw, clock, backend
+    batched, basic, raw, clock, backend
 ):
-    spent = seven_users_with_usage(laned)
+    spent = seven_users_with_usage(batched)
     clock.advance_to(APRIL)
     run_id = start_run_as_the_previous_release(raw, clock, backend)
 
-    result = laned.reset_budgets("2026-04")
+    result = batched.reset_budgets("2026-04")
 
     assert (result.users_reset, result.already_done) == (7, False)
     assert [lane[0] for lane in lanes_of(raw, run_id)] == [0]
@@ -495,10 +488,10 @@ def test_a_run_the_previous_release_started_is_finished_in_one_lane(
 
 
 @pytest.mark.parametrize("backend", ["postgres"], indirect=True)
-def test_the_previous_releases_batch_function_works_over_lanes(laned, basic, raw, clock, backend):
+def test_the_previous_releases_batch_function_works_over_lanes(batched, basic, raw, clock, backend):
     """A worker of the previous release, mid-deploy, calls ``ledger_reset_batch`` until the
     run is finished."""
-    spent = seven_users_with_usage(laned)
+    spent = seven_users_with_usage(batched)
     clock.advance_to(APRIL)
     run_id = start_run_as_the_previous_release(raw, clock, backend)
     batches_max = 7 // BATCH_USERS + 3  # the lane's batches, its last (empty), the finish
@@ -518,5 +511,5 @@ def test_the_previous_releases_batch_function_works_over_lanes(laned, basic, raw
     assert closed_periods(raw, "2026-04") == [
         (user_id, "2026-03", used) for user_id, used in sorted(spent.items())
     ]
-    assert laned.reset_budgets("2026-04").already_done
+    assert batched.reset_budgets("2026-04").already_done
     assert_every_usage_row_in_exactly_one_period(raw)
