@@ -47,7 +47,10 @@ row true at every commit, so they were chosen. What they rest on:
   contiguous ranges of ids, each with its own ``users_after``, whose batches run side by side
   (PostgreSQL; SQLite has one writer, so its runs have one lane). Every id falls in exactly one
   lane, and lanes never share a user, so what holds of one batch holds of batches side by side
-  (two lanes that share a tenant lock it in turn, in the order every write takes).
+  (two lanes that share a tenant lock it in turn, in the order every write takes). While lanes
+  run, PostgreSQL's sweep of expired holds, which runs only when it can take the sweep's lock
+  alone, mostly waits for the reset's end; every read already leaves an expired hold out, so
+  no answer changes meanwhile.
 - **Once per user, once per label.** Every user id is visited by exactly one committed batch of
   its lane: a batch that fails or a process that dies rolls back whole, leaving the lane's
   ``users_after`` where its last commit put it, and the next call resumes from there. A lane
