@@ -280,17 +280,12 @@ class Ledger:
         raise Unavailable("other resets kept starting before this one; retry shortly")
 
     def _finish_reset(self, run: ResetRun) -> ResetOutcome:
-        """Every lane of the run to its end, each on its own thread when there are several,
-        then the run's finish. A lane that fails stops only itself: the others go on, and its
-        error is raised once they are done (the run stays unfinished, for a later call)."""
-        if run.lanes == 1:
-            self._finish_lane(run.run_id, 0)
-        else:
-            with ThreadPoolExecutor(run.lanes, thread_name_prefix="reset-lane") as lanes:
-                for lane in [
-                    lanes.submit(self._finish_lane, run.run_id, n) for n in range(run.lanes)
-                ]:
-                    lane.result()
+        """Every lane of the run to its end, each on its own thread, then the run's finish. A
+        lane that fails stops only itself: the others go on, and its error is raised once they
+        are done (the run stays unfinished, for a later call)."""
+        with ThreadPoolExecutor(run.lanes, thread_name_prefix="reset-lane") as lanes:
+            for lane in [lanes.submit(self._finish_lane, run.run_id, n) for n in range(run.lanes)]:
+                lane.result()
         outcome = self.store.finish_reset(run.run_id, self.clock_ms())
         assert outcome is not None, run
         return outcome

@@ -39,10 +39,11 @@ row true at every commit, so they were chosen. What they rest on:
   (a unique index in both schemas).
 - **A batch** is one write transaction in one lane: the lane's next ``users_max`` users by id
   after its ``users_after``, each closed if its open period is one the run closes
-  (``close_before_label``), and ``users_after`` moved to the last of them, in the same commit. Each user's period closes
-  and the next opens in one transaction, so each usage row carries the start of exactly one
-  period (the open one when it was written), and the user's counters, its tenant's ``used``
-  (lowered by what the batch closed) and the history agree at every commit.
+  (``close_before_label``), and ``users_after`` moved to the last of them, in the same commit.
+  Each user's period closes and the next opens in one transaction, so each usage row carries
+  the start of exactly one period (the open one when it was written), and the user's counters,
+  its tenant's ``used`` (lowered by what the batch closed) and the history agree at every
+  commit.
 - **Lanes.** A run's user ids are split, when it starts, into up to ``lanes_max`` lanes:
   contiguous ranges of ids, each with its own ``users_after``, whose batches run side by side
   (PostgreSQL; SQLite has one writer, so its runs have one lane). Every id falls in exactly one
