@@ -25,8 +25,8 @@ import subprocess
 import tempfile
 import time
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, cast
 
 import psycopg
 
@@ -36,10 +36,12 @@ from bench.machine import code_state, machine_info
 from bench.processes import Process, billing_command, free_port, server_env
 from bench.scenarios import ADMIN_KEY, API_KEY, LARGE_USAGE_ROWS, LARGE_USERS, SCENARIOS
 from bench.seed import ZONE, seeded_database
-from core.ledger import wall_clock_ms
-from core.periods import label_at
-from core.resets import RESET_BATCH_USERS_MAX, RESET_LANES_MAX, ResetOutcome, ResetRequest
+from core.ledger import Ledger, wall_clock_ms
+from core.prices import load_price_table
+from core.resets import RESET_BATCH_USERS_MAX, ResetOutcome, ResetRequest, ResetRun
+from core.settings import Settings
 from core.store import open_store
+from core.store.base import LedgerStore
 
 LUA_SCRIPT = BENCH_DIR / "lua" / "timed_post.lua"
 RESET_WAIT_SECONDS_MAX = 600.0
@@ -247,43 +249,60 @@ def _nearest_rank(ordered: list[float], fraction: float) -> float:
     return ordered[math.ceil(len(ordered) * fraction) - 1]
 
 
+class TimedResetStore:
+    """The store as the ledger's reset sees it, timing its start and each batch; every other
+    call goes to the store itself."""
+
+    def __init__(self, store: LedgerStore) -> None:
+        self._store = store
+        self.start_ms = 0.0
+        self.lanes = 0
+        self.batch_ms: list[float] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def start_reset(self, request: ResetRequest, now_ms: int) -> ResetOutcome | ResetRun:
+        began = time.perf_counter()
+        started = self._store.start_reset(request, now_ms)
+        self.start_ms = (time.perf_counter() - began) * 1000
+        if isinstance(started, ResetRun):
+            self.lanes = started.lanes
+        return started
+
+    def reset_batch(self, run_id: int, lane: int, users_max: int, now_ms: int) -> bool:
+        began = time.perf_counter()
+        done = self._store.reset_batch(run_id, lane, users_max, now_ms)
+        self.batch_ms.append((time.perf_counter() - began) * 1000)
+        return done
+
+
 def time_batches(database_url: str, users_max: int) -> dict:
-    """Another bare reset of the same database, in process and alone, in batches of
-    ``users_max`` users and as many lanes as the service would run: each batch timed."""
+    """Another bare reset of the same database, in process and alone, by the service's own
+    ``Ledger.reset_budgets`` in batches of ``users_max`` users and its lanes: each batch timed."""
     store = open_store(database_url, wall_clock_ms, "FULL")
     try:
-        now_ms = wall_clock_ms()
-        label = label_at(now_ms, ZONE)  # the bare reset's label, as the server's ledger makes it
-        request = ResetRequest(label, False, False, label, RESET_LANES_MAX, users_max)
+        timed = TimedResetStore(store)
+        ledger = Ledger(
+            cast(LedgerStore, timed),
+            load_price_table(),
+            ZONE,
+            Settings.model_fields["reservation_ttl_seconds"].default,
+            reset_batch_users_max=users_max,
+        )
         started = time.perf_counter()
-        run = store.start_reset(request, now_ms)
-        assert not isinstance(run, ResetOutcome) and run.carries_request
-        start_ms = (time.perf_counter() - started) * 1000
-        batch_ms: list[float] = []
-
-        def finish_lane(lane: int) -> None:
-            done = False
-            while not done:
-                began = time.perf_counter()
-                done = store.reset_batch(run.run_id, lane, users_max, wall_clock_ms())
-                batch_ms.append((time.perf_counter() - began) * 1000)
-
-        with ThreadPoolExecutor(run.lanes) as lanes:
-            for lane in [lanes.submit(finish_lane, n) for n in range(run.lanes)]:
-                lane.result()
-        outcome = store.finish_reset(run.run_id, wall_clock_ms())
-        assert outcome is not None
+        outcome = ledger.reset_budgets(None)  # the bare reset, as the server's ledger runs it
         total_s = time.perf_counter() - started
     finally:
         store.close()
-    ordered = sorted(batch_ms)
+    ordered = sorted(timed.batch_ms)
     return {
         "batch_users_max": users_max,
-        "lanes": run.lanes,
+        "lanes": timed.lanes,
         "users_reset": outcome.users_reset,
         "seconds": round(total_s, 2),
-        "start_ms": round(start_ms, 2),
-        "batches": len(batch_ms),
+        "start_ms": round(timed.start_ms, 2),
+        "batches": len(timed.batch_ms),
         "batch_p50_ms": round(_nearest_rank(ordered, 0.50), 2),
         "batch_p99_ms": round(_nearest_rank(ordered, 0.99), 2),
         "batch_max_ms": round(ordered[-1], 2),
