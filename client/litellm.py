@@ -16,9 +16,11 @@ Configured by environment variables (``BILLING_*``, see ``CallbackSettings`` and
   A slice is returned (the hold released) once it is spent or idle and its calls' usage is
   logged. Until then the ledger counts it as held, so no worker can spend it twice. A call that
   no lease covers holds its own estimate, as a hold of the call's ``litellm_call_id``.
-- **Usage in batches.** Usage waits at most ``flush_interval_ms`` in memory and is sent in
-  batches of at most ``batch_records_max`` through ``POST /api/log-usage/batch``; the hold (the
-  call's or its lease's) keeps the budget safe meanwhile.
+- **Usage in batches.** Usage waits in memory for the next flush, at most ``flush_interval_ms``
+  after the one under way ends (a flush sends only what was queued when it began,
+  ``client.usage_queue``), and is sent in batches of at most ``batch_records_max`` through
+  ``POST /api/log-usage/batch``; the hold (the call's or its lease's) keeps the budget safe
+  meanwhile.
 - **aiohttp.** Calls to the service go through one pooled keep-alive aiohttp session per event
   loop (``client.aiohttp_client``).
 
@@ -60,6 +62,7 @@ from client.errors import (
 from client.holds import fitting_hold
 from client.spool import SpoolForwarder, SpoolFull, UsageRecord, UsageSpool, batch_outcome
 from client.sync import BillingClient
+from client.usage_queue import UsageQueue
 from wire.schemas import CheckBudgetResponse
 
 log = logging.getLogger(__name__)
@@ -97,7 +100,7 @@ class CallbackSettings(BaseSettings):
     spool_retry_seconds: float = Field(5.0, gt=0, le=3600)
     spool_batch_max: int = Field(100, ge=1, le=10_000)
     batch_records_max: int = Field(200, ge=1, le=1_000, description="usage records per batch")
-    flush_interval_ms: int = Field(50, ge=1, le=10_000, description="longest wait of a record")
+    flush_interval_ms: int = Field(50, ge=1, le=10_000, description="pause between flushes")
     usage_queue_max: int = Field(10_000, ge=1, le=1_000_000, description="records in memory")
     lease_calls: int = Field(20, ge=0, le=10_000, description="0: a hold per call, no leases")
     lease_share_percent: int = Field(25, ge=1, le=100)
@@ -206,7 +209,9 @@ class Gateway:
         self._remaining: OrderedDict[str, Decimal] = OrderedDict()
         self._last_call: OrderedDict[str, float] = OrderedDict()
         self._unsettled: Counter[str] = Counter()
-        self._queue: list[tuple[UsageRecord, Lease | None]] = []
+        self._queue: UsageQueue[tuple[UsageRecord, Lease | None]] = UsageQueue(
+            settings.usage_queue_max, settings.batch_records_max
+        )
         self._queue_full = asyncio.Event()
         self._flushed = asyncio.Event()
         self._flusher = asyncio.get_running_loop().create_task(self._flush_forever())
@@ -376,11 +381,11 @@ class Gateway:
                 cost = Decimal(record.cost_total).quantize(_NANO, ROUND_CEILING)
                 lease.committed += cost - admission.estimate
         self._unsettled[record.user_id] += 1
-        if len(self._queue) >= self.settings.usage_queue_max:
+        if self._queue.full():
             self._spool_now([(record, lease)], "usage queue full")
             return
-        self._queue.append((record, lease))
-        if len(self._queue) >= self.settings.batch_records_max:
+        self._queue.put((record, lease))
+        if self._queue.batch_ready():
             self._queue_full.set()
 
     def failed(self, request_id: str | None) -> str | None:
@@ -417,10 +422,9 @@ class Gateway:
                 log.exception("billing: flushing usage failed")
 
     async def flush(self) -> None:
-        """Send the queued usage in batches, return the slices that are done, wake the waiters."""
-        while self._queue:
-            batch = self._queue[: self.settings.batch_records_max]
-            del self._queue[: len(batch)]
+        """Send the usage queued when the flush began, return the slices that are done, wake
+        the waiters."""
+        for batch in self._queue.batches():
             await self._send(batch)
         await self._return_leases()
         flushed, self._flushed = self._flushed, asyncio.Event()
@@ -521,7 +525,7 @@ class Gateway:
         release after it (the spool sends usage first)."""
         if not self._flusher.get_loop().is_closed():
             self._flusher.cancel()
-        queued, self._queue = self._queue, []
+        queued = self._queue.take_all()
         if queued:
             self._spool_now(queued, "the proxy stops")
         for lease in [*self._leases.values(), *self._closing]:
