@@ -5,10 +5,15 @@ import pytest
 from client.usage_queue import UsageQueue
 
 
-def test_a_flush_sends_what_was_queued_when_it_began_in_batches() -> None:
+def five_queued() -> UsageQueue[int]:
     queue: UsageQueue[int] = UsageQueue(items_max=100, batch_items_max=2)
     for item in range(5):
         queue.put(item)
+    return queue
+
+
+def test_a_flush_sends_what_was_queued_when_it_began_in_batches() -> None:
+    queue = five_queued()
     flush = queue.batches()
     assert next(flush) == [0, 1]
     queue.put(5)  # a call ends while the first batch is on its way
@@ -18,9 +23,7 @@ def test_a_flush_sends_what_was_queued_when_it_began_in_batches() -> None:
 
 
 def test_what_a_stopped_flush_did_not_take_stays_queued() -> None:
-    queue: UsageQueue[int] = UsageQueue(items_max=100, batch_items_max=2)
-    for item in range(5):
-        queue.put(item)
+    queue = five_queued()
     flush = queue.batches()
     assert next(flush) == [0, 1]
     flush.close()  # the send failed or the loop is stopping
