@@ -109,13 +109,15 @@ class Row:
     def median(self, name: str) -> float:
         return statistics.median(getattr(self, name))
 
+    def ratios(self, base: "Row") -> list[float]:
+        """Each round's ratio to ``base`` in the same round: on a shared VM the no-budget
+        proxy's own rate moved by ±15% from round to round, and a round's slow spell hits every
+        variant of that round alike."""
+        return [rate / base_rate for rate, base_rate in zip(self.rates, base.rates, strict=True)]
+
     def ratio(self, base: "Row") -> float:
-        """The median of each round's ratio to ``base`` in the same round: on a shared VM the
-        no-budget proxy's own rate moved by ±15% from round to round, and a round's slow spell
-        hits every variant of that round alike."""
-        return statistics.median(
-            rate / base_rate for rate, base_rate in zip(self.rates, base.rates, strict=True)
-        )
+        """The median of the rounds' ratios to ``base``."""
+        return statistics.median(self.ratios(base))
 
     def p50_delta(self, base: "Row") -> float:
         """The median of each round's p50 minus ``base``'s p50 in the same round."""
@@ -293,23 +295,24 @@ def _chat(proxy: Process, user: str) -> tuple[int, str | None]:
 
 def table(rows: dict[tuple[str, int], Row]) -> str:
     lines = [
-        "| proxy | workers | req/s | × none | p50 ms | p50 − none | p99 ms"
+        "| proxy | workers | req/s | × none | rounds' × none | p50 ms | p50 − none | p99 ms"
         " | proxy CPU ms/call | billing CPU ms/call |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (variant, workers), row in rows.items():
         base = rows[("none", workers)]
         on_billing = VARIANT_PROXY.get(variant, variant) == "billing"
         billing_cpu = row.median("billing_cpu_ms") if on_billing else None
+        ratios = row.ratios(base)
         lines.append(
             f"| {VARIANT_LABEL[variant]} | {workers} | {row.median('rates'):.1f}"
-            f" | {row.ratio(base):.2f}"
+            f" | {row.ratio(base):.2f} | {min(ratios):.2f}–{max(ratios):.2f}"
             f" | {row.median('p50s'):.1f} | {row.p50_delta(base):+.1f}"
             f" | {row.median('p99s'):.1f} | {row.median('cpu_ms'):.2f}"
             f" | {'—' if billing_cpu is None else f'{billing_cpu:.2f}'} |"
         )
     lines.append(
-        "| LiteLLM database budget (PostgreSQL) | — | not run | | | | | | |"
+        "| LiteLLM database budget (PostgreSQL) | — | not run | | | | | | | |"
         " <!-- needs Prisma engines, which cannot be downloaded here -->"
     )
     return "\n".join(lines)
