@@ -212,7 +212,7 @@ class Gateway:
         self._queue: UsageQueue[tuple[UsageRecord, Lease | None]] = UsageQueue(
             settings.usage_queue_max, settings.batch_records_max
         )
-        self._queue_full = asyncio.Event()
+        self._batch_ready = asyncio.Event()
         self._flushed = asyncio.Event()
         self._flusher = asyncio.get_running_loop().create_task(self._flush_forever())
 
@@ -386,7 +386,7 @@ class Gateway:
             return
         self._queue.put((record, lease))
         if self._queue.batch_ready():
-            self._queue_full.set()
+            self._batch_ready.set()
 
     def failed(self, request_id: str | None) -> str | None:
         """A call failed: return its slice of a lease; the request id of a hold to release."""
@@ -412,10 +412,10 @@ class Gateway:
         interval = self.settings.flush_interval_ms / 1000
         while True:
             try:
-                await asyncio.wait_for(self._queue_full.wait(), interval)
+                await asyncio.wait_for(self._batch_ready.wait(), interval)
             except TimeoutError:
                 pass
-            self._queue_full.clear()
+            self._batch_ready.clear()
             try:
                 await self.flush()
             except Exception:  # the flusher must outlive any one bad round
