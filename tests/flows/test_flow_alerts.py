@@ -117,6 +117,12 @@ def failure_notices(inbox: Inbox) -> list[str]:
     return [m["Subject"] for m in inbox.messages if "Flow run" in m["Subject"]]
 
 
+def delivered_only(count: int) -> dict[str, int]:
+    """A delivery run's outcome when ``count`` alerts went out and nothing failed or was mailed
+    to the admin."""
+    return {"delivered": count, "failed": 0, "notices_mailed": 0, "notices_failed": 0}
+
+
 def task_names_of_run(flow_run_id: UUID) -> list[str]:
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(
@@ -154,18 +160,8 @@ def test_a_webhook_down_fails_the_run_and_its_alerts_arrive_once_when_it_is_back
 
     label = ledger_label(flow_settings)
     receiver.start()
-    assert deliver_alerts(retry_delay_seconds=0) == {
-        "delivered": 3,
-        "failed": 0,
-        "notices_mailed": 0,
-        "notices_failed": 0,
-    }
-    assert deliver_alerts(retry_delay_seconds=0) == {
-        "delivered": 0,
-        "failed": 0,
-        "notices_mailed": 0,
-        "notices_failed": 0,
-    }
+    assert deliver_alerts(retry_delay_seconds=0) == delivered_only(3)
+    assert deliver_alerts(retry_delay_seconds=0) == delivered_only(0)
     assert [state[3] for state in alert_states(flow_settings)] == ["delivered"] * 3
 
     # Each channel got each alert once: mail on the first run, the webhook when it came back.
@@ -234,12 +230,7 @@ def test_smtp_down_fails_the_run_tells_the_admin_by_webhook_and_mails_each_alert
 def test_without_any_channel_alerts_stay_pending(flow_settings, monkeypatch, smtp_inbox: Inbox):
     monkeypatch.delenv("SMTP_HOST")
     seed_alerts(flow_settings)
-    assert deliver_alerts() == {
-        "delivered": 0,
-        "failed": 0,
-        "notices_mailed": 0,
-        "notices_failed": 0,
-    }
+    assert deliver_alerts() == delivered_only(0)
     assert {state[3] for state in alert_states(flow_settings)} == {"pending"}
     assert smtp_inbox.messages == []
 
@@ -261,12 +252,7 @@ def test_a_refusing_receiver_gets_the_alert_later_and_its_url_is_kept_nowhere(
     with closing(sqlite3.connect(path)) as connection:
         errors = [row[0] for row in connection.execute("SELECT last_error FROM alerts")]
     assert errors == ["webhook: WebhookRefused: webhook answered HTTP 503"] * 3
-    assert deliver_alerts(retry_delay_seconds=0) == {
-        "delivered": 3,
-        "failed": 0,
-        "notices_mailed": 0,
-        "notices_failed": 0,
-    }
+    assert deliver_alerts(retry_delay_seconds=0) == delivered_only(3)
     assert [body["alert_id"] for _, body in receiver.requests if "alert_id" in body] == [1, 2, 3]
     # Without SMTP, the first run's failure notice went to the webhook.
     assert [body.get("kind") for _, body in receiver.requests if "alert_id" not in body] == [
