@@ -737,11 +737,25 @@ def _prompt_tokens(model: str, data: dict) -> int:
     """Prompt tokens as LiteLLM counts them; 0 when the request has no messages or prompt."""
     messages = data.get("messages")
     if messages:
-        return int(litellm.token_counter(model=model, messages=messages))
+        return _counted_tokens(model, messages=messages)
     prompt = data.get("prompt") or data.get("input")
     if isinstance(prompt, str | list) and prompt:
-        return int(litellm.token_counter(model=model, text=prompt))
+        return _counted_tokens(model, text=prompt)
     return 0
+
+
+def _counted_tokens(model: str, **prompt: Any) -> int:
+    """LiteLLM's count, with images at its default size: asked for an image's size, it would
+    download the image in the proxy's event loop, blocking the worker's every call meanwhile
+    (and failing the call when the image cannot be fetched from the proxy's host). A prompt it
+    cannot count is the request's fault: 400."""
+    try:
+        return int(litellm.token_counter(model=model, use_default_image_token_count=True, **prompt))
+    except Exception as error:  # LiteLLM raises several kinds for content it cannot read
+        log.warning("prompt tokens not countable: %s", type(error).__name__)
+        raise HTTPException(
+            status_code=400, detail="billing cannot count this request's prompt tokens"
+        ) from None
 
 
 def _output_limit(data: dict) -> int | None:

@@ -160,6 +160,38 @@ def test_request_without_user_is_forbidden(ai: openai.OpenAI) -> None:
     assert "user" in str(refused.value)
 
 
+def image_message(detail: str) -> list[dict]:
+    image = {"url": "https://images.invalid/cat.png", "detail": detail}
+    content = [{"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": image}]
+    return [{"role": "user", "content": content}]
+
+
+def test_an_image_is_estimated_at_litellms_default_size_never_fetched(
+    ai: openai.OpenAI, admin: BillingClient
+) -> None:
+    """Asked for a high-detail image's tokens, LiteLLM's token counter downloads the image, in
+    the proxy's event loop; from this machine the download fails, which failed the call."""
+    provision(admin, "lt-image")
+    raw = ai.chat.completions.with_raw_response.create(
+        model="gpt-4o", user="lt-image", max_tokens=1, messages=image_message("high")
+    )
+    assert settled(admin, "lt-image", 1).used == dollars(response_cost_nanos(raw))
+
+
+def test_a_prompt_litellm_cannot_count_is_refused_with_400_and_holds_nothing(
+    ai: openai.OpenAI, admin: BillingClient, billing: Billing
+) -> None:
+    provision(admin, "lt-uncountable")
+    with pytest.raises(openai.BadRequestError) as refused:
+        ai.chat.completions.create(
+            model="gpt-4o", user="lt-uncountable", max_tokens=1, messages=image_message("huge")
+        )
+    assert refused.value.status_code == 400
+    assert "cannot count this request's prompt tokens" in str(refused.value)
+    assert holds(billing.db_path, "lt-uncountable", "open") == []
+    assert admin.user_budget("lt-uncountable").budget.used == 0
+
+
 def test_concurrent_requests_never_overspend(
     ai: openai.OpenAI, admin: BillingClient, billing: Billing
 ) -> None:
