@@ -21,6 +21,9 @@ Configured by environment variables (``BILLING_*``, see ``CallbackSettings`` and
   ``client.usage_queue``), and is sent in batches of at most ``batch_records_max`` through
   ``POST /api/log-usage/batch``; the hold (the call's or its lease's) keeps the budget safe
   meanwhile.
+- **No tokenizer for short plain text.** Such a prompt's tokens are bounded by its bytes
+  (``client.prompt_tokens``): tokenizing lets go of the GIL, and LiteLLM's threads then keep the
+  event loop waiting.
 - **aiohttp.** Calls to the service go through one pooled keep-alive aiohttp session per event
   loop (``client.aiohttp_client``).
 
@@ -60,6 +63,7 @@ from client.errors import (
     Unavailable,
 )
 from client.holds import fitting_hold
+from client.prompt_tokens import chat_tokens_max, text_tokens_max
 from client.spool import SpoolForwarder, SpoolFull, UsageRecord, UsageSpool, batch_outcome
 from client.sync import BillingClient
 from client.usage_queue import UsageQueue
@@ -734,13 +738,16 @@ class BillingCallback(CustomLogger):
 
 
 def _prompt_tokens(model: str, data: dict) -> int:
-    """Prompt tokens as LiteLLM counts them; 0 when the request has no messages or prompt."""
+    """Prompt tokens for the estimate: a bound from the bytes of short plain text
+    (``client.prompt_tokens``), else as LiteLLM counts them; 0 with no messages or prompt."""
     messages = data.get("messages")
     if messages:
-        return _counted_tokens(model, messages=messages)
+        bound = chat_tokens_max(messages)
+        return bound if bound is not None else _counted_tokens(model, messages=messages)
     prompt = data.get("prompt") or data.get("input")
     if isinstance(prompt, str | list) and prompt:
-        return _counted_tokens(model, text=prompt)
+        bound = text_tokens_max(prompt)
+        return bound if bound is not None else _counted_tokens(model, text=prompt)
     return 0
 
 
