@@ -42,10 +42,11 @@ def chat_tokens_max(messages: object) -> int | None:
                 continue
             if isinstance(value, str):
                 texts.append(value)
-            elif key == "content" and isinstance(value, list) and _text_parts(value, texts):
                 continue
-            else:
+            parts = _text_parts(value) if key == "content" and isinstance(value, list) else None
+            if parts is None:
                 return None
+            texts += parts
     bound = _texts_tokens_max(texts)
     if bound is None:
         return None
@@ -62,19 +63,15 @@ def text_tokens_max(prompt: object) -> int | None:
     return None
 
 
-def _text_parts(parts: list[object], texts: list[str]) -> bool:
-    """Appends the texts of a content list made only of text parts; False for any other part."""
+def _text_parts(parts: list[object]) -> list[str] | None:
+    """The texts of a content list made only of text parts; None if it has any other part."""
+    texts = []
     for part in parts:
-        if isinstance(part, str):
-            texts.append(part)
-        elif isinstance(part, dict) and part.get("type") == "text":
-            text = part.get("text")
-            if not isinstance(text, str):
-                return False
-            texts.append(text)
-        else:
-            return False
-    return True
+        text = part.get("text") if isinstance(part, dict) and part.get("type") == "text" else part
+        if not isinstance(text, str):
+            return None
+        texts.append(text)
+    return texts
 
 
 def _texts_tokens_max(texts: Sequence[str]) -> int | None:
