@@ -248,11 +248,13 @@ def settled(admin: BillingClient, user_id: str, requests: int) -> BudgetWithRese
     return admin.user_budget(user_id).budget
 
 
-def holds(db_path: Path, user_id: str, state: str) -> list[int]:
-    """Amounts of the user's holds in ``state``, read from the service's file."""
+def holds(db_path: Path, user_id: str, state: str, request_id_like: str = "%") -> list[int]:
+    """Amounts of the user's holds in ``state`` (of request ids matching ``request_id_like``,
+    an SQL LIKE pattern: ``lease-%`` for slices), read from the service's file."""
     with read_only(db_path) as db:
         rows = db.execute(
-            "SELECT amount FROM reservations WHERE user_id = ? AND state = ?", (user_id, state)
+            "SELECT amount FROM reservations WHERE user_id = ? AND state = ? AND request_id LIKE ?",
+            (user_id, state, request_id_like),
         ).fetchall()
     return [row[0] for row in rows]
 

@@ -143,17 +143,6 @@ def test_calls_without_max_tokens_fill_a_budget_they_fit(
     assert abs(final.used - budget) <= dollars(cost)
 
 
-def slice_held(db_path: Path, user_id: str) -> bool:
-    """Whether a worker holds a slice of the user's budget (an open hold of a ``lease-`` id)."""
-    with read_only(db_path) as db:
-        found = db.execute(
-            "SELECT 1 FROM reservations WHERE user_id = ? AND state = 'open'"
-            " AND request_id LIKE 'lease-%'",
-            (user_id,),
-        ).fetchone()
-    return found is not None
-
-
 def test_calls_through_an_outage_are_billed_once_once_billing_is_back(
     ai: openai.OpenAI, admin: BillingClient, billing: Billing, admission: str, workdir: Path
 ) -> None:
@@ -189,7 +178,9 @@ def test_calls_through_an_outage_are_billed_once_once_billing_is_back(
         if admission == "leases":
             # On a busy machine a worker's calls can come further apart than BILLING_LEASE_IDLE_MS,
             # and it then holds call by call: the outage starts once a slice is held.
-            eventually(lambda: slice_held(billing.db_path, "gw-outage"), "a slice held")
+            eventually(
+                lambda: holds(billing.db_path, "gw-outage", "open", "lease-%") != [], "a slice held"
+            )
         outage.set()
         billing.stop()
         time.sleep(OUTAGE_SECONDS)
