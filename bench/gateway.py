@@ -5,6 +5,8 @@ Not a test. Real LiteLLM proxies (``.venv-litellm``, the pinned 1.106.12) answer
 interleave the variants, so a slow spell of the machine hits them all alike:
 
 - ``none``: no budget at all (the reference);
+- ``none-again``: a second no-budget proxy, the same config: its ratio to ``none`` is what the
+  bench reads when nothing differs (its noise, and any bias of a variant's place in a round);
 - ``billing``: ``client.litellm`` in front of a real ``billing serve`` (SQLite), calls spread
   over 100 users (each calls about once a second: a hold per call, usage in batches);
 - ``billing-one-user``: the same proxy, every call one user's (budget leases serve them);
@@ -78,6 +80,7 @@ litellm_settings:
 """
 VARIANT_CONFIG = {
     "none": _MODELS,
+    "none-again": _MODELS,
     "billing": _MODELS + "  callbacks: client.litellm.billing_callback\n",
     "litellm-key": _MODELS
     + "  enable_post_custom_auth_checks: true\n"
@@ -89,6 +92,7 @@ VARIANT_PROXY = {"billing-one-user": "billing"}
 VARIANT_USERS = {"billing-one-user": 1}
 VARIANT_LABEL = {
     "none": "no budget",
+    "none-again": "no budget, a second proxy",
     "billing": "our callback + billing serve",
     "billing-one-user": "the same, all calls one user's",
     "litellm-key": "LiteLLM in-process key budget",
@@ -208,11 +212,13 @@ def measure(
     duration: int,
     warmup: int,
 ) -> float:
-    """Interleaved rounds; returns the largest share of the CPUs other processes used."""
+    """Interleaved rounds, every other one in reverse order, so that a drift of the machine's
+    speed within a round favours no variant; returns the largest share of the CPUs other
+    processes used."""
     busiest = 0.0
     billing_pids = with_descendants((billing.popen.pid,))
     for round_index in range(repeat):
-        for key in rows:
+        for key in list(rows) if round_index % 2 == 0 else list(reversed(rows)):
             variant, workers = key
             proxy = proxies[(VARIANT_PROXY.get(variant, variant), workers)]
             users = VARIANT_USERS.get(variant, USERS)
