@@ -119,9 +119,10 @@ class GroupCommitWriter:
     """Runs operations in write transactions on ``connection``, which it owns from now on.
 
     ``periodic`` runs at the start of a batch's transaction, before its writes, when
-    ``periodic_interval_ms`` have passed since it last did. ``committed`` is set after each
-    commit (a housekeeper may wait on it and clear it). Failed batches are logged to ``log``
-    as ``FailureLog`` lines; ``write_failures`` remembers the last for a health check.
+    ``periodic_interval_ms`` have passed since it last did. ``writes_committed`` counts the
+    writes of committed batches; a housekeeper sleeps in ``wait_for_writes`` until it reaches a
+    count, woken by the commit that reaches it and by no other. Failed batches are logged to
+    ``log`` as ``FailureLog`` lines; ``write_failures`` remembers the last for a health check.
     """
 
     def __init__(
@@ -153,11 +154,33 @@ class GroupCommitWriter:
         self._leader_active = False
         self._failed_batches = FailureLog(log, "sqlite write batch failed, nothing written")
         self.write_failures = WriteFailures(clock_ms)
-        self.committed = threading.Event()
+        self.writes_committed = 0
+        self._writes_wanted = 0
+        self._writes_reached = threading.Event()
+        self._wait_interrupted = False
 
     def report_due(self) -> None:
         """Log the failed batches counted since their last line (``FailureLog.report_due``)."""
         self._failed_batches.report_due()
+
+    def wait_for_writes(self, count: int, timeout_seconds: float) -> bool:
+        """Sleep until ``writes_committed`` reaches ``count`` (True), ``interrupt_wait`` has been
+        called (True, from then on), or ``timeout_seconds`` pass (False). For one waiting thread
+        at a time.
+
+        The wanted count is set before the event is cleared and the count read after: a commit
+        that reaches it sets the event, or is seen by the read, so no wake is lost; a commit
+        that read the wanted count before it changed may wake the waiter early, once."""
+        self._writes_wanted = count
+        self._writes_reached.clear()
+        if self.writes_committed >= count or self._wait_interrupted:
+            return True
+        return self._writes_reached.wait(timeout_seconds)
+
+    def interrupt_wait(self) -> None:
+        """End every wait in ``wait_for_writes``, now and later (the store closes)."""
+        self._wait_interrupted = True
+        self._writes_reached.set()
 
     def close(self) -> None:
         """Close the connection and the lock once no batch runs, waiting for one at most
@@ -258,8 +281,10 @@ class GroupCommitWriter:
                 _run_one(connection, pending, now_ms, log)
             connection.execute("COMMIT")
             self.write_failures.succeeded()
-            if not self.committed.is_set():  # a read, mostly: set takes a lock
-                self.committed.set()
+            self.writes_committed += len(batch)  # one leader at a time writes it
+            reached = self.writes_committed >= self._writes_wanted
+            if reached and not self._writes_reached.is_set():  # a read, mostly: set takes a lock
+                self._writes_reached.set()
         except BaseException as error:
             # A database's refusal (a full disk) is a line with a count; anything else is a bug,
             # and its line carries the traceback.

@@ -139,4 +139,34 @@ def test_the_periodic_operation_runs_first_in_a_batch_at_most_once_an_interval(
         rounds = [row[0] for row in connection.execute("SELECT at FROM rounds ORDER BY at")]
     assert rounds == [1_000_000, 1_000_000 + PERIODIC_INTERVAL_MS]
     assert names(db) == ["a", "b", "c"]
-    assert writer.committed.is_set()
+    assert writer.writes_committed == 3
+
+
+def test_a_thread_waiting_for_a_count_of_writes_wakes_at_the_commit_that_reaches_it(
+    writer: GroupCommitWriter,
+):
+    """The housekeeper's sleep: woken by the write that reaches the count, not before; at once
+    when the count is already reached; not at all when no write comes (it times out); and by
+    ``interrupt_wait``."""
+    writer.write(insert("a"))
+    assert writer.wait_for_writes(1, 0.0)
+    woken: list[bool] = []
+    waiter = threading.Thread(target=lambda: woken.append(writer.wait_for_writes(3, JOIN_SECONDS)))
+    waiter.start()
+    writer.write(insert("b"))
+    waiter.join(0.2)
+    assert waiter.is_alive() and not woken, "woken before the count was reached"
+    writer.write(insert("c"))
+    waiter.join(JOIN_SECONDS)
+    assert woken == [True]
+    assert writer.writes_committed == 3
+    assert not writer.wait_for_writes(4, 0.05)
+    interrupted: list[bool] = []
+    waiter = threading.Thread(
+        target=lambda: interrupted.append(writer.wait_for_writes(4, JOIN_SECONDS))
+    )
+    waiter.start()
+    writer.interrupt_wait()
+    waiter.join(JOIN_SECONDS)
+    assert interrupted == [True]
+    assert writer.wait_for_writes(5, JOIN_SECONDS)

@@ -142,7 +142,8 @@ def test_a_commit_reaches_the_database_file_through_the_housekeepers_checkpoint(
     store, clock, db_path
 ):
     """In WAL mode a commit lands in the WAL; the housekeeper copies it into the database file
-    soon after (``CHECKPOINT_INTERVAL_MS``), not at SQLite's 1,000-page automatic checkpoint."""
+    soon after, even alone (``CHECKPOINT_DELAY_MS_MAX``), not at SQLite's 1,000-page automatic
+    checkpoint."""
     store.put_product(Product("checkpointed-plan", "Checkpointed", usd(1)), clock())
     deadline = time.monotonic() + CHECKPOINT_WAIT_SECONDS_MAX
     while b"checkpointed-plan" not in db_path.read_bytes():
