@@ -4,6 +4,8 @@ import gc
 import logging
 import resource
 import socket
+from collections import OrderedDict
+from functools import partial
 
 import waitress
 from waitress.channel import HTTPChannel
@@ -12,6 +14,7 @@ from waitress.server import BaseWSGIServer
 from waitress.task import ErrorTask
 
 from api.http import HTTP_ERROR_CODES, JSON, dumps, too_large_message
+from core.failure_log import FailureLog
 from core.settings import Settings
 
 # Its lines keep the logger name they have always carried, which log filters match.
@@ -22,10 +25,14 @@ log = logging.getLogger("api.server")
 # the app answers with its own JSON 413.
 WAITRESS_BODY_MARGIN_BYTES = 1024 * 1024
 # With select() a descriptor past 1023 (FD_SETSIZE) killed the worker, ~1,000 idle connections
-# in; with poll() (``asyncore_use_poll``) only this limit counts. Past it waitress stops accepting
-# and new connections wait in the listen backlog. Each idle connection costs every turn of
-# waitress's loop ~5 µs: at 1,000 a check-budget took 1-2 ms longer, at 2,500 ~11 ms longer.
+# in; with poll() (``asyncore_use_poll``) only this limit counts. A connection accepted at it
+# closes the least recently used idle one (``ConnectionRoom``); only when none is idle does
+# waitress stop accepting, and new connections wait in the listen backlog. Each idle connection
+# costs every turn of waitress's loop ~5 µs: at 1,000 a check-budget took 1-2 ms longer, at 2,500
+# ~11 ms longer.
 WAITRESS_CONNECTION_LIMIT = 1000
+# Connections a new one looks through, least recently used first, for an idle one to close.
+IDLE_CONNECTION_SCAN_MAX = 128
 WAITRESS_CHANNEL_TIMEOUT_SECONDS = 60
 WAITRESS_BACKLOG = 1024
 # Descriptors a worker may need: per connection its socket and, at most, a temporary file each
@@ -93,6 +100,53 @@ class StrictTargetParser(HTTPRequestParser):
             raise ParsingError("Bad URI") from None
 
 
+class ConnectionRoom:
+    """Room for a new connection at the connection limit: the least recently used idle one is
+    closed to make it.
+
+    Waitress stops accepting at its limit, so one client holding 1,000 idle connections (or
+    trickling a request's headers a byte at a time) kept every new client waiting in the listen
+    backlog until waitress's 60 s idle timeout closed them. Here connections are ordered by
+    their last use (a whole request received, or some of an answer sent; never a mere byte),
+    and a connection accepted past ``capacity`` closes the one used longest ago that has no
+    request being answered. Its client, if it comes back, opens a new connection, as an HTTP
+    client does when the server closes an idle keep-alive connection. Only the loop's thread
+    touches the room (accepts, reads, writes and closes all happen there).
+    """
+
+    def __init__(self, capacity: int) -> None:
+        assert capacity >= 1
+        self.capacity = capacity
+        self._by_use: OrderedDict[HTTPChannel, None] = OrderedDict()
+        self._closed = FailureLog(log, "connection limit reached")
+
+    def opened(self, channel: HTTPChannel) -> None:
+        self._by_use[channel] = None
+        if len(self._by_use) > self.capacity:
+            self._close_least_used_idle(channel)
+
+    def used(self, channel: HTTPChannel) -> None:
+        if channel in self._by_use:
+            self._by_use.move_to_end(channel)
+
+    def closed(self, channel: HTTPChannel) -> None:
+        self._by_use.pop(channel, None)
+
+    def _close_least_used_idle(self, newcomer: HTTPChannel) -> None:
+        idle = None
+        for scanned, channel in enumerate(self._by_use):
+            if scanned == IDLE_CONNECTION_SCAN_MAX:
+                break
+            if channel is not newcomer and not channel.requests:
+                idle = channel
+                break
+        if idle is None:
+            return  # every one scanned is being answered: waitress's own limit holds
+        del self._by_use[idle]
+        idle.will_close = True  # closed by waitress's loop on its next turn
+        self._closed.failed("the least recently used idle connection was closed")
+
+
 class BoundedOutputChannel(HTTPChannel):
     """A connection with at most ``WAITRESS_PIPELINED_REQUESTS_MAX`` requests waiting and at
     most ``outbuf_high_watermark`` bytes unsent (plus one answer), and no thread waiting on its
@@ -109,6 +163,15 @@ class BoundedOutputChannel(HTTPChannel):
     error_task_class = JsonErrorTask
     parser_class = StrictTargetParser
     parked = False  # the next request waits for the client to read
+
+    def __init__(self, *args: object, room: ConnectionRoom, **options: object) -> None:
+        self.room = room
+        super().__init__(*args, **options)
+        room.opened(self)
+
+    def del_channel(self, map: dict | None = None) -> None:
+        self.room.closed(self)
+        super().del_channel(map)
 
     def received(self, data: bytes) -> bool:
         """Parse ``data`` as waitress does, then keep at most ``WAITRESS_PIPELINED_REQUESTS_MAX``
@@ -127,6 +190,8 @@ class BoundedOutputChannel(HTTPChannel):
                 if self.request is not None:
                     self.request.close()
                     self.request = None
+            if self.requests:
+                self.room.used(self)
         return parsed
 
     def service(self) -> None:
@@ -140,7 +205,10 @@ class BoundedOutputChannel(HTTPChannel):
         return
 
     def handle_write(self) -> None:
+        unsent_bytes = self.total_outbufs_len
         super().handle_write()
+        if self.total_outbufs_len < unsent_bytes:
+            self.room.used(self)
         if not self.parked:
             return
         # Under the lock ``service`` parks under, so a park and this check cannot miss each other.
@@ -231,8 +299,11 @@ def run_waitress(app: object, settings: Settings, listener: socket.socket | None
         asyncore_use_poll=True,
         ident="cloudfreedom-billing",
     )
+    # The map also holds the listeners and waitress's trigger, and waitress stops accepting once
+    # it holds ``connection_limit``: a connection accepted one below closes an idle one.
+    room = ConnectionRoom(max(1, connection_limit - len(socket_map) - 1))
     for dispatcher in socket_map.values():
         if isinstance(dispatcher, BaseWSGIServer):
-            dispatcher.channel_class = BoundedOutputChannel
+            dispatcher.channel_class = partial(BoundedOutputChannel, room=room)
     server.print_listen("Serving on http://{}:{}")
     server.run()
