@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     smtp_security: Literal["INSECURE", "STARTTLS", "SSL"] = "STARTTLS"
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
+    # Each step of sending a mail (connect, every reply awaited): a relay that never answers
+    # fails the send instead of holding the flow run.
+    smtp_timeout_seconds: float = Field(30, gt=0, le=300)
     mail_from: str = "billing@localhost"
     admin_email: str | None = None
     # Where users sign in (the app in front of PocketBase): in invites, and PocketBase's appURL.
