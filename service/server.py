@@ -20,10 +20,6 @@ from core.settings import Settings
 # Its lines keep the logger name they have always carried, which log filters match.
 log = logging.getLogger("api.server")
 
-# Waitress buffers a whole body before the app sees it; past this margin over BODY_BYTES_MAX it
-# refuses the request itself (``JsonErrorTask``: 413 as soon as Content-Length says so), below it
-# the app answers with its own JSON 413.
-WAITRESS_BODY_MARGIN_BYTES = 1024 * 1024
 # With select() a descriptor past 1023 (FD_SETSIZE) killed the worker, ~1,000 idle connections
 # in; with poll() (``asyncore_use_poll``) only this limit counts. A connection accepted at it
 # closes the least recently used idle one (``ConnectionRoom``); only when none is idle does
@@ -71,8 +67,7 @@ class JsonErrorTask(ErrorTask):
     def execute(self) -> None:
         error = self.request.error
         if error.code == 413:
-            waitress_body_bytes_max = self.channel.server.adj.max_request_body_size
-            message = too_large_message(waitress_body_bytes_max - WAITRESS_BODY_MARGIN_BYTES)
+            message = too_large_message(self.channel.server.adj.max_request_body_size)
         else:
             # Never the request's own text: waitress quotes a malformed header line, which can
             # be a key's.
@@ -291,7 +286,12 @@ def run_waitress(app: object, settings: Settings, listener: socket.socket | None
         backlog=WAITRESS_BACKLOG,
         connection_limit=connection_limit,
         channel_timeout=WAITRESS_CHANNEL_TIMEOUT_SECONDS,
-        max_request_body_size=settings.body_bytes_max + WAITRESS_BODY_MARGIN_BYTES,
+        # Waitress buffers a whole body before the app sees it, to a temporary file past 512 KiB:
+        # with BODY_BYTES_MAX + 1 MiB here, 300 connections each sending 1 MB of a body they
+        # never finished held 300 MB of temporary files. A body declared past the limit is
+        # refused before it is read (``JsonErrorTask``: the app's JSON 413), and one that grows
+        # past it (chunked) as soon as it does.
+        max_request_body_size=settings.body_bytes_max,
         send_bytes=WAITRESS_SEND_BYTES,
         outbuf_high_watermark=WAITRESS_OUTBUF_HIGH_WATERMARK_BYTES,
         # select() fails past descriptor 1023 (FD_SETSIZE): ~1,000 idle connections killed a

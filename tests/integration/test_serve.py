@@ -198,6 +198,21 @@ def _raw_exchange(port: int, request: bytes) -> tuple[int, str, dict]:
             "payload_too_large",
             "request body exceeds 65536 bytes",
         ),
+        (  # one byte over, and none of it sent: waitress buffers no body past the limit
+            b"POST /api/log-usage HTTP/1.1\r\nHost: t\r\nContent-Length: 65537\r\n\r\n",
+            413,
+            "payload_too_large",
+            "request body exceeds 65536 bytes",
+        ),
+        (
+            b"POST /api/log-usage HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"10001\r\n"
+            + b"x" * 65537
+            + b"\r\n0\r\n\r\n",
+            413,
+            "payload_too_large",
+            "request body exceeds 65536 bytes",
+        ),
         (
             b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: twelve\r\n\r\n",
             400,
@@ -221,7 +236,7 @@ def _raw_exchange(port: int, request: bytes) -> tuple[int, str, dict]:
 def test_what_waitress_refuses_itself_is_answered_as_json(
     server: BillingServer, request_bytes: bytes, status: int, code: str, message: str
 ) -> None:
-    """A body declared far past BODY_BYTES_MAX is refused before it is read, like a request
+    """A body declared past BODY_BYTES_MAX is refused before it is read, like a request
     waitress cannot parse: with the API's JSON error, not waitress's plain text, and without
     echoing what was sent."""
     answered = _raw_exchange(server.port, request_bytes)
