@@ -10,7 +10,9 @@ Configured by environment variables (``BILLING_*``, see ``CallbackSettings`` and
 
 - **Leases.** A worker holds a slice of a user's budget as one ordinary hold (its own request
   id, ``lease-…``) and admits calls against it locally, with no round trip; the slice is at most
-  ``lease_calls`` call estimates and at most ``lease_share_percent`` of what the user had left.
+  ``lease_calls`` call estimates, twice the last one's while the user spends slices (up to
+  ``lease_calls_max``, ``client.lease_sizes``), and at most ``lease_share_percent`` of what the
+  user had left.
   A slice is taken only for a user whose previous call on this worker came within
   ``lease_idle_ms``, so that it serves more than one call.
   A slice is returned (the hold released) once it is spent or idle and its calls' usage is
@@ -63,6 +65,7 @@ from client.errors import (
     Unavailable,
 )
 from client.holds import fitting_hold
+from client.lease_sizes import LeaseSizes
 from client.prompt_tokens import chat_tokens_max, text_tokens_max
 from client.spool import SpoolForwarder, SpoolFull, UsageRecord, UsageSpool, batch_outcome
 from client.sync import BillingClient
@@ -107,6 +110,7 @@ class CallbackSettings(BaseSettings):
     flush_interval_ms: int = Field(50, ge=1, le=10_000, description="pause between flushes")
     usage_queue_max: int = Field(10_000, ge=1, le=1_000_000, description="records in memory")
     lease_calls: int = Field(20, ge=0, le=10_000, description="0: a hold per call, no leases")
+    lease_calls_max: int = Field(1_000, ge=1, le=10_000, description="a spent slice's next grows")
     lease_share_percent: int = Field(25, ge=1, le=100)
     lease_idle_ms: int = Field(500, ge=1, le=600_000, description="an unused slice goes back")
     lease_seconds_max: float = Field(30.0, gt=0, le=3600)
@@ -130,14 +134,17 @@ class Lease:
     ``request_id``; ``committed`` is what the calls admitted against it may cost."""
 
     __slots__ = (
-        "request_id", "user_id", "amount", "committed", "calls_open", "unlogged", "spooled",
-        "closed", "last_used", "admit_until",
+        "request_id", "user_id", "amount", "calls", "committed", "calls_open", "unlogged",
+        "spooled", "closed", "last_used", "admit_until",
     )  # fmt: skip
 
-    def __init__(self, request_id: str, user_id: str, amount: Decimal, admit_until: float) -> None:
+    def __init__(
+        self, request_id: str, user_id: str, amount: Decimal, calls: int, admit_until: float
+    ) -> None:
         self.request_id = request_id
         self.user_id = user_id
         self.amount = amount
+        self.calls = calls  # the call estimates it was sized for
         self.committed = Decimal(0)
         self.calls_open = 0
         self.unlogged = 0
@@ -211,6 +218,9 @@ class Gateway:
         self._closing: list[Lease] = []
         self._lease_locks: dict[str, asyncio.Lock] = {}
         self._remaining: OrderedDict[str, Decimal] = OrderedDict()
+        self._lease_sizes = LeaseSizes(
+            max(1, settings.lease_calls), settings.lease_calls_max, USERS_TRACKED_MAX
+        )
         self._last_call: OrderedDict[str, float] = OrderedDict()
         self._unsettled: Counter[str] = Counter()
         self._queue: UsageQueue[tuple[UsageRecord, Lease | None]] = UsageQueue(
@@ -269,7 +279,10 @@ class Gateway:
                 if current.take(estimate):
                     return current
                 self._close(current)
-            size = self._lease_size(user_id, estimate)
+                if current.committed + estimate > current.amount:  # spent, not expired
+                    self._lease_sizes.spent(user_id, current.calls)
+            calls_count = self._lease_sizes.calls(user_id)
+            size = self._lease_size(user_id, estimate, calls_count)
             if size is None:
                 return None
             self._leases_taken += 1
@@ -282,16 +295,16 @@ class Gateway:
                 self._note_remaining(user_id, denied.check)
                 return None
             self._note_remaining(user_id, answer)
-            lease = Lease(lease_id, user_id, size, self._admit_until(answer))
+            lease = Lease(lease_id, user_id, size, calls_count, self._admit_until(answer))
             self._leases[user_id] = lease
             return lease if lease.take(estimate) else None
 
-    def _lease_size(self, user_id: str, estimate: Decimal) -> Decimal | None:
+    def _lease_size(self, user_id: str, estimate: Decimal, calls_count: int) -> Decimal | None:
         remaining = self._remaining.get(user_id)
         if remaining is None or estimate <= 0:
             return None  # the first call of a user holds alone, and learns what remains
         share = remaining * self.settings.lease_share_percent / 100
-        size = min(estimate * self.settings.lease_calls, share, LEASE_DOLLARS_MAX)
+        size = min(estimate * calls_count, share, LEASE_DOLLARS_MAX)
         size = size.quantize(_NANO, ROUND_FLOOR)
         return size if size >= 2 * estimate else None
 
@@ -344,6 +357,7 @@ class Gateway:
         lease = self._leases.get(user_id)
         if lease is not None:
             self._close(lease)
+        self._lease_sizes.paused(user_id)
         budget = denial.budget
         pending = (
             budget.total - budget.used - budget.remaining > 0
@@ -493,8 +507,11 @@ class Gateway:
         now = time.monotonic()
         idle_seconds = self.settings.lease_idle_ms / 1000
         for lease in list(self._leases.values()):
-            if now - lease.last_used >= idle_seconds or now >= lease.admit_until:
+            if now - lease.last_used >= idle_seconds:
                 self._close(lease)
+                self._lease_sizes.paused(lease.user_id)
+            elif now >= lease.admit_until:
+                self._close(lease)  # still in use: the next slice is as large
         done = [lease for lease in self._closing if lease.settled()]
         if not done:
             return

@@ -42,6 +42,9 @@ GUESS_CALLS = 60
 CALLS_BEFORE_OUTAGE = 20
 OUTAGE_SECONDS = 2.0
 CALL_PAUSE_SECONDS = 0.05
+# One user's calls, enough that a worker spends a slice of 20 estimates and one of 40.
+STEADY_CALLS = 300
+STEADY_CONCURRENCY = 8
 
 ADMISSION = {"leases": {}, "hold-per-call": {"BILLING_LEASE_CALLS": "0"}}
 
@@ -120,6 +123,33 @@ def test_a_burst_of_five_times_the_budget_never_spends_past_it(
         assert leases >= 1
     else:
         assert leases == 0
+
+
+def test_a_worker_s_slices_grow_while_one_user_keeps_spending_them(
+    ai: openai.OpenAI, admin: BillingClient, billing: Billing, admission: str
+) -> None:
+    """Slices of 20 estimates, then 40, 80…: each slice is a round trip the user's calls on
+    that worker wait for (``client.lease_sizes``)."""
+    provision(admin, "gw-steady")
+    with ThreadPoolExecutor(max_workers=STEADY_CONCURRENCY) as pool:
+        answers = list(pool.map(lambda _: chat(ai, "gw-steady"), range(STEADY_CALLS)))
+    settled(admin, "gw-steady", len(answers))
+    with read_only(billing.db_path) as db:
+        slices = db.execute(
+            "SELECT request_id, amount FROM reservations WHERE user_id = 'gw-steady'"
+            " AND request_id LIKE 'lease-%'"
+        ).fetchall()
+    if admission == "hold-per-call":
+        assert slices == []
+        return
+    by_worker: dict[str, list[tuple[int, int]]] = {}
+    for request_id, amount in slices:  # lease-<worker>-<n>
+        _, worker, number = request_id.split("-")
+        by_worker.setdefault(worker, []).append((int(number), amount))
+    growth = [
+        max(amount for _, amount in amounts) / min(amounts)[1] for amounts in by_worker.values()
+    ]
+    assert max(growth) >= 3.9, f"a worker's largest slice over its first: {growth}"
 
 
 def test_calls_without_max_tokens_fill_a_budget_they_fit(
