@@ -240,7 +240,9 @@ class SqliteStore:
         """
         connection = self._connect()
         writer = self._writer
-        checkpointed = writer.writes_committed
+        # Not the count now: a write committed while this thread was starting is still to be
+        # checkpointed (a store written at once left its first commit in the WAL).
+        checkpointed = 0
         last_sweep_ms = 0
         try:
             while not self._closing.is_set():

@@ -3,8 +3,7 @@
 from collections.abc import Iterator
 
 import pytest
-from aiosmtpd.controller import Controller
-from flow_helpers import Inbox
+from flow_helpers import Inbox, smtp_serving
 from pocketbase_server import PocketBaseServer, running_pocketbase
 from ports import free_port
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
@@ -29,13 +28,8 @@ def prefect_harness() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def smtp_server() -> Iterator[Inbox]:
     """A real SMTP server (aiosmtpd) on a free loopback port, for the whole module."""
-    inbox = Inbox(free_port())
-    controller = Controller(inbox, hostname="127.0.0.1", port=inbox.port)
-    controller.start()
-    try:
+    with smtp_serving(Inbox(free_port())) as inbox:
         yield inbox
-    finally:
-        controller.stop()
 
 
 @pytest.fixture

@@ -2,9 +2,11 @@
 the inbox of the test SMTP server."""
 
 import sqlite3
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from email.message import Message
 
+from aiosmtpd.controller import Controller
 from aiosmtpd.handlers import Message as MessageHandler
 
 from core.accounts import Product
@@ -53,3 +55,15 @@ class Inbox(MessageHandler):
 
     def handle_message(self, message: Message) -> None:
         self.messages.append(message)
+
+
+@contextmanager
+def smtp_serving(inbox: Inbox, **options: object) -> Iterator[Inbox]:
+    """A real SMTP server (aiosmtpd) on loopback at ``inbox.port``, its messages to ``inbox``;
+    ``options`` go to aiosmtpd (TLS, authentication)."""
+    controller = Controller(inbox, hostname="127.0.0.1", port=inbox.port, **options)
+    controller.start()
+    try:
+        yield inbox
+    finally:
+        controller.stop()

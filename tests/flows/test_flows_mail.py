@@ -7,19 +7,16 @@ import ipaddress
 import smtplib
 import socket
 import ssl
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from flow_helpers import Inbox
+from flow_helpers import Inbox, smtp_serving
 from ports import free_port
 
 from core.errors import ConfigurationError
@@ -79,17 +76,6 @@ def certificate_for_loopback(directory: Path) -> tuple[Path, Path]:
     return certificate_path, key_path
 
 
-@contextmanager
-def smtp_server(**options: object) -> Iterator[Inbox]:
-    inbox = Inbox(free_port())
-    controller = Controller(inbox, hostname="127.0.0.1", port=inbox.port, **options)
-    controller.start()
-    try:
-        yield inbox
-    finally:
-        controller.stop()
-
-
 @pytest.fixture
 def trusted_tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ssl.SSLContext:
     """The server side of TLS with a certificate the client trusts."""
@@ -108,7 +94,9 @@ def test_starttls_upgrades_before_the_login_and_the_message(trusted_tls: ssl.SSL
         return AuthResult(success=auth_data.password == b"relay password")
 
     options = {"tls_context": trusted_tls, "require_starttls": True}
-    with smtp_server(**options, authenticator=authenticate, auth_require_tls=True) as inbox:
+    with smtp_serving(
+        Inbox(free_port()), **options, authenticator=authenticate, auth_require_tls=True
+    ) as inbox:
         settings = Settings(
             smtp_host="127.0.0.1",
             smtp_port=inbox.port,
@@ -124,7 +112,7 @@ def test_starttls_upgrades_before_the_login_and_the_message(trusted_tls: ssl.SSL
 
 
 def test_ssl_speaks_tls_from_the_first_byte(trusted_tls: ssl.SSLContext) -> None:
-    with smtp_server(ssl_context=trusted_tls) as inbox:
+    with smtp_serving(Inbox(free_port()), ssl_context=trusted_tls) as inbox:
         settings = Settings(smtp_host="127.0.0.1", smtp_port=inbox.port, smtp_security="SSL")
         check_smtp(settings)
         send_mail(settings, "admin@example.com", "Over SSL", "sent over implicit TLS")
@@ -160,10 +148,7 @@ class SlowData(Inbox):
 
 
 def test_a_relay_that_stops_answering_mid_message_fails_the_send_within_the_timeout() -> None:
-    inbox = SlowData(free_port())
-    controller = Controller(inbox, hostname="127.0.0.1", port=inbox.port)
-    controller.start()
-    try:
+    with smtp_serving(SlowData(free_port())) as inbox:
         settings = Settings(
             smtp_host="127.0.0.1",
             smtp_port=inbox.port,
@@ -173,5 +158,3 @@ def test_a_relay_that_stops_answering_mid_message_fails_the_send_within_the_time
         # Without the timeout the send would wait the relay out and succeed.
         with pytest.raises((TimeoutError, smtplib.SMTPServerDisconnected)):
             send_mail(settings, "admin@example.com", "s", "b")
-    finally:
-        controller.stop()
