@@ -110,7 +110,7 @@ class CallbackSettings(BaseSettings):
     flush_interval_ms: int = Field(50, ge=1, le=10_000, description="pause between flushes")
     usage_queue_max: int = Field(10_000, ge=1, le=1_000_000, description="records in memory")
     lease_calls: int = Field(20, ge=0, le=10_000, description="0: a hold per call, no leases")
-    lease_calls_max: int = Field(1_000, ge=1, le=10_000, description="a spent slice's next grows")
+    lease_calls_max: int = Field(1_000, ge=1, le=10_000, description="growth cap of slices")
     lease_share_percent: int = Field(25, ge=1, le=100)
     lease_idle_ms: int = Field(500, ge=1, le=600_000, description="an unused slice goes back")
     lease_seconds_max: float = Field(30.0, gt=0, le=3600)
