@@ -11,6 +11,8 @@ left 0.86×. A slice is still at most a share of what the user has left (the cal
 
 from collections import OrderedDict
 
+from client.recent import remember
+
 
 class LeaseSizes:
     """The next slice's size in call estimates, per user; at most ``users_max`` users are
@@ -28,10 +30,7 @@ class LeaseSizes:
 
     def spent(self, user_id: str, calls: int) -> None:
         """A slice of ``calls`` estimates ran out of room while the user was calling."""
-        self._next[user_id] = min(2 * calls, self.calls_max)
-        self._next.move_to_end(user_id)
-        while len(self._next) > self.users_max:
-            self._next.popitem(last=False)
+        remember(self._next, user_id, min(2 * calls, self.calls_max), self.users_max)
 
     def paused(self, user_id: str) -> None:
         """A slice went back unspent (the user stopped calling) or was given up for a denied

@@ -67,6 +67,7 @@ from client.errors import (
 from client.holds import fitting_hold
 from client.lease_sizes import LeaseSizes
 from client.prompt_tokens import chat_tokens_max, text_tokens_max
+from client.recent import remember
 from client.spool import SpoolForwarder, SpoolFull, UsageRecord, UsageSpool, batch_outcome
 from client.sync import BillingClient
 from client.usage_queue import UsageQueue
@@ -153,9 +154,12 @@ class Lease:
         self.last_used = time.monotonic()
         self.admit_until = admit_until
 
+    def has_room(self, estimate: Decimal) -> bool:
+        return self.committed + estimate <= self.amount
+
     def take(self, estimate: Decimal) -> bool:
         """Admit a call of ``estimate`` if the slice still has room for it."""
-        if self.closed or self.committed + estimate > self.amount:
+        if self.closed or not self.has_room(estimate):
             return False
         now = time.monotonic()
         if now >= self.admit_until:
@@ -256,10 +260,7 @@ class Gateway:
         ran slower with a slice for every call than with a hold per call."""
         now = time.monotonic()
         previous = self._last_call.get(user_id)
-        self._last_call[user_id] = now
-        self._last_call.move_to_end(user_id)
-        while len(self._last_call) > USERS_TRACKED_MAX:
-            self._last_call.popitem(last=False)
+        remember(self._last_call, user_id, now, USERS_TRACKED_MAX)
         return previous is not None and now - previous < self.settings.lease_idle_ms / 1000
 
     def _remember(self, request_id: str, admission: Admission) -> None:
@@ -279,7 +280,7 @@ class Gateway:
                 if current.take(estimate):
                     return current
                 self._close(current)
-                if current.committed + estimate > current.amount:  # spent, not expired
+                if not current.has_room(estimate):  # spent, not expired
                     self._lease_sizes.spent(user_id, current.calls)
             calls_count = self._lease_sizes.calls(user_id)
             size = self._lease_size(user_id, estimate, calls_count)
@@ -374,10 +375,7 @@ class Gateway:
         return True
 
     def _note_remaining(self, user_id: str, answer: CheckBudgetResponse) -> None:
-        self._remaining[user_id] = answer.budget.remaining
-        self._remaining.move_to_end(user_id)
-        while len(self._remaining) > USERS_TRACKED_MAX:
-            self._remaining.popitem(last=False)
+        remember(self._remaining, user_id, answer.budget.remaining, USERS_TRACKED_MAX)
 
     def _close(self, lease: Lease) -> None:
         if not lease.closed:
