@@ -193,6 +193,12 @@ def busy_every_thread(server: BillingServer) -> None:
             assert connection.recv(1 << 16).startswith(b"HTTP/1.1 200 ")
 
 
+def content_length(head: bytes) -> int:
+    """An answer's Content-Length, from its head (status line and headers)."""
+    fields = dict(line.split(b":", 1) for line in head.split(b"\r\n")[1:] if b":" in line)
+    return int(fields[b"Content-Length"])
+
+
 def ask_on(connection: socket.socket) -> None:
     """One check-budget on a kept-alive connection, answered 200 on it."""
     connection.sendall(check_request(close=False))
@@ -203,8 +209,7 @@ def ask_on(connection: socket.socket) -> None:
         received += chunk
     head, _, body = received.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 "), head
-    fields = dict(line.split(b":", 1) for line in head.split(b"\r\n")[1:] if b":" in line)
-    while len(body) < int(fields[b"Content-Length"]):
+    while len(body) < content_length(head):
         chunk = connection.recv(1 << 16)
         assert chunk, "the server closed a connection in use"
         body += chunk
@@ -241,8 +246,7 @@ def read_answers(connection: socket.socket) -> list[bytes]:
     heads = []
     while received:
         head, _, rest = bytes(received).partition(b"\r\n\r\n")
-        fields = dict(line.split(b":", 1) for line in head.split(b"\r\n")[1:] if b":" in line)
-        length = int(fields[b"Content-Length"])
+        length = content_length(head)
         heads.append(head)
         received = bytearray(rest[length:])
     return heads
