@@ -13,11 +13,12 @@ Configured by environment variables (``BILLING_*``, see ``CallbackSettings`` and
   ``lease_calls`` call estimates, twice the last one's while the user spends slices (up to
   ``lease_calls_max``, ``client.lease_sizes``), and at most ``lease_share_percent`` of what the
   user had left.
-  A slice is taken only for a user whose previous call on this worker came within
-  ``lease_idle_ms``, so that it serves more than one call.
-  A slice is returned (the hold released) once it is spent or idle and its calls' usage is
-  logged. Until then the ledger counts it as held, so no worker can spend it twice. A call that
-  no lease covers holds its own estimate, as a hold of the call's ``litellm_call_id``.
+  A slice is returned (the hold released) once it is spent, or unused for a few of the user's
+  usual gaps between calls (at least ``lease_idle_ms``, at most ``lease_idle_ms_max``,
+  ``client.call_gaps``), and its calls' usage is logged. Until then the ledger counts it as
+  held, so no worker can spend it twice. A slice is taken only for a user whose previous call on
+  this worker came within that time, so that it serves more than one call. A call that no lease
+  covers holds its own estimate, as a hold of the call's ``litellm_call_id``.
 - **Usage in batches.** Usage waits in memory for the next flush, at most ``flush_interval_ms``
   after the one under way ends (a flush sends only what was queued when it began,
   ``client.usage_queue``), and is sent in batches of at most ``batch_records_max`` through
@@ -55,6 +56,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from client import calls
 from client.aiohttp_client import AiohttpBillingClient
+from client.call_gaps import CallGaps
 from client.calls import RetryPolicy, decimal_text
 from client.errors import (
     BillingError,
@@ -113,7 +115,8 @@ class CallbackSettings(BaseSettings):
     lease_calls: int = Field(20, ge=0, le=10_000, description="0: a hold per call, no leases")
     lease_calls_max: int = Field(1_000, ge=1, le=10_000, description="growth cap of slices")
     lease_share_percent: int = Field(25, ge=1, le=100)
-    lease_idle_ms: int = Field(500, ge=1, le=600_000, description="an unused slice goes back")
+    lease_idle_ms: int = Field(500, ge=1, le=600_000, description="least a slice stays unused")
+    lease_idle_ms_max: int = Field(5_000, ge=1, le=600_000, description="most a slice stays")
     lease_seconds_max: float = Field(30.0, gt=0, le=3600)
     settle_wait_ms: int = Field(1_000, ge=0, le=60_000, description="a denial waits this long")
 
@@ -225,7 +228,9 @@ class Gateway:
         self._lease_sizes = LeaseSizes(
             max(1, settings.lease_calls), settings.lease_calls_max, USERS_TRACKED_MAX
         )
-        self._last_call: OrderedDict[str, float] = OrderedDict()
+        self._call_gaps = CallGaps(
+            settings.lease_idle_ms / 1000, settings.lease_idle_ms_max / 1000, USERS_TRACKED_MAX
+        )
         self._unsettled: Counter[str] = Counter()
         self._queue: UsageQueue[tuple[UsageRecord, Lease | None]] = UsageQueue(
             settings.usage_queue_max, settings.batch_records_max
@@ -253,15 +258,11 @@ class Gateway:
         self._remember(call.request_id, Admission(user_id, estimate, None))
 
     def _calling_often(self, user_id: str) -> bool:
-        """Whether the user's previous call on this worker came within ``lease_idle_ms``: only
-        then is a slice likely to serve more than one call before it goes back idle. A slice
-        that serves one call costs two round trips (its hold, its release) where a hold of the
-        call's own costs one; in the gateway bench, 100 users at about one call a second each
-        ran slower with a slice for every call than with a hold per call."""
-        now = time.monotonic()
-        previous = self._last_call.get(user_id)
-        remember(self._last_call, user_id, now, USERS_TRACKED_MAX)
-        return previous is not None and now - previous < self.settings.lease_idle_ms / 1000
+        """Whether the user's previous call on this worker came within the time their slice
+        stays unused (``client.call_gaps``): only then is a slice likely to serve more than one
+        call before it goes back idle. A slice that serves one call costs two round trips (its
+        hold, its release) where a hold of the call's own costs one."""
+        return self._call_gaps.called(user_id, time.monotonic())
 
     def _remember(self, request_id: str, admission: Admission) -> None:
         """Calls admitted by this worker and not yet ended (bounded: a call whose end never
@@ -503,9 +504,8 @@ class Gateway:
 
     async def _return_leases(self) -> None:
         now = time.monotonic()
-        idle_seconds = self.settings.lease_idle_ms / 1000
         for lease in list(self._leases.values()):
-            if now - lease.last_used >= idle_seconds:
+            if now - lease.last_used >= self._call_gaps.idle_seconds(lease.user_id):
                 self._close(lease)
                 self._lease_sizes.paused(lease.user_id)
             elif now >= lease.admit_until:

@@ -45,6 +45,9 @@ CALL_PAUSE_SECONDS = 0.05
 # One user's calls, enough that a worker spends a slice of 20 estimates and one of 40.
 STEADY_CALLS = 300
 STEADY_CONCURRENCY = 8
+# One user's calls further apart than the least time an unused slice stays (500 ms).
+PACED_CALLS = 6
+PACED_PAUSE_SECONDS = 0.7
 
 ADMISSION = {"leases": {}, "hold-per-call": {"BILLING_LEASE_CALLS": "0"}}
 
@@ -150,6 +153,26 @@ def test_a_worker_s_slices_grow_while_one_user_keeps_spending_them(
         max(amount for _, amount in amounts) / min(amounts)[1] for amounts in by_worker.values()
     ]
     assert max(growth) >= 3.9, f"a worker's largest slice over its first: {growth}"
+
+
+def test_a_user_calling_about_once_a_second_keeps_a_slice_between_calls(
+    ai: openai.OpenAI, admin: BillingClient, billing: Billing, admission: str
+) -> None:
+    """An unused slice stays for a few of the user's gaps between calls
+    (``client.call_gaps``): after the first call on each worker, which holds alone, every call
+    is admitted on that worker's slice."""
+    provision(admin, "gw-paced")
+    for _ in range(PACED_CALLS):
+        chat(ai, "gw-paced")
+        time.sleep(PACED_PAUSE_SECONDS)
+    settled(admin, "gw-paced", PACED_CALLS)
+    own_holds = holds(billing.db_path, "gw-paced", "settled")
+    slices = holds(billing.db_path, "gw-paced", "released", "lease-%")
+    if admission == "hold-per-call":
+        assert (len(own_holds), slices) == (PACED_CALLS, [])
+        return
+    assert len(own_holds) <= PROXY_WORKERS
+    assert 1 <= len(slices) <= PROXY_WORKERS
 
 
 def test_calls_without_max_tokens_fill_a_budget_they_fit(
