@@ -37,7 +37,6 @@ RESET_BACKOFF_SECONDS = 2
 TOP_SPENDERS_MAX = 100
 
 
-
 def _transient(_task: object, _run: object, state: object) -> bool:
     """Retry only what may pass: a busy or unreachable store, not a refused label."""
     error = state.result(raise_on_failure=False)  # type: ignore[attr-defined]

@@ -171,9 +171,7 @@ def test_every_view_reads_back_after_a_reset_at_a_bound_of_the_labels(env, alice
     for field in ("start", "end"):
         assert 2000 <= int(view["period"][field][:4]) <= 9999
     for group_by in ("model", "day"):
-        usage = call(
-            client, "GET", f"/api/users/alice/usage?group_by={group_by}", headers=API
-        )
+        usage = call(client, "GET", f"/api/users/alice/usage?group_by={group_by}", headers=API)
         assert usage.status == 200
         assert usage["total"]["cost"] == 1
     assert call(client, "GET", "/api/admin/users/alice", headers=ADMIN).status == 200

@@ -63,7 +63,12 @@ def test_label_bounds_ms(label, zone, start, end):
 
 @pytest.mark.parametrize(
     ("label", "parsed"),
-    [("2026-12", (2026, 12)), ("2000-01", (2000, 1)), ("9998-12", (9998, 12)), ("2026-09", (2026, 9))],
+    [
+        ("2026-12", (2026, 12)),
+        ("2000-01", (2000, 1)),
+        ("9998-12", (9998, 12)),
+        ("2026-09", (2026, 9)),
+    ],
 )
 def test_parse_label_accepts_yyyy_mm(label, parsed):
     assert parse_label(label) == parsed

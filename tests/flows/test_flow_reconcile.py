@@ -10,9 +10,9 @@ import pytest
 from flow_helpers import Inbox, seed_users, usd
 from litellm_fake import LITELLM_KEY, FakeLiteLLM, fake_litellm, spend_row
 
-from service.cli import main as billing
 from flows.common import opened_ledger
 from flows.reconcile import reconcile_usage
+from service.cli import main as billing
 
 
 @pytest.fixture

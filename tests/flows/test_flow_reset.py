@@ -11,13 +11,13 @@ from prefect import get_client
 from prefect.flow_engine import run_flow
 from prefect.states import Scheduled
 
-from service.cli import main as billing
 from core.errors import Unavailable
 from core.ledger import Ledger
 from core.periods import next_label
 from flows import reset as reset_flow
 from flows.common import opened_ledger
 from flows.reset import monthly_budget_reset
+from service.cli import main as billing
 
 # An earlier month for the seeded users' open periods: a reset due now must close something.
 PAST = "2020-01"

@@ -15,8 +15,8 @@ from uuid import UUID
 import pytest
 from flow_helpers import Inbox
 from pocketbase_server import PocketBaseServer
-from prefect.client.orchestration import get_client
 from ports import free_port
+from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
@@ -91,7 +91,9 @@ def one_time_password(inbox: Inbox) -> str:
 
 def admin_notices(inbox: Inbox) -> list[str]:
     return [
-        m.get_payload(decode=True).decode() for m in inbox.messages if m["To"] == "admin@example.com"
+        m.get_payload(decode=True).decode()
+        for m in inbox.messages
+        if m["To"] == "admin@example.com"
     ]
 
 
@@ -154,8 +156,10 @@ def test_the_flow_creates_both_halves_mails_the_password_and_a_rerun_creates_not
     assert ledger_user_id(EMAIL) == "ada"
 
     run = stored_text_of_run(state.state_details.flow_run_id)
-    assert "provisioned: user_id=ada email=Ada@Example.com tenant_id=acme product_id=basic" \
+    assert (
+        "provisioned: user_id=ada email=Ada@Example.com tenant_id=acme product_id=basic"
         " invite_sent=True" in run
+    )
     [artifact] = artifacts_of_run(state.state_details.flow_run_id)
     assert artifact.key == "provision-user"
     assert artifact.type == "table"
@@ -286,7 +290,9 @@ def test_an_unknown_product_or_tenant_is_named_and_the_admin_is_told(pocketbase,
     [notice] = admin_notices(smtp_inbox)
     assert "provision-user" in notice and "unknown product 'pro-mnthly'" in notice
 
-    state = provision_user(email=EMAIL, product_id="basic", tenant_id="acme-crop", return_state=True)
+    state = provision_user(
+        email=EMAIL, product_id="basic", tenant_id="acme-crop", return_state=True
+    )
     assert state.is_failed()
     with pytest.raises(Invalid, match="unknown tenant 'acme-crop'"):
         state.result()

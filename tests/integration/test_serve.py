@@ -28,9 +28,9 @@ from integration_support import (
     usage_body,
     user_budget,
 )
+from ports import free_port
 
 from core.store.base import migration_scripts
-from ports import free_port
 
 COMMAND_WAIT_SECONDS = 20.0
 RAW_READS_MAX = 100

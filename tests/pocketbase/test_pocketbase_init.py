@@ -101,9 +101,7 @@ def mail_sink() -> Iterator[tuple[Inbox, int]]:
         controller.stop()
 
 
-def test_init_gives_pocketbase_the_smtp_server_so_a_password_reset_is_mailed(
-    pocketbase, mail_sink
-):
+def test_init_gives_pocketbase_the_smtp_server_so_a_password_reset_is_mailed(pocketbase, mail_sink):
     inbox, port = mail_sink
     mail = {
         "SMTP_HOST": "127.0.0.1",
@@ -139,7 +137,9 @@ def test_init_gives_pocketbase_the_smtp_server_so_a_password_reset_is_mailed(
     assert "ada@example.com" in message["To"]
     assert "billing@example.com" in message["From"]
     assert message["Subject"] == "Reset your CloudFreedom password"
-    text = message.get_payload(decode=True) if not message.is_multipart() else b"".join(
-        part.get_payload(decode=True) or b"" for part in message.walk()
+    text = (
+        message.get_payload(decode=True)
+        if not message.is_multipart()
+        else b"".join(part.get_payload(decode=True) or b"" for part in message.walk())
     )
     assert re.search(rb"http://app\.example\.com/\S*confirm-password-reset", text)

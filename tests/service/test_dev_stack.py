@@ -25,22 +25,22 @@ ADMIN_KEY = "dev-admin-key-aaaaaaaaaaaa"
 def write_env(folder: Path) -> tuple[Path, dict[str, int]]:
     ports = {name: free_port() for name in ("api", "prefect", "pocketbase", "smtp")}
     text = f"""HOST=127.0.0.1
-PORT={ports['api']}
+PORT={ports["api"]}
 WORKERS=1
 BILLING_API_KEY=dev-api-key-kkkkkkkkkkkkk
 ADMIN_SECRET_KEY={ADMIN_KEY}
-DATA_DIR={folder / 'data'}
-DATABASE_URL=sqlite:///{folder / 'data' / 'billing.db'}
-PREFECT_API_URL=http://127.0.0.1:{ports['prefect']}/api
-POCKETBASE_URL=http://127.0.0.1:{ports['pocketbase']}
+DATA_DIR={folder / "data"}
+DATABASE_URL=sqlite:///{folder / "data" / "billing.db"}
+PREFECT_API_URL=http://127.0.0.1:{ports["prefect"]}/api
+POCKETBASE_URL=http://127.0.0.1:{ports["pocketbase"]}
 POCKETBASE_ADMIN_EMAIL=root@example.com
 POCKETBASE_ADMIN_PASSWORD=pocketbase-password-for-tests
 SMTP_HOST=127.0.0.1
-SMTP_PORT={ports['smtp']}
+SMTP_PORT={ports["smtp"]}
 SMTP_SECURITY=INSECURE
 MAIL_FROM=billing@example.com
 ADMIN_EMAIL=admin@example.com
-APP_URL=http://127.0.0.1:{ports['pocketbase']}
+APP_URL=http://127.0.0.1:{ports["pocketbase"]}
 """
     env_file = folder / ".env"
     env_file.write_text(text, "utf-8")
@@ -90,7 +90,9 @@ def test_billing_dev_runs_the_stack_provisions_through_the_worker_and_stops_on_c
         admin = {"X-Admin-Key": ADMIN_KEY}
         api = f"http://127.0.0.1:{ports['api']}"
         product = {"id": "starter", "name": "Starter", "monthly_budget": 20}
-        assert httpx.post(f"{api}/api/admin/products", json=product, headers=admin).status_code == 201
+        assert (
+            httpx.post(f"{api}/api/admin/products", json=product, headers=admin).status_code == 201
+        )
 
         prefect_env = environment | {"PREFECT_API_URL": f"http://127.0.0.1:{ports['prefect']}/api"}
         run = subprocess.run(
@@ -102,13 +104,16 @@ def test_billing_dev_runs_the_stack_provisions_through_the_worker_and_stops_on_c
             timeout=STACK_READY_SECONDS_MAX,
         )
         assert run.returncode == 0, run.stdout + run.stderr
-        found = httpx.get(f"{api}/api/admin/users", params={"email": "ada@example.com"}, headers=admin)
+        found = httpx.get(
+            f"{api}/api/admin/users", params={"email": "ada@example.com"}, headers=admin
+        )
         assert found.status_code == 200 and found.json()["product_id"] == "starter"
         [invite] = mailbox.Maildir(tmp_path / "data" / "mail").values()
         assert invite["To"] == "ada@example.com"
-        assert f"Sign in at http://127.0.0.1:{ports['pocketbase']}" in invite.get_payload(
-            decode=True
-        ).decode()
+        assert (
+            f"Sign in at http://127.0.0.1:{ports['pocketbase']}"
+            in invite.get_payload(decode=True).decode()
+        )
     finally:
         stack.send_signal(signal.SIGINT)
         rest, _ = stack.communicate(timeout=STOP_SECONDS_MAX)
