@@ -100,7 +100,7 @@ VARIANT_LABEL = {
 assert set(VARIANT_LABEL) == set(VARIANT_CONFIG) | set(VARIANT_PROXY)
 # The order of a round: the two variants of one proxy apart, a reference between them. Measured
 # back to back, both fell to 0.6–0.7× in some rounds where the second no-budget proxy read
-# 0.86–0.95×, as one slow spell of the machine across two runs would make them.
+# 0.81–0.95×, as one slow spell of the machine across two runs would make them.
 MEASURE_ORDER = ("none", "billing", "none-again", "billing-one-user", "litellm-key")
 assert set(MEASURE_ORDER) == set(VARIANT_LABEL)
 
