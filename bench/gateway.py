@@ -17,7 +17,7 @@ Each at one and at two proxy workers. Prints req/s, p50/p99, the proxy's CPU per
 process of the proxy, from /proc/PID/stat) and each variant's ratio to ``none`` at the same
 worker count, taken round by round (``Row.ratio``). Every call must answer 2xx, or the run fails.
 
-    .venv/bin/python -m bench.gateway                      # about 6 minutes
+    .venv/bin/python -m bench.gateway                      # about 10 minutes
     .venv/bin/python -m bench.gateway --duration 10 --repeat 3 --workers 1,2
 """
 
