@@ -52,3 +52,12 @@ def test_the_least_recently_called_user_is_forgotten_first() -> None:
     calls.called("cy", 0.2)
     assert calls.called("ada", 0.3) is False
     assert calls.called("cy", 0.4) is True
+
+
+def test_a_lower_bound_above_the_upper_one_is_a_fixed_idle_time() -> None:
+    """``BILLING_LEASE_IDLE_MS`` set above ``BILLING_LEASE_IDLE_MS_MAX`` keeps the meaning it had
+    before the upper bound existed."""
+    calls = gaps(idle_seconds_min=10.0, idle_seconds_max=5.0)
+    call_every(calls, "fast", 0.01, 50)
+    call_every(calls, "slow", 8.0, 5)
+    assert calls.idle_seconds("fast") == calls.idle_seconds("slow") == 10.0
