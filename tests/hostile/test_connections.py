@@ -209,7 +209,8 @@ def ask_on(connection: socket.socket) -> None:
         received += chunk
     head, _, body = received.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 "), head
-    while len(body) < content_length(head):
+    length = content_length(head)
+    while len(body) < length:
         chunk = connection.recv(1 << 16)
         assert chunk, "the server closed a connection in use"
         body += chunk
