@@ -110,7 +110,7 @@ class CallbackSettings(BaseSettings):
     spool_retry_seconds: float = Field(5.0, gt=0, le=3600)
     spool_batch_max: int = Field(100, ge=1, le=10_000)
     batch_records_max: int = Field(200, ge=1, le=1_000, description="usage records per batch")
-    flush_interval_ms: int = Field(50, ge=1, le=10_000, description="pause between flushes")
+    flush_interval_ms: int = Field(250, ge=1, le=10_000, description="pause between flushes")
     usage_queue_max: int = Field(10_000, ge=1, le=1_000_000, description="records in memory")
     lease_calls: int = Field(20, ge=0, le=10_000, description="0: a hold per call, no leases")
     lease_calls_max: int = Field(1_000, ge=1, le=10_000, description="growth cap of slices")
@@ -355,20 +355,22 @@ class Gateway:
     async def _settlement(self, user_id: str, deadline: float, denial: CheckBudgetResponse) -> bool:
         """Wait for this worker's next flush while some of ``user_id``'s budget is only held
         (by calls whose usage is on its way, or by slices, of this worker or another): a hold
-        asked again then may find room. False when nothing is held, or past the deadline."""
+        asked again then may find room. When some of it is this worker's own, the flush starts
+        at once. False when nothing is held, or past the deadline."""
         lease = self._leases.get(user_id)
         if lease is not None:
             self._close(lease)
         self._lease_sizes.paused(user_id)
         budget = denial.budget
-        pending = (
-            budget.total - budget.used - budget.remaining > 0
-            or self._unsettled[user_id] > 0
-            or any(lease.user_id == user_id for lease in self._closing)
+        settling_here = self._unsettled[user_id] > 0 or any(
+            lease.user_id == user_id for lease in self._closing
         )
+        pending = settling_here or budget.total - budget.used - budget.remaining > 0
         wait = deadline - time.monotonic()
         if not pending or wait <= 0:
             return False
+        if settling_here:
+            self._batch_ready.set()  # the denied call waits for this flush, not the interval
         try:
             await asyncio.wait_for(self._flushed.wait(), wait)
         except TimeoutError:
