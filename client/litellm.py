@@ -23,7 +23,8 @@ Configured by environment variables (``BILLING_*``, see ``CallbackSettings`` and
   after the one under way ends (a flush sends only what was queued when it began,
   ``client.usage_queue``), and is sent in batches of at most ``batch_records_max`` through
   ``POST /api/log-usage/batch``; the hold (the call's or its lease's) keeps the budget safe
-  meanwhile.
+  meanwhile. Near the end of a budget usage goes at once: a call whose hold left its user less
+  than its estimate, and a denied call whose room may be in this worker's queue, start a flush.
 - **No tokenizer for short plain text.** Such a prompt's tokens are bounded by its bytes
   (``client.prompt_tokens``): tokenizing lets go of the GIL, and LiteLLM's threads then keep the
   event loop waiting.
@@ -83,6 +84,9 @@ PRICED_MODELS_MAX = 1_000
 # A hold is placed again at most this many times for one call: once more with what remains
 # (an estimate that is a guess), and after each settlement of this worker's own calls.
 HOLD_ATTEMPTS_MAX = 6
+# A denied hold whose room may come from another worker's usage or slice is asked again after
+# this pause: this worker's flushes say nothing of when another worker's usage is in.
+SETTLE_RETRY_SECONDS = 0.05
 # The service's bound on one call's estimate (COST_PER_CALL_MAX), which a lease's hold is too.
 LEASE_DOLLARS_MAX = Decimal(1_000_000)
 _PASSWORD_BYTES = 32
@@ -192,11 +196,14 @@ class CallEstimate:
 
 @dataclass(frozen=True, slots=True)
 class Admission:
-    """How a call was admitted: against ``lease``, or by a hold of its own."""
+    """How a call was admitted: against ``lease``, or by a hold of its own. ``urgent``: its
+    hold left the user less than its estimate, so the user's next call may well wait for its
+    usage, which is then sent as soon as the call ends rather than at the next flush."""
 
     user_id: str
     estimate: Decimal
     lease: Lease | None
+    urgent: bool = False
 
 
 class Gateway:
@@ -254,8 +261,9 @@ class Gateway:
             if admitted:
                 self._remember(call.request_id, Admission(user_id, estimate, lease))
                 return
-        await self._hold(call)
-        self._remember(call.request_id, Admission(user_id, estimate, None))
+        remaining = await self._hold(call)
+        urgent = remaining < estimate
+        self._remember(call.request_id, Admission(user_id, estimate, None, urgent))
 
     def _calling_often(self, user_id: str) -> bool:
         """Whether the user's previous call on this worker came within the time their slice
@@ -320,10 +328,11 @@ class Gateway:
             limit = min(limit, life / 2)
         return time.monotonic() + limit
 
-    async def _hold(self, call: CallEstimate) -> None:
-        """A hold of the call's own. Denied: a guessed estimate holds what remains instead
-        (``fitting_hold``); while this worker's own calls or slices are still to settle, the
-        hold is asked again after each settlement, for at most ``settle_wait_ms``."""
+    async def _hold(self, call: CallEstimate) -> Decimal:
+        """A hold of the call's own; what the user has left after it. Denied: a guessed
+        estimate holds what remains instead (``fitting_hold``); while some of the user's budget
+        is still to settle, the hold is asked again (``_settlement``), for at most
+        ``settle_wait_ms``."""
         user_id = call.user_id
         deadline = time.monotonic() + self.settings.settle_wait_ms / 1000
         amount = call.estimate
@@ -339,8 +348,9 @@ class Gateway:
                 True,
             )
             try:
-                self._note_remaining(user_id, await self.http.run(check))
-                return
+                answer = await self.http.run(check)
+                self._note_remaining(user_id, answer)
+                return answer.budget.remaining
             except BudgetExceeded as denied:
                 denial = denied.check
             self._note_remaining(user_id, denial)
@@ -353,10 +363,11 @@ class Gateway:
         raise BudgetExceeded(denial)
 
     async def _settlement(self, user_id: str, deadline: float, denial: CheckBudgetResponse) -> bool:
-        """Wait for this worker's next flush while some of ``user_id``'s budget is only held
-        (by calls whose usage is on its way, or by slices, of this worker or another): a hold
-        asked again then may find room. When some of it is this worker's own, the flush starts
-        at once. False when nothing is held, or past the deadline."""
+        """Wait while some of ``user_id``'s budget is only held (by calls whose usage is on its
+        way, or by slices, of this worker or another): a hold asked again then may find room.
+        When some of it is this worker's own, wait for this worker's flush, started at once;
+        otherwise for ``SETTLE_RETRY_SECONDS``. False when nothing is held, or past the
+        deadline."""
         lease = self._leases.get(user_id)
         if lease is not None:
             self._close(lease)
@@ -369,8 +380,10 @@ class Gateway:
         wait = deadline - time.monotonic()
         if not pending or wait <= 0:
             return False
-        if settling_here:
-            self._batch_ready.set()  # the denied call waits for this flush, not the interval
+        if not settling_here:
+            await asyncio.sleep(min(wait, SETTLE_RETRY_SECONDS))
+            return True
+        self._batch_ready.set()  # the denied call waits for this flush, not the interval
         try:
             await asyncio.wait_for(self._flushed.wait(), wait)
         except TimeoutError:
@@ -404,7 +417,7 @@ class Gateway:
             self._spool_now([(record, lease)], "usage queue full")
             return
         self._queue.put((record, lease))
-        if self._queue.batch_ready():
+        if self._queue.batch_ready() or (admission is not None and admission.urgent):
             self._batch_ready.set()
 
     def failed(self, request_id: str | None) -> str | None:
