@@ -82,7 +82,7 @@ HOLDS_TRACKED_MAX = 100_000
 USERS_TRACKED_MAX = 100_000
 PRICED_MODELS_MAX = 1_000
 # A hold is placed again at most this many times for one call: once more with what remains
-# (an estimate that is a guess), and after each settlement of this worker's own calls.
+# (an estimate that is a guess), and after each wait for held budget to settle.
 HOLD_ATTEMPTS_MAX = 6
 # A denied hold whose room may come from another worker's usage or slice is asked again after
 # this pause: this worker's flushes say nothing of when another worker's usage is in.
