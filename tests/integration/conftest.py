@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from integration_support import BillingServer, Database
+from litellm_support import Billing
 
 
 class Launcher:
@@ -54,3 +55,11 @@ def launch(workdir: Path) -> Iterator[Launcher]:
         yield launcher
     finally:
         launcher.stop_all()
+
+
+@pytest.fixture(scope="module")
+def billing(workdir: Path) -> Iterator[Billing]:
+    """The module's `billing serve` for a LiteLLM proxy, restartable on its port (a module
+    that needs another kind of server defines its own ``billing``)."""
+    with Billing.running(workdir) as service:
+        yield service

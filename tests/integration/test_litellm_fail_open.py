@@ -31,12 +31,6 @@ OPEN_REQUESTS = 3
 
 
 @pytest.fixture(scope="module")
-def billing(workdir: Path) -> Iterator[Billing]:
-    with Billing.running(workdir) as service:
-        yield service
-
-
-@pytest.fixture(scope="module")
 def admin(billing: Billing) -> Iterator[BillingClient]:
     with BillingClient(billing.base_url, API_KEY, ADMIN_KEY) as client:
         client.put_product("fo-plan", "Fail-open plan", Decimal("10"))

@@ -38,12 +38,6 @@ SPEND_REQUESTS_MAX = 20
 
 
 @pytest.fixture(scope="module")
-def billing(workdir: Path) -> Iterator[Billing]:
-    with Billing.running(workdir) as service:
-        yield service
-
-
-@pytest.fixture(scope="module")
 def admin(billing: Billing) -> Iterator[BillingClient]:
     with BillingClient(billing.base_url, API_KEY, ADMIN_KEY) as client:
         client.put_product("lt-plan", "LiteLLM plan", Decimal("10"))

@@ -39,12 +39,6 @@ DENIED_WITH_ROOM_MAX = 2
 
 
 @pytest.fixture(scope="module")
-def billing(workdir: Path) -> Iterator[Billing]:
-    with Billing.running(workdir) as service:
-        yield service
-
-
-@pytest.fixture(scope="module")
 def admin(billing: Billing) -> Iterator[BillingClient]:
     with BillingClient(billing.base_url, API_KEY, ADMIN_KEY) as client:
         client.put_product("st-plan", "Settlement plan", Decimal("10"))
