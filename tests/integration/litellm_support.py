@@ -204,10 +204,15 @@ def start_proxy(workdir: Path, env: dict[str, str], workers: int = 1) -> Iterato
         started.stop()
 
 
-def proxy_client(proxy: LiteLLMProxy) -> openai.OpenAI:
-    """The `openai` client as users call the proxy: its master key, no retries of its own."""
+def proxy_client(proxy: LiteLLMProxy, http_client: httpx.Client | None = None) -> openai.OpenAI:
+    """The `openai` client as users call the proxy: its master key, no retries of its own;
+    over ``http_client`` when given (for its connection limits)."""
     return openai.OpenAI(
-        base_url=f"{proxy.base_url}/v1", api_key=MASTER_KEY, max_retries=0, timeout=120
+        base_url=f"{proxy.base_url}/v1",
+        api_key=MASTER_KEY,
+        max_retries=0,
+        timeout=120,
+        http_client=http_client,
     )
 
 
@@ -218,6 +223,14 @@ def chat(ai: openai.OpenAI, user: str, model: str = "gpt-4o", max_tokens: int | 
     return ai.chat.completions.with_raw_response.create(
         model=model, user=user, messages=[{"role": "user", "content": "hi"}], **limit
     )
+
+
+def one_call_cost(ai: openai.OpenAI, admin: BillingClient, user: str, **options) -> int:
+    """What one mock call costs (nanodollars), from a call of ``user``, a user of its own
+    already provisioned; returns once its usage is in."""
+    cost = response_cost_nanos(chat(ai, user, **options))
+    settled(admin, user, 1)
+    return cost
 
 
 def response_cost_nanos(raw) -> int:

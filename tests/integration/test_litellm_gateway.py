@@ -22,6 +22,7 @@ from litellm_support import (
     dollars,
     eventually,
     holds,
+    one_call_cost,
     proxy_client,
     response_cost_nanos,
     settled,
@@ -82,17 +83,10 @@ def provision(admin: BillingClient, user_id: str, product_id: str = "gw-plan") -
     admin.provision_user(f"{user_id}@example.test", PASSWORD, product_id, "gw-tenant", user_id)
 
 
-def one_call_cost(ai: openai.OpenAI, admin: BillingClient, user: str, **options) -> int:
-    """What one mock call costs (nanodollars), from a call of a user of its own."""
-    provision(admin, user)
-    cost = response_cost_nanos(chat(ai, user, **options))
-    settled(admin, user, 1)
-    return cost
-
-
 def test_a_burst_of_five_times_the_budget_never_spends_past_it(
     ai: openai.OpenAI, admin: BillingClient, billing: Billing, admission: str
 ) -> None:
+    provision(admin, "gw-probe")
     cost = one_call_cost(ai, admin, "gw-probe", max_tokens=BURST_MAX_TOKENS)
     budget = dollars(BUDGET_CALLS * cost)
     admin.put_product("gw-burst-plan", "Room for the burst", budget)
@@ -180,6 +174,7 @@ def test_calls_without_max_tokens_fill_a_budget_they_fit(
 ) -> None:
     """The default estimate (1,024 output tokens) is far above a mock call's cost: each call
     holds what remains instead, so the budget is spent to within one call."""
+    provision(admin, "gw-guess-probe")
     cost = one_call_cost(ai, admin, "gw-guess-probe", max_tokens=None)
     budget = dollars(GUESS_BUDGET_CALLS * cost)
     admin.put_product("gw-guess-plan", "Room for forty", budget)

@@ -17,11 +17,12 @@ import openai
 import pytest
 from integration_support import ADMIN_KEY, API_KEY, PASSWORD
 from litellm_support import (
-    MASTER_KEY,
     Billing,
     billing_env,
     chat,
     dollars,
+    one_call_cost,
+    proxy_client,
     response_cost_nanos,
     settled,
     start_proxy,
@@ -55,13 +56,7 @@ def ai(billing: Billing, workdir: Path) -> Iterator[openai.OpenAI]:
     fresh_connections = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0))
     with (
         start_proxy(workdir, env, PROXY_WORKERS) as proxy,
-        openai.OpenAI(
-            base_url=f"{proxy.base_url}/v1",
-            api_key=MASTER_KEY,
-            max_retries=0,
-            timeout=120,
-            http_client=fresh_connections,
-        ) as client,
+        proxy_client(proxy, fresh_connections) as client,
     ):
         yield client
 
@@ -76,8 +71,7 @@ def test_calls_one_after_another_fill_a_budget_though_flushes_are_seconds_apart(
     """Without ``max_tokens`` each call holds what remains (``client.holds``), so every call
     after the first finds room only once the usage of the one before, on either worker, is in."""
     provision(admin, "st-probe", "st-plan")
-    cost = response_cost_nanos(chat(ai, "st-probe", max_tokens=None))
-    settled(admin, "st-probe", 1)
+    cost = one_call_cost(ai, admin, "st-probe", max_tokens=None)
     budget = dollars(BUDGET_CALLS * cost)
     admin.put_product("st-small", "Room for ten", budget)
     provision(admin, "st-user", "st-small")
